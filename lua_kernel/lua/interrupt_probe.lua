@@ -1,0 +1,30 @@
+-- Facts the interrupter needs about this Lua state (see lua_kernel/native.py).
+-- Receives the session's hook function; registers it for the main thread with
+-- a count so large it never fires, so that lua_gethook reveals Lua's C hook.
+local hook = ...
+local P = {}
+
+P.main = tostring(coroutine.running())
+P.resume = string.format("%p", coroutine.resume)
+P.wrap_closure = string.format("%p", coroutine.wrap(function() end))
+debug.sethook(hook, "", 1 << 30)
+
+function P.disarm()
+  debug.sethook(hook, "", 0)
+end
+
+-- Self-check: main resumes `outer` (coroutine.resume), which calls `inner`
+-- (a coroutine.wrap function); from inside, the walk must find exactly
+-- main, outer, inner.
+function P.check(callback)
+  local main = P.main
+  local outer
+  local inner = coroutine.wrap(function()
+    return callback(main, tostring(outer), tostring(coroutine.running()))
+  end)
+  outer = coroutine.create(function() return inner() end)
+  local ok, result = coroutine.resume(outer)
+  return ok and result
+end
+
+return P

@@ -1,0 +1,509 @@
+-- The Lua half of a kernel session: output, input, interrupts, running cells.
+--
+-- Loaded once per Lua state by lua_kernel/session.py, which passes `host`, a
+-- table of Python callbacks:
+--   host.emit(stream, text)        stream is "stdout" or "stderr"
+--   host.readline(prompt)          one line of user input without "\n", or nil at EOF
+--   host.interrupted()             true once the user asked to interrupt this cell
+--   host.publish(kind, data, meta) a display message (see M.display below)
+--   host.display_value(value)      display(value): Python builds the MIME bundle
+-- and returns the module table M.
+local host = ...
+
+local M = {}
+
+-- Originals, captured before any user code can replace the globals.
+local _G = _G
+local type, tostring, select, error, rawequal = type, tostring, select, error, rawequal
+local setmetatable, getmetatable, load, xpcall = setmetatable, getmetatable, load, xpcall
+local pack, unpack, concat = table.pack, table.unpack, table.concat
+local sfind, ssub, sformat, smatch = string.find, string.sub, string.format, string.match
+local clock = os.clock
+local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug.getinfo, debug.traceback
+local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
+local real_io = { write = io.write, read = io.read, lines = io.lines, close = io.close,
+                  input = io.input, output = io.output, type = io.type,
+                  stdin = io.stdin, stdout = io.stdout, stderr = io.stderr }
+
+---------------------------------------------------------------------------
+-- Interrupts and the tail-flush tick share one debug hook.
+--
+-- No hook is active while code runs normally: an active count hook makes the
+-- VM check hooks on every instruction (measured: 1.7x slower tight loops).
+-- Python arms the hook only when needed, through lua_sethook (which Lua
+-- documents as safe to call asynchronously), on the main thread and on every
+-- coroutine in the chain of running ones. The C hook looks up the Lua hook
+-- function registered for the thread, so every thread gets `hook` registered
+-- (mask 0) when it is created.
+---------------------------------------------------------------------------
+local INTERRUPTED = setmetatable({}, { __name = "interrupt",
+  __tostring = function() return "interrupted" end })
+M.INTERRUPTED = INTERRUPTED
+
+local interrupting = false   -- the current cell was interrupted
+local unwinding = false      -- the error reached the cell's own handler
+local interrupt_where        -- traceback at the point of interruption
+local cell_handler           -- defined below; the hook must not fire inside it
+local flush                  -- defined below
+
+local function hook()
+  if unwinding then return end
+  if not interrupting then
+    -- A tail-flush tick: disarm first, then look at the flag, so an interrupt
+    -- armed concurrently is never lost (Python sets the flag, then arms).
+    sethook(hook, "", 0)
+    if not host.interrupted() then
+      flush()
+      return
+    end
+    interrupting = true
+    sethook(hook, "", 1)
+  end
+  local info = getinfo(2, "f")
+  if info and rawequal(info.func, cell_handler) then
+    unwinding = true
+    return
+  end
+  if not interrupt_where then
+    interrupt_where = traceback(nil, 2)
+  end
+  -- Keep raising at every instruction: a user's pcall may catch this once,
+  -- but the next instruction outside it raises again.
+  error(INTERRUPTED, 0)
+end
+M.hook = hook
+
+-- Threads created by user code: remember their functions (weakly; persistence
+-- needs them for not-started coroutines) and register the hook for them.
+local thread_fn = setmetatable({}, { __mode = "k" })
+M.thread_fn = thread_fn
+
+function coroutine.create(f)
+  if type(f) ~= "function" then
+    error("bad argument #1 to 'create' (function expected)", 2)
+  end
+  local co = cocreate(f)
+  thread_fn[co] = f
+  sethook(co, hook, "", 0)
+  return co
+end
+
+-- coroutine.wrap returns a C closure whose first upvalue is its thread.
+function coroutine.wrap(f)
+  if type(f) ~= "function" then
+    error("bad argument #1 to 'wrap' (function expected)", 2)
+  end
+  local w = cowrap(f)
+  local _, co = debug.getupvalue(w, 1)
+  if type(co) == "thread" then
+    thread_fn[co] = f
+    sethook(co, hook, "", 0)
+  end
+  return w
+end
+
+---------------------------------------------------------------------------
+-- Output: print, io.write and the io.stdout/io.stderr objects go to one
+-- buffer. It is handed to Python when it grows past 64 KiB, when the stream
+-- changes (so stdout and stderr stay in order), at least every 50 ms while
+-- output keeps coming, at the end of the cell, before reading input, and by a
+-- one-shot hook tick shortly after a burst stops (so the last lines of a burst
+-- followed by a long computation still show promptly).
+---------------------------------------------------------------------------
+local buf, nbuf, nbytes, bufstream = {}, 0, 0, nil
+local last_flush = clock()
+local FLUSH_BYTES, FLUSH_SECONDS, TICK_INSTRUCTIONS = 65536, 0.05, 200000
+
+flush = function()
+  if nbuf > 0 then
+    local text = nbuf == 1 and buf[1] or concat(buf, "", 1, nbuf)
+    for i = 1, nbuf do buf[i] = nil end
+    nbuf, nbytes = 0, 0
+    host.emit(bufstream, text)
+  end
+  last_flush = clock()
+end
+M.flush = flush
+
+local function out(stream, s)
+  if bufstream ~= stream then
+    flush()
+    bufstream = stream
+  end
+  nbuf = nbuf + 1
+  buf[nbuf] = s
+  nbytes = nbytes + #s
+  if nbytes >= FLUSH_BYTES or clock() - last_flush >= FLUSH_SECONDS then
+    flush()
+  elseif nbuf == 1 and not interrupting and gethook() == nil then
+    sethook(hook, "", TICK_INSTRUCTIONS)   -- the tail-flush tick
+  end
+end
+
+function print(...)
+  local n = select("#", ...)
+  if n == 1 then
+    out("stdout", tostring((...)) .. "\n")
+    return
+  end
+  local parts = pack(...)
+  for i = 1, n do parts[i] = tostring(parts[i]) end
+  out("stdout", concat(parts, "\t", 1, n) .. "\n")
+end
+
+-- io.write and file:write accept only strings and numbers, like the originals.
+local function write_values(stream, self, fname, ...)
+  for i = 1, select("#", ...) do
+    local v = select(i, ...)
+    local tv = type(v)
+    if tv == "number" then
+      v = sformat(math.type(v) == "integer" and "%d" or "%.14g", v)
+    elseif tv ~= "string" then
+      error(sformat("bad argument #%d to '%s' (string expected, got %s)",
+        i, fname, tv == "nil" and "no value" or tv), 3)
+    end
+    out(stream, v)
+  end
+  return self
+end
+
+---------------------------------------------------------------------------
+-- Standard streams: io.stdin/io.stdout/io.stderr become objects that behave
+-- like file handles (io.type says "file") but talk to the notebook.
+---------------------------------------------------------------------------
+local stream_mt = { __name = "FILE*" }
+stream_mt.__index = stream_mt
+local is_stream = setmetatable({}, { __mode = "k" })
+
+local function new_stream(name)
+  local s = setmetatable({ name = name }, stream_mt)
+  is_stream[s] = true
+  return s
+end
+stream_mt.__tostring = function(self)
+  return sformat("file (%s)", self.name)
+end
+
+local stdin, stdout, stderr = new_stream("stdin"), new_stream("stdout"), new_stream("stderr")
+M.stdin, M.stdout, M.stderr = stdin, stdout, stderr
+
+function stream_mt.write(self, ...)
+  if self == stdin then return nil, "Bad file descriptor", 9 end
+  return write_values(self.name, self, "write", ...)
+end
+function stream_mt.flush(self)
+  if self ~= stdin then flush() end
+  return self
+end
+function stream_mt.close()
+  return nil, "cannot close standard file"
+end
+function stream_mt.setvbuf() return true end
+function stream_mt.seek() return nil, "Illegal seek", 29 end
+
+-- Input. Lines come from the frontend one at a time (Jupyter's input_request);
+-- `pending` holds what was received and not yet consumed, including "\n".
+local pending, at_eof = "", false
+
+local function fill(prompt)
+  if at_eof then return false end
+  flush()
+  local ok, line = host.readline(prompt or "")
+  if not ok then
+    if line == nil then      -- interrupted while waiting for input
+      interrupting = true
+      error(INTERRUPTED, 0)
+    end
+    error(line, 0)
+  end
+  if line == nil then
+    at_eof = true
+    return false
+  end
+  pending = pending .. line .. "\n"
+  return true
+end
+
+local function read_line(keep_nl)
+  if pending == "" and not fill() then return nil end
+  local nl = sfind(pending, "\n", 1, true)
+  local line = ssub(pending, 1, keep_nl and nl or nl - 1)
+  pending = ssub(pending, nl + 1)
+  return line
+end
+
+local function read_number()
+  while pending == "" or smatch(pending, "^%s*$") do
+    pending = ""
+    if not fill() then return nil end
+  end
+  pending = pending:gsub("^%s+", "")
+  -- the longest prefix that reads as a numeral, as Lua's reader would take
+  local cand = smatch(pending, "^[%+%-]?0[xX][%x%.]*[pP]?[%+%-]?%x*")
+            or smatch(pending, "^[%+%-]?[%d%.]*[eE]?[%+%-]?%d*")
+  for len = #cand, 1, -1 do
+    local v = tonumber(ssub(cand, 1, len))
+    if v then
+      pending = ssub(pending, len + 1)
+      return v
+    end
+  end
+  return nil   -- like Lua: a failed read returns fail
+end
+
+local function read_chars(k)
+  if k == 0 then
+    if pending == "" and not fill() then return nil end
+    return ""
+  end
+  if pending == "" and not fill() then return nil end
+  local s = ssub(pending, 1, k)
+  pending = ssub(pending, k + 1)
+  return s
+end
+
+local function read_all()
+  -- Jupyter has no end-of-file gesture for a whole text, so "a" returns what
+  -- is pending plus one more reply from the frontend.
+  if pending == "" then fill() end
+  local s = pending
+  pending = ""
+  return s
+end
+
+local function read_formats(first, ...)
+  local n = select("#", ...) + 1
+  local fmts = first == nil and { "l" } or { first, ... }
+  if first == nil then n = 1 end
+  local results = {}
+  for i = 1, n do
+    local f = fmts[i]
+    local v
+    if type(f) == "number" then
+      v = read_chars(math.floor(f))
+    else
+      if type(f) ~= "string" then
+        error(sformat("bad argument #%d to 'read' (invalid format)", i), 3)
+      end
+      local c = smatch(f, "^%*?(.)")
+      if c == "n" then v = read_number()
+      elseif c == "l" then v = read_line(false)
+      elseif c == "L" then v = read_line(true)
+      elseif c == "a" then v = read_all()
+      else error(sformat("bad argument #%d to 'read' (invalid format)", i), 3)
+      end
+    end
+    results[i] = v
+    if v == nil then return unpack(results, 1, i) end
+  end
+  return unpack(results, 1, n)
+end
+
+function stream_mt.read(self, ...)
+  if self ~= stdin then return nil, "Bad file descriptor", 9 end
+  return read_formats(...)
+end
+function stream_mt.lines(self, ...)
+  local fmts = pack(...)
+  return function()
+    return stream_mt.read(self, unpack(fmts, 1, fmts.n))
+  end
+end
+
+-- The io library, rerouted through the current default input and output.
+local cur_in, cur_out = stdin, stdout
+
+io.stdin, io.stdout, io.stderr = stdin, stdout, stderr
+
+function io.write(...)
+  if cur_out == stdout then
+    return write_values("stdout", stdout, "write", ...)
+  end
+  return cur_out:write(...)
+end
+function io.read(...)
+  return cur_in:read(...)
+end
+function io.output(file)
+  if file == nil then return cur_out end
+  if type(file) == "string" then
+    cur_out = assert(io.open(file, "w"))
+  else
+    if not (is_stream[file] or real_io.type(file)) then
+      error("bad argument #1 to 'output' (FILE* expected)", 2)
+    end
+    cur_out = file
+  end
+  return cur_out
+end
+function io.input(file)
+  if file == nil then return cur_in end
+  if type(file) == "string" then
+    cur_in = assert(io.open(file, "r"))
+  else
+    if not (is_stream[file] or real_io.type(file)) then
+      error("bad argument #1 to 'input' (FILE* expected)", 2)
+    end
+    cur_in = file
+  end
+  return cur_in
+end
+function io.lines(filename, ...)
+  if filename == nil then return cur_in:lines(...) end
+  return real_io.lines(filename, ...)
+end
+function io.close(file)
+  if file == nil then file = cur_out end
+  return file:close()
+end
+function io.type(obj)
+  if is_stream[obj] then return "file" end
+  return real_io.type(obj)
+end
+
+---------------------------------------------------------------------------
+-- Rich display from Lua: display(value) and display.<kind>(data).
+---------------------------------------------------------------------------
+local display = {}
+local function publish(kind, data, meta)
+  flush()
+  host.publish(kind, data, meta)
+end
+for _, kind in ipairs({ "html", "markdown", "svg", "png", "jpeg", "latex", "json", "javascript" }) do
+  display[kind] = function(data, meta)
+    if kind == "json" then
+      if type(data) ~= "table" then
+        error("bad argument #1 to 'display.json' (table expected, got " .. type(data) .. ")", 2)
+      end
+    elseif type(data) ~= "string" then
+      error(sformat("bad argument #1 to 'display.%s' (string expected, got %s)", kind, type(data)), 2)
+    end
+    publish(kind, data, meta)
+  end
+end
+function display.clear(wait)
+  publish("clear", wait and true or false)
+end
+setmetatable(display, { __call = function(_, ...)
+  flush()
+  for i = 1, select("#", ...) do
+    host.display_value((select(i, ...)))
+  end
+end })
+_G.display = display
+M.display = display
+
+---------------------------------------------------------------------------
+-- Cells. A cell runs like a line in the `lua` REPL, shaped for notebooks:
+-- `return <cell>` is tried first, so an expression list shows its values; a
+-- trailing ";" keeps them quiet; a cell whose last lines are an expression
+-- after some statements shows that expression.
+---------------------------------------------------------------------------
+local function trailing_semicolon(code)
+  return smatch(code, ";%s*$") ~= nil
+end
+
+function M.compile(code, chunkname)
+  local quiet = trailing_semicolon(code)
+  local f = load("return " .. code, chunkname, "t")
+  if f then return f, not quiet end
+  local err
+  f, err = load(code, chunkname, "t")
+  if f then return f, false end
+  -- Statements followed by an expression: try `return` before each of the
+  -- last few lines (line numbers stay the same).
+  local starts = { 1 }
+  for pos in code:gmatch("\n()") do starts[#starts + 1] = pos end
+  for i = #starts, math.max(2, #starts - 20), -1 do
+    local s = starts[i]
+    local g = load(ssub(code, 1, s - 1) .. "return " .. ssub(code, s), chunkname, "t")
+    if g then return g, not quiet end
+  end
+  return nil, err
+end
+
+-- What the cell's error handler records, read by Python after the cell.
+local last_error
+
+cell_handler = function(e)
+  -- The hook marks this too when it fires on our first instruction; when the
+  -- error was raised by the hook itself, this handler runs with hooks off.
+  unwinding = true
+  local tb = interrupt_where or traceback(nil, 2)
+  last_error = { value = e, traceback = tb }
+  return e
+end
+
+local function message_of(e)
+  if type(e) == "string" then return e end
+  local mt = getmetatable(e)
+  if mt and mt.__tostring then
+    local ok, s = pcall(tostring, e)
+    if ok and type(s) == "string" then return s end
+  end
+  if type(e) == "number" then return tostring(e) end
+  return sformat("(error object is a %s value)", type(e))
+end
+
+-- Drop the kernel's own frames (this file, xpcall) from a traceback.
+local function clean_traceback(tb)
+  local lines = {}
+  for line in (tb or ""):gmatch("[^\n]+") do
+    if not (sfind(line, "lua_kernel/", 1, true)
+            or sfind(line, "[C]: in function 'xpcall'", 1, true)
+            or sfind(line, "[C]: in ?", 1, true)) then
+      lines[#lines + 1] = line
+    end
+  end
+  if #lines == 1 then return "" end   -- only the "stack traceback:" header
+  return concat(lines, "\n")
+end
+
+-- Run a compiled cell. Returns true, n, values... or false, kind, message,
+-- traceback, value where kind is "error", "interrupt" or "memory".
+function M.run(f)
+  interrupting, unwinding, interrupt_where, last_error = false, false, nil, nil
+  local r = pack(xpcall(f, cell_handler))
+  flush()
+  if r[1] then
+    return true, r.n - 1, unpack(r, 2, r.n)
+  end
+  local e = r[2]
+  local tb = last_error and last_error.traceback
+  local kind = "error"
+  if interrupting or rawequal(e, INTERRUPTED) or host.interrupted() then
+    kind = "interrupt"
+    e = INTERRUPTED
+  elseif e == "not enough memory" then
+    kind = "memory"
+  end
+  return false, kind, message_of(e), clean_traceback(tb), e
+end
+
+-- After an interrupt the hook may still be armed on this thread.
+function M.disarm()
+  sethook(hook, "", 0)
+  interrupting, unwinding = false, false
+end
+
+-- text/html for a table: its metatable's __html, else the generic rendering.
+function M.html_of(v, repr)
+  local mt = debug.getmetatable(v)
+  local h = type(mt) == "table" and rawget(mt, "__html")
+  if h then
+    local ok, s = pcall(h, v)
+    if ok and type(s) == "string" then return s end
+  end
+  return repr.html(v)
+end
+
+function M.address(v)
+  return sformat("%p", v)
+end
+
+-- Input state belongs to a cell: a new cell starts with no pending input.
+function M.reset_input()
+  pending, at_eof = "", false
+end
+
+return M

@@ -1,0 +1,167 @@
+"""Reaching under lupa: the Lua C API that lupa exports, and safe memory reads.
+
+Two things here cannot be done through the Lua language itself:
+
+* Interrupting a running Lua state. Lua documents `lua_sethook` as safe to
+  call asynchronously (the `lua` executable calls it from its SIGINT handler).
+  lupa's extension module exports the Lua C API, so we call it through ctypes
+  from whichever thread received the interrupt, arming a count hook only then:
+  no hook is active while code runs normally.
+
+* Finding which coroutines are running. A hook armed on the main thread does
+  not fire while a coroutine runs, so we walk the chain of resumes: the
+  innermost frame of a resuming thread is `coroutine.resume` (its first
+  argument is the thread) or a `coroutine.wrap` closure (its first upvalue is
+  the thread). The walk reads the frame records with the struct layout of the
+  Lua 5.4.8 that lupa bundles, through /proc/self/mem, where a wrong address
+  gives an error instead of a crash. A self-check against a coroutine whose
+  address we know runs before the walk is trusted; if it fails, interrupts
+  still work everywhere except inside a running coroutine.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+from lupa import lua54
+
+# lua.h
+LUA_MASKCOUNT = 1 << 3
+
+# Struct layout of lupa's Lua 5.4.8 on 64-bit platforms (lstate.h, lobject.h).
+L_CI = 32            # lua_State.ci
+CI_FUNC = 0          # CallInfo.func (StkId: a 16-byte stack slot)
+TVALUE_SIZE = 16     # TValue: 8-byte value, tag byte at +8
+TVALUE_TAG = 8
+TAG_LCF = 0x16       # light C function
+TAG_CCL = 0x66       # C closure (collectable)
+TAG_THREAD = 0x48    # thread (collectable)
+CCL_F = 24           # CClosure.f
+CCL_UPVALUE = 32     # CClosure.upvalue[0]
+LUAI_MAXCCALLS = 200  # llimits.h: nested resumes cannot go deeper
+
+
+class MemoryReader:
+    """Reads this process's memory without ever faulting (Linux only)."""
+
+    def __init__(self):
+        try:
+            self._fd = os.open("/proc/self/mem", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    @property
+    def available(self) -> bool:
+        return self._fd is not None
+
+    def read(self, addr: int, size: int) -> bytes | None:
+        if self._fd is None or addr <= 0:
+            return None
+        try:
+            data = os.pread(self._fd, size, addr)
+        except (OSError, OverflowError, ValueError):
+            return None
+        return data if len(data) == size else None
+
+    def pointer(self, addr: int) -> int | None:
+        data = self.read(addr, 8)
+        return struct.unpack("<Q", data)[0] if data else None
+
+    def tvalue(self, addr: int) -> tuple[int, int] | None:
+        """(value, tag) of the TValue at addr."""
+        data = self.read(addr, TVALUE_TAG + 1)
+        return struct.unpack("<QB", data) if data else None
+
+
+def _load_api():
+    try:
+        lib = ctypes.CDLL(lua54.__file__)
+        sethook, gethook = lib.lua_sethook, lib.lua_gethook
+    except (OSError, AttributeError):
+        return None
+    sethook.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    sethook.restype = None
+    gethook.argtypes = [ctypes.c_void_p]
+    gethook.restype = ctypes.c_void_p
+    return sethook, gethook
+
+
+_API = _load_api()
+MEMORY = MemoryReader()
+
+
+def parse_address(text: str) -> int:
+    """The address in `tostring(x)` / `string.format("%p", x)` output."""
+    return int(text.rsplit(" ", 1)[-1], 16)
+
+
+class Interrupter:
+    """Arms the debug hook of one Lua state (and its running coroutines).
+
+    Built with the state's main thread address, the address of the C hook
+    (`lua_gethook` while a hook is registered), and the addresses of
+    `coroutine.resume` and of the C function behind `coroutine.wrap` closures.
+    """
+
+    def __init__(self, main: int, hookf: int, resume_fn: int, wrap_fn: int):
+        self.main = main
+        self.hookf = hookf
+        self.resume_fn = resume_fn
+        self.wrap_fn = wrap_fn
+        self.walk_ok = False   # set by self_check()
+
+    @staticmethod
+    def supported() -> bool:
+        return _API is not None
+
+    @staticmethod
+    def current_hook(thread: int) -> int:
+        return _API[1](thread) or 0
+
+    def running_chain(self) -> list[int]:
+        """The threads to arm: the main one, plus the running coroutines when
+        the walk passed its self-check."""
+        return self._walk() if self.walk_ok else [self.main]
+
+    def _walk(self) -> list[int]:
+        """The main thread followed by the coroutines it is resuming, innermost last."""
+        chain = [self.main]
+        thread = self.main
+        for _ in range(LUAI_MAXCCALLS):
+            resumed = self._resumed_by(thread)
+            if resumed is None or resumed in chain:
+                break
+            chain.append(resumed)
+            thread = resumed
+        return chain
+
+    def _resumed_by(self, thread: int) -> int | None:
+        ci = MEMORY.pointer(thread + L_CI)
+        func = MEMORY.pointer(ci + CI_FUNC) if ci else None
+        fv = MEMORY.tvalue(func) if func else None
+        if fv is None:
+            return None
+        value, tag = fv
+        if tag == TAG_LCF and value == self.resume_fn:
+            arg = MEMORY.tvalue(func + TVALUE_SIZE)
+        elif tag == TAG_CCL and MEMORY.pointer(value + CCL_F) == self.wrap_fn:
+            arg = MEMORY.tvalue(value + CCL_UPVALUE)
+        else:
+            return None
+        if arg is None or arg[1] != TAG_THREAD:
+            return None
+        return arg[0]
+
+    def self_check(self, expected_chain: list[int]) -> bool:
+        """Called from inside a known chain of running coroutines."""
+        self.walk_ok = MEMORY.available and self._walk() == expected_chain
+        return self.walk_ok
+
+    def arm(self) -> None:
+        """Make every running thread call its hook at its next instruction."""
+        for thread in self.running_chain():
+            _API[0](thread, self.hookf, LUA_MASKCOUNT, 1)
+
+    def disarm(self) -> None:
+        _API[0](self.main, None, 0, 0)

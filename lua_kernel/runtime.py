@@ -1,0 +1,67 @@
+"""Making lupa runtimes and loading the package's Lua files into them.
+
+Lua strings are byte strings; lupa converts them with the runtime's encoding,
+strictly, so one invalid UTF-8 byte would make a value unreadable from Python.
+We register a codec that is UTF-8 with `surrogateescape` in both directions:
+text reads as ordinary `str`, and any other byte survives the trip to Python
+and back exactly (`to_bytes` recovers the bytes).
+"""
+from __future__ import annotations
+
+import codecs
+from importlib import resources
+
+from lupa import lua54
+
+CODEC = "lua_kernel_bytes"
+
+
+def _search(name: str):
+    if name != CODEC:
+        return None
+    return codecs.CodecInfo(
+        name=CODEC,
+        encode=lambda s, errors="surrogateescape": codecs.utf_8_encode(s, "surrogateescape"),
+        decode=lambda b, errors="surrogateescape": codecs.utf_8_decode(b, "surrogateescape", True),
+    )
+
+
+codecs.register(_search)
+
+
+def to_bytes(s: str | bytes) -> bytes:
+    """The exact bytes of a Lua string received from the runtime."""
+    return s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape")
+
+
+def new_runtime(max_memory: int = 0) -> lua54.LuaRuntime:
+    """A fresh Lua 5.4 state. `max_memory` 0 means no limit (but changeable)."""
+    return lua54.LuaRuntime(
+        encoding=CODEC,
+        unpack_returned_tuples=True,
+        max_memory=max_memory,
+    )
+
+
+def lua_source(name: str) -> str:
+    return resources.files("lua_kernel").joinpath("lua", name).read_text("utf-8")
+
+
+def load_lua(lua: lua54.LuaRuntime, name: str, *args):
+    """Run lua/<name> as a chunk named after its file; return its results."""
+    chunk = lua.globals().load(lua_source(name), "=lua_kernel/" + name, "t")
+    if isinstance(chunk, tuple):    # (nil, message)
+        raise RuntimeError(f"cannot load lua_kernel/{name}: {chunk[1]}")
+    return chunk(*args)
+
+
+def is_lua_object(value) -> bool:
+    """True for values lupa wraps from Lua (tables, functions, threads, userdata)."""
+    return lua54.lua_type(value) is not None
+
+
+def is_python_object(value) -> bool:
+    """True for Python objects that Lua holds (not Lua values, not plain data)."""
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return False
+    return not is_lua_object(value)

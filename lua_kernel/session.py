@@ -1,0 +1,330 @@
+"""One Lua 5.4 state: run cells, route their output, interrupt them.
+
+This is the Python API that the kernel is built on; it works without Jupyter:
+
+    >>> from lua_kernel import Session
+    >>> s = Session()
+    >>> s.execute("return 1 + 1, 'two'")
+    (2, 'two')
+"""
+from __future__ import annotations
+
+import base64
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from lupa import lua54
+
+from . import native
+from .runtime import is_lua_object, is_python_object, load_lua, new_runtime, to_bytes
+
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
+
+
+class LuaError(Exception):
+    """A Lua error raised by a cell: the message, the Lua traceback, the value."""
+
+    ename = "LuaError"
+
+    def __init__(self, message: str, traceback: str = "", value: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback
+        self.value = value
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.traceback}" if self.traceback else self.message
+
+
+class LuaSyntaxError(LuaError):
+    ename = "LuaSyntaxError"
+
+
+class LuaMemoryError(LuaError):
+    ename = "LuaMemoryError"
+
+
+class LuaInterrupt(LuaError):
+    """The cell was interrupted (the frontend's interrupt, or `interrupt()`)."""
+
+    ename = "KeyboardInterrupt"
+
+
+@dataclass
+class CellResult:
+    values: tuple     # the cell's result values
+    show: bool        # False for statements and for a trailing ";"
+
+
+def parse_memory(text: str | int | None) -> int:
+    """'512M', '2G', '1000000', 0/'none' (no limit) -> bytes."""
+    if text is None:
+        return DEFAULT_MAX_MEMORY
+    if isinstance(text, int):
+        return max(text, 0)
+    t = text.strip().lower()
+    if t in ("", "0", "none", "off", "unlimited"):
+        return 0
+    scale = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    t = t.removesuffix("ib").removesuffix("b")
+    if t[-1:] in scale:
+        return int(float(t[:-1]) * scale[t[-1]])
+    return int(float(t))
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def _default_stdin(prompt: str) -> str | None:
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+def _default_display(data: dict, metadata: dict) -> None:
+    sys.stdout.write(data.get("text/plain", "") + "\n")
+
+
+class Session:
+    """A Lua 5.4 state that runs notebook cells.
+
+    Output callbacks receive text; `stdin(prompt)` returns a line or None at
+    end of input; `display(data, metadata)` receives a MIME bundle and
+    `clear_output(wait)` a request to clear the cell's output. `max_memory`
+    is bytes, a string such as "512M", or 0 for no limit; by default
+    $LUA_KERNEL_MAX_MEMORY or 2 GiB.
+    """
+
+    def __init__(
+        self,
+        *,
+        stdout: Callable[[str], Any] | None = None,
+        stderr: Callable[[str], Any] | None = None,
+        stdin: Callable[[str], str | None] | None = None,
+        display: Callable[[dict, dict], Any] | None = None,
+        clear_output: Callable[[bool], Any] | None = None,
+        max_memory: int | str | None = None,
+    ):
+        self.stdout = stdout or (lambda text: sys.stdout.write(text))
+        self.stderr = stderr or (lambda text: sys.stderr.write(text))
+        self.stdin = stdin or _default_stdin
+        self.display = display or _default_display
+        self.clear_output = clear_output or (lambda wait: None)
+        if max_memory is None:
+            max_memory = os.environ.get(MAX_MEMORY_ENV)
+        self.max_memory = parse_memory(max_memory)
+        self.execution_count = 0
+        self._lock = threading.Lock()
+        self._running = False
+        self._interrupted = False
+        self._start()
+
+    # -- the Lua state ------------------------------------------------------
+
+    def _start(self) -> None:
+        self.lua = new_runtime(self.max_memory)
+        host = self.lua.table_from({
+            "emit": self._emit,
+            "readline": self._readline,
+            "interrupted": lambda: self._interrupted,
+            "publish": self._publish,
+            "display_value": self._display_value,
+        })
+        self._lua_side = load_lua(self.lua, "session.lua", host)
+        self._repr = load_lua(self.lua, "repr.lua")
+        self._repr.init(self.lua.globals())
+        self._interrupter = self._make_interrupter()
+
+    def _make_interrupter(self) -> native.Interrupter | None:
+        if not native.Interrupter.supported():
+            return None
+        probe = load_lua(self.lua, "interrupt_probe.lua", self._lua_side.hook)
+        main = native.parse_address(probe.main)
+        # The hook is registered with a huge count only so that lua_gethook
+        # tells us the address of Lua's C hook; then it is disarmed.
+        hookf = native.Interrupter.current_hook(main)
+        probe.disarm()
+        wrap_fn = native.MEMORY.pointer(native.parse_address(probe.wrap_closure) + native.CCL_F)
+        interrupter = native.Interrupter(
+            main, hookf, native.parse_address(probe.resume), wrap_fn or 0)
+        probe.check(lambda *chain: interrupter.self_check(
+            [native.parse_address(a) for a in chain]))
+        return interrupter
+
+    @property
+    def globals(self):
+        """The Lua globals table (`_G`)."""
+        return self.lua.globals()
+
+    @property
+    def interrupts_in_coroutines(self) -> bool:
+        return bool(self._interrupter and self._interrupter.walk_ok)
+
+    def memory_used(self) -> int:
+        return self.lua.get_memory_used()
+
+    def reset(self) -> None:
+        """Replace the Lua state with a fresh one."""
+        self._start()
+
+    # -- running cells ------------------------------------------------------
+
+    def execute(self, code: str, name: str | None = None) -> tuple:
+        """Run one cell; return its result values (raise LuaError on errors)."""
+        return self.run_cell(code, name).values
+
+    def run_cell(self, code: str, name: str | None = None) -> CellResult:
+        if name is None:
+            self.execution_count += 1
+            name = f"In[{self.execution_count}]"
+        self._lua_side.reset_input()
+        fn, show = self._lua_side.compile(code, "=" + name)
+        if fn is None:
+            raise LuaSyntaxError(show)
+        with self._lock:
+            self._interrupted = False
+            self._running = True
+        try:
+            result = self._lua_side.run(fn)
+        except lua54.LuaMemoryError:
+            result = (False, "memory", "not enough memory", "", None)
+        except lua54.LuaError as e:
+            # only an interrupt raised outside the cell's own handler gets here
+            if not self._interrupted:
+                raise LuaError(str(e)) from None
+            result = (False, "interrupt", "interrupted", "", None)
+        finally:
+            with self._lock:
+                self._running = False
+                if self._interrupter:
+                    self._interrupter.disarm()
+        self._lua_side.flush()
+        if result[0]:
+            return CellResult(tuple(result[2:2 + result[1]]), show)
+        _, kind, message, traceback, value = result
+        if kind == "interrupt":
+            raise LuaInterrupt("interrupted", traceback or "")
+        if kind == "memory":
+            limit = format_bytes(self.max_memory) if self.max_memory else "none"
+            raise LuaMemoryError(
+                f"not enough memory (memory limit: {limit}; "
+                f"set {MAX_MEMORY_ENV} to change it)", traceback, value)
+        raise LuaError(message, traceback, value)
+
+    def interrupt(self) -> bool:
+        """Stop the running cell as soon as possible; safe from any thread or
+        a signal handler. Returns False when no cell is running."""
+        with self._lock:
+            if not self._running:
+                return False
+            self._interrupted = True
+            if self._interrupter:
+                self._interrupter.arm()
+        return True
+
+    # -- how values look ----------------------------------------------------
+
+    def text(self, value) -> str:
+        """text/plain for one Lua value."""
+        return self._repr.text(value)
+
+    def format(self, *values) -> tuple[dict, dict]:
+        """A MIME bundle (data, metadata) showing the values."""
+        if len(values) == 1 and is_python_object(values[0]):
+            return _python_bundle(values[0])
+        texts = [self.text(v) for v in values]
+        sep = "\n" if any("\n" in t for t in texts) else "\t"
+        data = {"text/plain": sep.join(texts)}
+        if len(values) == 1 and lua54.lua_type(values[0]) == "table":
+            html = self._lua_side.html_of(values[0], self._repr)
+            if html is not None:
+                data["text/html"] = html
+        return data, {}
+
+    # -- callbacks from Lua -------------------------------------------------
+
+    def _emit(self, stream: str, text: str) -> None:
+        (self.stdout if stream == "stdout" else self.stderr)(text)
+
+    def _readline(self, prompt: str):
+        """(True, line) or (True, None) at end of input, (False, message) on
+        failure, (False, None) when interrupted while waiting."""
+        try:
+            line = self.stdin(prompt)
+        except Exception as e:  # noqa: BLE001 - reported to Lua as an error
+            return False, f"input is not available: {e}"
+        if self._interrupted:
+            return False, None
+        return True, line
+
+    def _publish(self, kind: str, data, meta=None) -> None:
+        metadata = dict(meta.items()) if is_lua_object(meta) else {}
+        if kind == "clear":
+            self.clear_output(bool(data))
+            return
+        mime, plain = _DISPLAY_KINDS[kind]
+        if kind in ("png", "jpeg"):
+            payload = base64.b64encode(to_bytes(data)).decode("ascii")
+        elif kind == "json":
+            payload = lua_to_json(data, self._lua_side.address)
+        else:
+            payload = data
+        bundle = {mime: payload, "text/plain": data if plain is None else plain}
+        self.display(bundle, {mime: metadata} if metadata else {})
+
+    def _display_value(self, value) -> None:
+        self.display(*self.format(value))
+
+
+# kind -> (MIME type, text/plain fallback; None means the data itself)
+_DISPLAY_KINDS = {
+    "html": ("text/html", "<HTML>"),
+    "markdown": ("text/markdown", None),
+    "svg": ("image/svg+xml", "<SVG image>"),
+    "png": ("image/png", "<PNG image>"),
+    "jpeg": ("image/jpeg", "<JPEG image>"),
+    "latex": ("text/latex", None),
+    "json": ("application/json", "<JSON>"),
+    "javascript": ("application/javascript", "<JavaScript>"),
+}
+
+
+def _python_bundle(obj) -> tuple[dict, dict]:
+    """Python objects display through their own reprs (IPython's formatter)."""
+    try:
+        from IPython.core.formatters import DisplayFormatter
+    except ImportError:  # pragma: no cover - ipykernel always brings IPython
+        return {"text/plain": repr(obj)}, {}
+    data, metadata = DisplayFormatter().format(obj)
+    return data, metadata
+
+
+def lua_to_json(value, address: Callable[[Any], str], _seen: frozenset = frozenset()):
+    """A Lua table as JSON-able Python data: sequences become lists.
+    `address(t)` names a table's identity (lupa wrappers do not)."""
+    if not is_lua_object(value):
+        if isinstance(value, str):
+            return to_bytes(value).decode("utf-8", "replace")
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        return str(value)
+    if lua54.lua_type(value) != "table":
+        return str(value)
+    ident = address(value)
+    if ident in _seen:
+        raise ValueError("display.json: the table contains itself")
+    seen = _seen | {ident}
+    items = list(value.items())
+    keys = [k for k, _ in items]
+    if keys and all(type(k) is int for k in keys) and sorted(keys) == list(range(1, len(keys) + 1)):
+        return [lua_to_json(value[i], address, seen) for i in range(1, len(keys) + 1)]
+    return {str(k): lua_to_json(v, address, seen) for k, v in items}
