@@ -74,11 +74,29 @@ class MemoryReader:
         return struct.unpack("<QB", data) if data else None
 
 
+def _library():
+    try:
+        return ctypes.CDLL(lua54.__file__)
+    except OSError:
+        return None
+
+
+_LIB = _library()
+
+
+def lua_release() -> str:
+    """The exact Lua release lupa bundles (e.g. "5.4.8"), from lua_ident."""
+    try:
+        ident = (ctypes.c_char * 160).in_dll(_LIB, "lua_ident").value.decode()
+        return ident.split("Lua ", 1)[1].split()[0]
+    except (AttributeError, IndexError, ValueError, TypeError):
+        return ".".join(map(str, lua54.LuaRuntime().lua_version))
+
+
 def _load_api():
     try:
-        lib = ctypes.CDLL(lua54.__file__)
-        sethook, gethook = lib.lua_sethook, lib.lua_gethook
-    except (OSError, AttributeError):
+        sethook, gethook = _LIB.lua_sethook, _LIB.lua_gethook
+    except AttributeError:
         return None
     sethook.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     sethook.restype = None

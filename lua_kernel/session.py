@@ -183,18 +183,28 @@ class Session:
         return self.run_cell(code, name).values
 
     def run_cell(self, code: str, name: str | None = None) -> CellResult:
+        """Run one cell; CellResult.show says whether its values should show."""
         if name is None:
             self.execution_count += 1
             name = f"In[{self.execution_count}]"
         self._lua_side.reset_input()
-        fn, show = self._lua_side.compile(code, "=" + name)
+        fn, show = self.compile(code, name)
         if fn is None:
             raise LuaSyntaxError(show)
+        return CellResult(self.call(fn), show)
+
+    def compile(self, code: str, name: str):
+        """(function, show) for a cell, or (None, syntax error message)."""
+        return self._lua_side.compile(code, "=" + name)
+
+    def call(self, fn, *args) -> tuple:
+        """Call a Lua function as a cell would run: interruptible, output
+        flushed, errors raised as LuaError with a Lua traceback."""
         with self._lock:
             self._interrupted = False
             self._running = True
         try:
-            result = self._lua_side.run(fn)
+            result = self._lua_side.run(fn, *args)
         except lua54.LuaMemoryError:
             result = (False, "memory", "not enough memory", "", None)
         except lua54.LuaError as e:
@@ -209,7 +219,7 @@ class Session:
                     self._interrupter.disarm()
         self._lua_side.flush()
         if result[0]:
-            return CellResult(tuple(result[2:2 + result[1]]), show)
+            return tuple(result[2:2 + result[1]])
         _, kind, message, traceback, value = result
         if kind == "interrupt":
             raise LuaInterrupt("interrupted", traceback or "")
@@ -219,6 +229,11 @@ class Session:
                 f"not enough memory (memory limit: {limit}; "
                 f"set {MAX_MEMORY_ENV} to change it)", traceback, value)
         raise LuaError(message, traceback, value)
+
+    @property
+    def interrupted(self) -> bool:
+        """True once the running cell was asked to stop."""
+        return self._interrupted
 
     def interrupt(self) -> bool:
         """Stop the running cell as soon as possible; safe from any thread or

@@ -46,8 +46,12 @@ local interrupt_where        -- traceback at the point of interruption
 local cell_handler           -- defined below; the hook must not fire inside it
 local flush                  -- defined below
 
+local busy = false           -- the output buffer is being changed
+
 local function hook()
-  if unwinding then return end
+  -- While the output buffer is half-updated, neither flush nor raise: a count
+  -- hook stays armed and fires again shortly.
+  if unwinding or busy then return end
   if not interrupting then
     -- A tail-flush tick: disarm first, then look at the flag, so an interrupt
     -- armed concurrently is never lost (Python sets the flag, then arms).
@@ -72,6 +76,28 @@ local function hook()
   error(INTERRUPTED, 0)
 end
 M.hook = hook
+
+-- An error raised by a hook runs the active message handler with hooks off
+-- (ldo.c), so a user's xpcall handler that loops could never be interrupted
+-- again. While an interrupt unwinds, user message handlers are skipped.
+local real_xpcall = xpcall
+local guarded = setmetatable({}, { __mode = "k" })
+
+function _G.xpcall(f, msgh, ...)
+  if type(msgh) ~= "function" then
+    error(sformat("bad argument #2 to 'xpcall' (function expected, got %s)",
+      msgh == nil and "no value" or type(msgh)), 2)
+  end
+  local g = guarded[msgh]
+  if not g then
+    g = function(e)
+      if interrupting then return e end
+      return msgh(e)
+    end
+    guarded[msgh] = g
+  end
+  return real_xpcall(f, g, ...)
+end
 
 -- Threads created by user code: remember their functions (weakly; persistence
 -- needs them for not-started coroutines) and register the hook for them.
@@ -115,12 +141,14 @@ local last_flush = clock()
 local FLUSH_BYTES, FLUSH_SECONDS, TICK_INSTRUCTIONS = 65536, 0.05, 200000
 
 flush = function()
+  busy = true
   if nbuf > 0 then
     local text = nbuf == 1 and buf[1] or concat(buf, "", 1, nbuf)
-    for i = 1, nbuf do buf[i] = nil end
-    nbuf, nbytes = 0, 0
+    buf, nbuf, nbytes = {}, 0, 0
+    busy = false
     host.emit(bufstream, text)
   end
+  busy = false
   last_flush = clock()
 end
 M.flush = flush
@@ -130,9 +158,11 @@ local function out(stream, s)
     flush()
     bufstream = stream
   end
+  busy = true
+  buf[nbuf + 1] = s          -- store first: a memory error leaves nbuf right
   nbuf = nbuf + 1
-  buf[nbuf] = s
   nbytes = nbytes + #s
+  busy = false
   if nbytes >= FLUSH_BYTES or clock() - last_flush >= FLUSH_SECONDS then
     flush()
   elseif nbuf == 1 and not interrupting and gethook() == nil then
@@ -445,25 +475,34 @@ local function message_of(e)
   return sformat("(error object is a %s value)", type(e))
 end
 
--- Drop the kernel's own frames (this file, xpcall) from a traceback.
-local function clean_traceback(tb)
-  local lines = {}
-  for line in (tb or ""):gmatch("[^\n]+") do
-    if not (sfind(line, "lua_kernel/", 1, true)
-            or sfind(line, "[C]: in function 'xpcall'", 1, true)
-            or sfind(line, "[C]: in ?", 1, true)) then
-      lines[#lines + 1] = line
-    end
-  end
-  if #lines == 1 then return "" end   -- only the "stack traceback:" header
-  return concat(lines, "\n")
+-- Drop the kernel's own frames from a traceback: the machinery at the bottom
+-- (this file, the xpcall that runs the cell, the C entry from Python) and the
+-- kernel's Lua wrappers (print, io.write, ...) wherever they appear.
+local function ours(line)
+  return sfind(line, "lua_kernel/", 1, true) ~= nil
 end
 
--- Run a compiled cell. Returns true, n, values... or false, kind, message,
--- traceback, value where kind is "error", "interrupt" or "memory".
-function M.run(f)
+local function clean_traceback(tb)
+  local lines = {}
+  for line in (tb or ""):gmatch("[^\n]+") do lines[#lines + 1] = line end
+  while #lines > 1 and (ours(lines[#lines]) or sfind(lines[#lines], "^%s*%[C%]: in ")) do
+    lines[#lines] = nil
+  end
+  local kept = {}
+  for _, line in ipairs(lines) do
+    if not ours(line) then kept[#kept + 1] = line end
+  end
+  if #kept <= 1 then return "" end   -- only the "stack traceback:" header
+  return concat(kept, "\n")
+end
+
+-- Run a compiled cell (or any function, with arguments). Returns true, n,
+-- values... or false, kind, message, traceback, value where kind is "error",
+-- "interrupt" or "memory".
+function M.run(f, ...)
   interrupting, unwinding, interrupt_where, last_error = false, false, nil, nil
-  local r = pack(xpcall(f, cell_handler))
+  busy = false
+  local r = pack(xpcall(f, cell_handler, ...))
   flush()
   if r[1] then
     return true, r.n - 1, unpack(r, 2, r.n)
