@@ -49,9 +49,12 @@ def lua_source(name: str) -> str:
 
 def load_lua(lua: lua54.LuaRuntime, name: str, *args):
     """Run lua/<name> as a chunk named after its file; return its results."""
-    chunk = lua.globals().load(lua_source(name), "=lua_kernel/" + name, "t")
-    if isinstance(chunk, tuple):    # (nil, message)
-        raise RuntimeError(f"cannot load lua_kernel/{name}: {chunk[1]}")
+    # lupa compiles with the C API, so a user's replacement of `load` cannot
+    # interfere with our own files.
+    try:
+        chunk = lua.compile(lua_source(name), name="=lua_kernel/" + name, mode="t")
+    except lua54.LuaSyntaxError as e:
+        raise RuntimeError(f"cannot load lua_kernel/{name}: {e}") from None
     return chunk(*args)
 
 

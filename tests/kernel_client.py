@@ -1,0 +1,68 @@
+"""A small synchronous driver for a real kernel process (jupyter_client)."""
+from __future__ import annotations
+
+import queue
+import time
+from contextlib import contextmanager
+
+from jupyter_client.manager import start_new_kernel
+
+
+@contextmanager
+def running_kernel(**env):
+    """Start the installed `lua` kernel; yield (manager, client)."""
+    import os
+
+    kw = {"env": {**os.environ, **env}} if env else {}
+    km, kc = start_new_kernel(kernel_name="lua", startup_timeout=60, **kw)
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def execute(kc, code: str, timeout: float = 30, stdin=None):
+    """Run a cell; return (reply, iopub messages of that cell, in order).
+
+    `stdin`, if given, is a list of answers to the cell's input requests
+    (and allows them); the input requests themselves are collected in
+    `reply["input_requests"]`."""
+    msg_id = kc.execute(code, allow_stdin=stdin is not None)
+    answers = list(stdin or [])
+    requests = []
+    deadline = time.monotonic() + timeout
+    reply = None
+    while reply is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no reply to {code!r} within {timeout}s")
+        if stdin is not None:
+            try:
+                req = kc.get_stdin_msg(timeout=0.02)
+                requests.append(req)
+                if answers:
+                    kc.input(answers.pop(0))
+            except queue.Empty:
+                pass
+        try:
+            msg = kc.get_shell_msg(timeout=0.02)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") == msg_id:
+            reply = msg
+    reply["input_requests"] = requests
+    messages = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+        if msg["msg_type"] not in ("status", "execute_input"):
+            messages.append(msg)
+    return reply, messages
+
+
+def stdout_of(messages, name="stdout") -> str:
+    return "".join(m["content"]["text"] for m in messages
+                   if m["msg_type"] == "stream" and m["content"]["name"] == name)
