@@ -525,15 +525,18 @@ end
 -- Builtins
 ---------------------------------------------------------------------------
 
-local LIBRARIES = { "coroutine", "debug", "io", "math", "os", "package", "string", "table", "utf8" }
+local LIBRARIES = { "coroutine", "debug", "io", "math", "os", "package", "string", "table", "utf8",
+                    "display" }
 
-local function is_c_function(f)
+-- Builtins are the C functions of the standard library and the kernel's own
+-- Lua replacements (print, io.write, ...), which live in lua_kernel/ chunks.
+local function is_builtin_function(f)
   if not getinfo then return true end
   local info = fn_info(f)
-  return info ~= nil and info.what == "C"
+  return info ~= nil and (info.what == "C" or sfind(info.source, "=lua_kernel/", 1, true) == 1)
 end
 
--- Record the C functions of table `t` under `prefix .. key`, keys in sorted
+-- Record the builtin functions of table `t` under `prefix .. key`, keys in sorted
 -- order so the first name found is stable.
 local function index_functions(t, prefix)
   if type(t) ~= "table" then return end
@@ -546,7 +549,7 @@ local function index_functions(t, prefix)
   tsort(names)
   for i = 1, n do
     local f = rawget(t, names[i])
-    if type(f) == "function" and builtins[f] == nil and is_c_function(f) then
+    if type(f) == "function" and builtins[f] == nil and is_builtin_function(f) then
       builtins[f] = prefix .. names[i]
     end
   end

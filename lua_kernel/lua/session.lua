@@ -18,6 +18,7 @@ local type, tostring, select, error, rawequal = type, tostring, select, error, r
 local setmetatable, getmetatable, load, xpcall = setmetatable, getmetatable, load, xpcall
 local pack, unpack, concat = table.pack, table.unpack, table.concat
 local sfind, ssub, sformat, smatch = string.find, string.sub, string.format, string.match
+local sgsub, sgmatch = string.gsub, string.gmatch
 local clock = os.clock
 local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug.getinfo, debug.traceback
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
@@ -267,7 +268,7 @@ local function read_number()
     pending = ""
     if not fill() then return nil end
   end
-  pending = pending:gsub("^%s+", "")
+  pending = sgsub(pending, "^%s+", "")
   -- the longest prefix that reads as a numeral, as Lua's reader would take
   local cand = smatch(pending, "^[%+%-]?0[xX][%x%.]*[pP]?[%+%-]?%x*")
             or smatch(pending, "^[%+%-]?[%d%.]*[eE]?[%+%-]?%d*")
@@ -414,42 +415,59 @@ end
 function display.clear(wait)
   publish("clear", wait and true or false)
 end
-setmetatable(display, { __call = function(_, ...)
-  flush()
-  for i = 1, select("#", ...) do
-    host.display_value((select(i, ...)))
-  end
-end })
+setmetatable(display, {
+  __name = "display",
+  __tostring = function() return "builtin: display" end,
+  __call = function(_, ...)
+    flush()
+    for i = 1, select("#", ...) do
+      host.display_value((select(i, ...)))
+    end
+  end,
+})
 _G.display = display
 M.display = display
 
 ---------------------------------------------------------------------------
 -- Cells. A cell runs like a line in the `lua` REPL, shaped for notebooks:
 -- `return <cell>` is tried first, so an expression list shows its values; a
--- trailing ";" keeps them quiet; a cell whose last lines are an expression
--- after some statements shows that expression.
+-- trailing ";" keeps them quiet; a cell whose last line is an expression or
+-- a call after some statements shows its value, as in IPython.
 ---------------------------------------------------------------------------
 local function trailing_semicolon(code)
   return smatch(code, ";%s*$") ~= nil
 end
 
-function M.compile(code, chunkname)
-  local quiet = trailing_semicolon(code)
-  local f = load("return " .. code, chunkname, "t")
-  if f then return f, not quiet end
-  local err
-  f, err = load(code, chunkname, "t")
-  if f then return f, false end
-  -- Statements followed by an expression: try `return` before each of the
-  -- last few lines (line numbers stay the same).
+-- `return` before one of the last lines: the cell's value is its final
+-- expression (or call) after some statements. Line numbers stay the same.
+local function return_last(code, chunkname)
   local starts = { 1 }
-  for pos in code:gmatch("\n()") do starts[#starts + 1] = pos end
+  for pos in sgmatch(code, "\n()") do starts[#starts + 1] = pos end
   for i = #starts, math.max(2, #starts - 20), -1 do
     local s = starts[i]
     local g = load(ssub(code, 1, s - 1) .. "return " .. ssub(code, s), chunkname, "t")
-    if g then return g, not quiet end
+    if g then return g end
   end
+end
+
+function M.compile(code, chunkname)
+  local show = not trailing_semicolon(code)
+  local f = load("return " .. code, chunkname, "t")
+  if f then return f, show end
+  local err
+  f, err = load(code, chunkname, "t")
+  -- A cell ending in an expression (not a statement on its own), or in a
+  -- call, shows that value; a call is the only statement that is also an
+  -- expression, so this cannot change what valid code does.
+  local g = return_last(code, chunkname)
+  if g then return g, show end
+  if f then return f, false end
   return nil, err
+end
+
+-- io.write returns its file: a cell ending in io.write(...) shows nothing.
+function M.is_stream(v)
+  return v == stdout or v == stderr
 end
 
 -- What the cell's error handler records, read by Python after the cell.
@@ -484,7 +502,7 @@ end
 
 local function clean_traceback(tb)
   local lines = {}
-  for line in (tb or ""):gmatch("[^\n]+") do lines[#lines + 1] = line end
+  for line in sgmatch(tb or "", "[^\n]+") do lines[#lines + 1] = line end
   while #lines > 1 and (ours(lines[#lines]) or sfind(lines[#lines], "^%s*%[C%]: in ")) do
     lines[#lines] = nil
   end
@@ -517,12 +535,6 @@ function M.run(f, ...)
     kind = "memory"
   end
   return false, kind, message_of(e), clean_traceback(tb), e
-end
-
--- After an interrupt the hook may still be armed on this thread.
-function M.disarm()
-  sethook(hook, "", 0)
-  interrupting, unwinding = false, false
 end
 
 -- text/html for a table: its metatable's __html, else the generic rendering.
