@@ -1,4 +1,4 @@
-"""python -m lua_kernel: install | kernel."""
+"""python -m lua_kernel: install | snapshots ... | kernel."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,52 @@ def _can_write_system() -> bool:
     return os.access(parent, os.W_OK)
 
 
+def _snapshots(args) -> int:
+    import time
+    from pathlib import Path
+
+    from .persist import snapshot
+    from .persist.store import Store
+
+    store = Store(args.store)
+    stamp = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # noqa: E731
+    if args.action == "list":
+        keys = [args.key] if args.key else store.keys()
+        if not keys:
+            print(f"No saved Lua sessions in {store.describe()}.")
+        for key in keys:
+            print(key)
+            for e in reversed(store.list(key)):
+                print(f"  {e.name:<32} {stamp(e.modified)}  {e.size:>12,} bytes")
+        return 0
+    if args.action == "trust":
+        path = Path(args.key)
+        path.write_bytes(snapshot.resign(path.read_bytes()))
+        print(f"{path} is now signed with your key; %restore {path} brings it into a notebook.")
+        return 0
+    if args.action == "show":
+        path = Path(args.key)
+        if path.is_file() and args.name is None:
+            data = path.read_bytes()
+        else:
+            found = store.load(args.key, args.name)
+            if found is None:
+                print(f"No saved state for {args.key!r}" + (f" named {args.name!r}" if args.name
+                                                             else ""), file=sys.stderr)
+                return 1
+            data = found[1]
+        info = snapshot.info_of(data)
+        print(f"notebook:  {info.notebook}\ncreated:   {stamp(info.created)}\n"
+              f"lua:       {info.lua_version}\nsize:      {info.size:,} bytes")
+        for k, v in sorted(info.counts.items()):
+            print(f"  {k:<16} {v:,}" if isinstance(v, int) else f"  {k:<16} {v}")
+        return 0
+    # delete
+    n = store.delete(args.key, args.name)
+    print(f"Deleted {n} snapshot{'s' if n != 1 else ''} of {args.key}.")
+    return 0
+
+
 def _kernel(args, rest) -> int:
     from ipykernel.kernelapp import IPKernelApp
 
@@ -46,6 +92,13 @@ def main(argv=None) -> int:
     where.add_argument("--sys-prefix", action="store_true",
                        help="into sys.prefix (e.g. the active virtualenv)")
     where.add_argument("--prefix", help="into this prefix (PREFIX/share/jupyter/kernels)")
+    p = sub.add_parser("snapshots", help="list, show, delete or trust saved Lua sessions")
+    p.add_argument("action", choices=["list", "show", "delete", "trust"])
+    p.add_argument("key", nargs="?", help="notebook key (e.g. its path), or a FILE for "
+                                          "show and trust")
+    p.add_argument("name", nargs="?", help="one snapshot of that notebook")
+    p.add_argument("--store", help="directory or fsspec URL (default: "
+                                   "$LUA_KERNEL_SNAPSHOTS or the Jupyter data directory)")
     sub.add_parser("kernel", help="run the kernel (Jupyter starts it this way)",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -53,6 +106,18 @@ def main(argv=None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return _install(args)
+    if args.command == "snapshots":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.action in ("show", "delete", "trust") and not args.key:
+            parser.error(f"snapshots {args.action} needs a notebook key or a file")
+        from .persist.snapshot import SnapshotError
+
+        try:
+            return _snapshots(args)
+        except (SnapshotError, OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return _kernel(args, rest)
 
 
