@@ -19,6 +19,8 @@ from typing import Any, Callable
 from lupa import lua54
 
 from . import native
+from .persist import snapshot as envelope
+from .persist.snapshot import SnapshotError, SnapshotInfo
 from .runtime import is_lua_object, is_python_object, load_lua, new_runtime, to_bytes
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
@@ -126,6 +128,10 @@ class Session:
         self._lock = threading.Lock()
         self._running = False
         self._interrupted = False
+        self._flush_timer: threading.Timer | None = None
+        self.save_issues: list = []
+        self.restore_issues: list = []
+        self.restored_from: SnapshotInfo | None = None
         self._start()
 
     # -- the Lua state ------------------------------------------------------
@@ -136,6 +142,7 @@ class Session:
             "emit": self._emit,
             "readline": self._readline,
             "interrupted": lambda: self._interrupted,
+            "output_pending": self._output_pending,
             "publish": self._publish,
             "display_value": self._display_value,
         })
@@ -143,6 +150,7 @@ class Session:
         self._repr = load_lua(self.lua, "repr.lua")
         self._repr.init(self.lua.globals())
         self._interrupter = self._make_interrupter()
+        self._fresh_globals = self._globals_now()
 
     def _make_interrupter(self) -> native.Interrupter | None:
         if not native.Interrupter.supported():
@@ -159,6 +167,19 @@ class Session:
         probe.check(lambda *chain: interrupter.self_check(
             [native.parse_address(a) for a in chain]))
         return interrupter
+
+    def _globals_now(self) -> dict:
+        return dict(self.lua.eval(
+            "function() local r = {} for k, v in next, _G do "
+            "if type(k) == 'string' then r[k] = v end end return r end")().items())
+
+    def user_globals(self) -> list[tuple[str, object]]:
+        """(name, value) of the globals the user made or replaced, by name:
+        those a fresh state does not have, or has with another value."""
+        fresh = self._fresh_globals
+        same = self.lua.eval("rawequal")
+        return sorted((k, v) for k, v in self._globals_now().items()
+                      if k not in fresh or not same(fresh[k], v))
 
     @property
     def globals(self):
@@ -191,7 +212,10 @@ class Session:
         fn, show = self.compile(code, name)
         if fn is None:
             raise LuaSyntaxError(show)
-        return CellResult(self.call(fn), show)
+        values = self.call(fn)
+        if show and values and all(self._lua_side.is_stream(v) for v in values):
+            show = False
+        return CellResult(values, show)
 
     def compile(self, code: str, name: str):
         """(function, show) for a cell, or (None, syntax error message)."""
@@ -230,6 +254,25 @@ class Session:
                 f"set {MAX_MEMORY_ENV} to change it)", traceback, value)
         raise LuaError(message, traceback, value)
 
+    def _output_pending(self) -> bool:
+        """Lua has buffered output: flush it within FLUSH_SECONDS even if the
+        cell goes quiet, by arming the hook from a timer. False when Lua must
+        arm a tick itself (no native hook access)."""
+        if self._interrupter is None:
+            return False
+        with self._lock:
+            if self._flush_timer is None:
+                self._flush_timer = threading.Timer(0.05, self._flush_tick)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+        return True
+
+    def _flush_tick(self) -> None:
+        with self._lock:
+            self._flush_timer = None
+            if self._running:
+                self._interrupter.arm()   # the hook flushes, sees no interrupt, disarms
+
     @property
     def interrupted(self) -> bool:
         """True once the running cell was asked to stop."""
@@ -245,6 +288,39 @@ class Session:
             if self._interrupter:
                 self._interrupter.arm()
         return True
+
+    # -- snapshots ----------------------------------------------------------
+
+    def capture(self) -> tuple[bytes, list, dict]:
+        """Serialize the Lua state: (body, issues, counts). Synchronous and
+        fast; sealing (compression, signing) can happen in another thread."""
+        from .persist import state
+
+        return state.capture(self)
+
+    def snapshot(self, *, notebook: str = "", kernel: dict | None = None) -> bytes:
+        """The whole Lua state as signed, compressed bytes. Anything that
+        could not be saved is listed, by path, in `self.save_issues`."""
+        body, issues, counts = self.capture()
+        self.save_issues = issues
+        return seal(body, counts, notebook=notebook, kernel=kernel)
+
+    @classmethod
+    def restore(cls, data: bytes, **kwargs) -> "Session":
+        """A new Session that behaves like the one saved in `data` (keyword
+        arguments as for Session()). Unsigned, altered, truncated or foreign
+        data raise SnapshotError. What could not be brought back is listed in
+        `restore_issues`; `restored_from` describes the snapshot."""
+        from .persist import state
+
+        info, body = envelope.open_snapshot(data, lua_version=native.lua_release())
+        session = cls(**kwargs)
+        try:
+            session.restore_issues = state.apply(session, body)
+        except ValueError as e:
+            raise SnapshotError(f"the snapshot's Lua state cannot be read: {e}") from None
+        session.restored_from = info
+        return session
 
     # -- how values look ----------------------------------------------------
 
@@ -298,6 +374,14 @@ class Session:
 
     def _display_value(self, value) -> None:
         self.display(*self.format(value))
+
+
+def seal(body: bytes, counts: dict, *, notebook: str = "", kernel: dict | None = None) -> bytes:
+    """Compress and sign a body from Session.capture()."""
+    counts = dict(counts)
+    seconds = counts.pop("seconds", None)
+    return envelope.seal(body, notebook=notebook, lua_version=native.lua_release(),
+                         counts=counts, timings={"serialize": seconds}, kernel=kernel)
 
 
 # kind -> (MIME type, text/plain fallback; None means the data itself)

@@ -132,10 +132,13 @@ end
 ---------------------------------------------------------------------------
 -- Output: print, io.write and the io.stdout/io.stderr objects go to one
 -- buffer. It is handed to Python when it grows past 64 KiB, when the stream
--- changes (so stdout and stderr stay in order), at least every 50 ms while
--- output keeps coming, at the end of the cell, before reading input, and by a
--- one-shot hook tick shortly after a burst stops (so the last lines of a burst
--- followed by a long computation still show promptly).
+-- changes (so stdout and stderr stay in order), at the end of the cell and
+-- before reading input. The first piece after a quiet spell (50 ms) goes out
+-- at once; otherwise Python is told once that output is pending and arms the
+-- hook 50 ms later through lua_sethook (like an interrupt), so the tail of a
+-- burst followed by a long computation still shows promptly, and nothing is
+-- paid per instruction or per print meanwhile. Where that is not available,
+-- a one-shot count hook does the same job.
 ---------------------------------------------------------------------------
 local buf, nbuf, nbytes, bufstream = {}, 0, 0, nil
 local last_flush = clock()
@@ -164,10 +167,14 @@ local function out(stream, s)
   nbuf = nbuf + 1
   nbytes = nbytes + #s
   busy = false
-  if nbytes >= FLUSH_BYTES or clock() - last_flush >= FLUSH_SECONDS then
+  if nbytes >= FLUSH_BYTES then
     flush()
-  elseif nbuf == 1 and not interrupting and gethook() == nil then
-    sethook(hook, "", TICK_INSTRUCTIONS)   -- the tail-flush tick
+  elseif nbuf == 1 then
+    if clock() - last_flush >= FLUSH_SECONDS then
+      flush()
+    elseif not host.output_pending() and not interrupting and gethook() == nil then
+      sethook(hook, "", TICK_INSTRUCTIONS)   -- the tail-flush tick, done in Lua
+    end
   end
 end
 
