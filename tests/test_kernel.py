@@ -263,6 +263,12 @@ def test_display_png_sends_the_exact_bytes_base64(kc):
     assert base64.b64decode(data["image/png"]) == b"\x89PNG\r\n\x1a\n\x00\xff"
 
 
+def test_display_jpeg_sends_the_exact_bytes_base64(kc):
+    _, msgs = execute(kc, r'display.jpeg("\255\216\255\224JFIF")')
+    data = only(msgs, "display_data")["data"]
+    assert base64.b64decode(data["image/jpeg"]) == b"\xff\xd8\xff\xe0JFIF"
+
+
 def test_display_json_sends_a_table_as_json(kc):
     _, msgs = execute(kc, "display.json({name = 'lua', list = {1, 2, 3}, nested = {ok = true}})")
     data = only(msgs, "display_data")["data"]["application/json"]
