@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import os
 import re
 import signal
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import zmq
 from ipykernel.kernelbase import Kernel
 
 from . import __version__, introspect
-from .magics import Magics, is_magic_cell
+from .magics import MagicError, Magics, is_magic_cell
 from .native import lua_release
+from .persist.snapshot import SnapshotError
+from .persistence import (BEFORE_RESET, Persistence, describe_issues, key_from_cell_id,
+                          when)
 from .runtime import to_bytes
-from .session import LuaError, Session
+from .session import LuaError, Session, format_bytes
 
 ANSI_RED, ANSI_RESET = "\x1b[0;31m", "\x1b[0m"
 HELP_QUERY = re.compile(r"^\s*([A-Za-z_][\w]*(?:[.:][A-Za-z_]\w*)*)\s*(\?\??)\s*$")
@@ -59,17 +66,42 @@ class LuaKernel(Kernel):
         self._cell_allow_stdin = False
         self.history: list[tuple[int, int, str, str | None]] = []  # session, line, in, out
         self.history_session = 1
-        self.lua_session: Session = self._worker.submit(self._new_session).result()
+        self.persistence = Persistence()
+        restored = self._worker.submit(self.persistence.at_start, self._restore).result()
+        self.lua_session: Session = restored or self._worker.submit(self._new_session).result()
         self.magics = Magics(self.lua_session, self._chunkname)
+        self._register_snapshot_magics()
+        signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _new_session(self) -> Session:
-        return Session(
+    def _session_kwargs(self) -> dict:
+        return dict(
             stdout=lambda text: self._stream("stdout", text),
             stderr=lambda text: self._stream("stderr", text),
             stdin=self._read_input,
             display=self._display,
             clear_output=self._clear_output,
         )
+
+    def _new_session(self) -> Session:
+        return Session(**self._session_kwargs())
+
+    def _restore(self, data: bytes) -> Session:
+        """A session from a snapshot; the kernel's counters continue from it, so
+        chunk names (In[n]) of restored functions stay unique."""
+        session = Session.restore(data, **self._session_kwargs())
+        extras = session.restored_from.kernel
+        session._cell_sources = dict(extras.get("cell_sources", {}))
+        self.execution_count = max(self.execution_count, extras.get("execution_count", 0))
+        return session
+
+    def _use(self, session: Session) -> None:
+        self.lua_session = session
+        self.magics.session = session
+
+    def _extras(self) -> dict:
+        """The kernel's own part of a snapshot."""
+        return {"execution_count": self.execution_count,
+                "cell_sources": getattr(self.lua_session, "_cell_sources", {})}
 
     def _chunkname(self) -> str:
         return f"In[{self.execution_count}]"
@@ -134,6 +166,11 @@ class LuaKernel(Kernel):
         self._cell_parent = self.get_parent("shell")
         self._cell_ident = self._shell_ident()
         self._cell_allow_stdin = allow_stdin
+        if self.persistence.key is None:
+            await self._key_from_frontend(cell_meta, cell_id)
+        if self.persistence.notice and not silent:
+            self._stream("stdout", self.persistence.notice + "\n")
+            self.persistence.notice = None
         output = None
         try:
             result = await self._in_lua(self._run, code)
@@ -142,6 +179,10 @@ class LuaKernel(Kernel):
         finally:
             if store_history and not silent:
                 self.history.append((self.history_session, self.execution_count, code, None))
+            if not silent:
+                # serialization runs in the Lua thread before the next request;
+                # compression and the write happen in the writer thread
+                self._worker.submit(self._autosave)
         if result is not None and result.show and result.values and not silent:
             data, metadata = await self._in_lua(self.lua_session.format, *result.values)
             data = _clean_bundle(data)
@@ -152,6 +193,25 @@ class LuaKernel(Kernel):
                 self.history[-1] = self.history[-1][:3] + (output,)
         return {"status": "ok", "execution_count": self.execution_count,
                 "payload": self._payload, "user_expressions": {}}
+
+    async def _key_from_frontend(self, cell_meta, cell_id) -> None:
+        """VS Code names the notebook in its cell ids; a kernel that had no key
+        takes it from the first cell, and restores if it has run nothing yet."""
+        key = key_from_cell_id(cell_id or (cell_meta or {}).get("cellId"))
+        if key is None:
+            return
+        self.persistence.key = key
+        if self.execution_count <= 1 and not self.lua_session.user_globals():
+            restored = await self._in_lua(self.persistence.at_start, self._restore)
+            if restored is not None:
+                self._use(restored)
+
+    def _autosave(self) -> None:
+        try:
+            self.persistence.autosave_now(self.lua_session, self._extras())
+        except Exception as e:  # noqa: BLE001 - a failed autosave must not kill the kernel
+            self.log.warning("autosave failed: %s", e)
+            self.persistence.last_error = str(e)
 
     def _run(self, code: str):
         self._payload = []
@@ -227,8 +287,139 @@ class LuaKernel(Kernel):
         return await self._in_lua(introspect.is_complete, self.lua_session, code)
 
     async def do_shutdown(self, restart):
+        try:
+            await self._in_lua(self.persistence.shutdown, self.lua_session, self._extras(),
+                               restart)
+        except Exception as e:  # noqa: BLE001 - shutting down regardless
+            self.log.warning("could not save the Lua state at shutdown: %s", e)
         self._worker.shutdown(wait=False, cancel_futures=True)
         return {"status": "ok", "restart": restart}
+
+    def _on_sigterm(self, signum, frame):
+        """Save, then exit: a running cell is interrupted first."""
+        self.lua_session.interrupt()
+        try:
+            self._worker.submit(self.persistence.shutdown, self.lua_session, self._extras(),
+                                False).result(timeout=60)
+        except Exception as e:  # noqa: BLE001
+            self.log.warning("could not save the Lua state on SIGTERM: %s", e)
+        sys.exit(0)
+
+    # -- snapshot magics ----------------------------------------------------------
+
+    def _register_snapshot_magics(self) -> None:
+        for name, usage, help_, fn in (
+            ("save", "%save [NAME]", "save the Lua state now (as NAME: kept until deleted)",
+             self._magic_save),
+            ("restore", "%restore [NAME]", "bring back the saved state (newest, or NAME)",
+             self._magic_restore),
+            ("snapshots", "%snapshots", "list this notebook's saved states",
+             self._magic_snapshots),
+            ("session", "%session [NAME | off]",
+             "show or set the name this notebook's state is saved under", self._magic_session),
+            ("reset", "%reset [--delete]",
+             "fresh Lua state (the old one is kept as 'before-reset'; --delete removes all)",
+             self._magic_reset),
+        ):
+            self.magics.register(name, usage, help_, fn)
+
+    def _magic_save(self, args: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            entry = self.persistence.save(self.lua_session, self._extras(), args or None)
+        except (SnapshotError, ValueError) as e:
+            raise MagicError(f"%save: {e}") from None
+        took = (time.perf_counter() - t0) * 1000
+        self.magics.out(f"Saved the Lua state as '{entry.name}' ({format_bytes(entry.size)}, "
+                        f"{took:.0f} ms) in {self.persistence.store.describe()}.")
+        issues = describe_issues(entry.issues, "saved")
+        if issues:
+            self.magics.out(issues)
+
+    def _magic_restore(self, args: str) -> None:
+        name = self.persistence.restore_name(args or None)
+        if not self.persistence.active:
+            raise MagicError(f"%restore: {self.persistence.why_inactive()}")
+        self.persistence.wait()
+        try:
+            if name and name.endswith(".luasnap") and os.path.isfile(name):
+                session = self._restore(Path(name).read_bytes())   # a received file
+            else:
+                session = self.persistence.restore(self._restore, name)
+        except SnapshotError as e:
+            raise MagicError(f"%restore: {e}\nThe current Lua state is unchanged.") from None
+        if session is None:
+            what = f"named '{name}'" if name else "at all"
+            raise MagicError(f"%restore: this notebook has no saved state {what} "
+                             f"(see %snapshots)")
+        self._use(session)
+        self.persistence.started_fresh_after_restart = False
+        self.persistence.protecting = False
+        self.magics.out(self.persistence.restore_report(session))
+
+    def _magic_snapshots(self, args: str) -> None:
+        if not self.persistence.active:
+            raise MagicError(f"%snapshots: {self.persistence.why_inactive()}")
+        entries = self.persistence.store.list(self.persistence.key)
+        if not entries:
+            self.magics.out("No saved states for this notebook yet.")
+            return
+        lines = [f"Saved states of {self.persistence.key} in {self.persistence.store.describe()}:"]
+        for e in reversed(entries):
+            lines.append(f"  {e.name:<32} {when(e.modified)}  {format_bytes(e.size):>10}")
+        self.magics.out("\n".join(lines))
+
+    def _magic_session(self, args: str) -> None:
+        p = self.persistence
+        if args.strip().lower() == "off":
+            p.autosave = False
+            self.magics.out("Autosave is off for this kernel; %save still saves on request.")
+            return
+        if args:
+            if p.store is None:
+                raise MagicError(f"%session: {p.why_inactive()}")
+            p.key, p.autosave = args.strip(), True
+            if p.store.load(p.key) is None:
+                self.magics.out(f"This notebook's state is now saved as session '{p.key}'.")
+            elif not self.lua_session.user_globals():
+                # nothing to lose here: attach to the saved session
+                session = p.restore(self._restore)
+                self._use(session)
+                self.magics.out(p.restore_report(session))
+            else:
+                p.protecting = True
+                self.magics.out(f"Session '{p.key}' has a saved state: %restore brings it "
+                                f"back, %save replaces it with this one (nothing is saved "
+                                f"until you choose).")
+            return
+        if p.store is None:
+            self.magics.out(p.why_inactive())
+        elif p.key is None:
+            self.magics.out(f"No session name yet; snapshots would go to "
+                            f"{p.store.describe()}. Set one with %session NAME.")
+        else:
+            state = "on" if p.autosave else "off"
+            last = f"; last saved {when(p.last_saved.modified)}" if p.last_saved else ""
+            self.magics.out(f"Session '{p.key}' in {p.store.describe()}; autosave {state}{last}.")
+
+    def _magic_reset(self, args: str) -> None:
+        p = self.persistence
+        delete = args.strip() in ("--delete", "-d")
+        if args.strip() and not delete:
+            raise MagicError("usage: %reset [--delete]")
+        if p.active and delete:
+            p.wait()
+            n = p.store.delete(p.key)
+            message = f"The saved state of this notebook is deleted ({n} snapshots)."
+        elif p.active:
+            p.save(self.lua_session, self._extras(), BEFORE_RESET)
+            message = (f"The previous state is kept as '{BEFORE_RESET}': "
+                       f"%restore {BEFORE_RESET} brings it back.")
+        else:
+            message = "Nothing was saved (snapshots are not active for this notebook)."
+        self.lua_session.reset()
+        self.magics.out("Fresh Lua state: all globals, functions and coroutines are gone. "
+                        + message)
 
 
 def _clean_bundle(data: dict) -> dict:

@@ -65,7 +65,6 @@ class Magics:
         self.session = session
         self.chunkname = chunkname       # the current cell's chunk name
         self.magics: dict[str, Magic] = {}
-        self._baseline = self._global_snapshot()
         for name, usage, help_, fn in (
             ("lsmagic", "%lsmagic", "list the magics", self.lsmagic),
             ("who", "%who", "names of your global variables", self.who),
@@ -111,28 +110,14 @@ class Magics:
         lines += [f"  {m.usage:<{width}}  {m.help}" for _, m in sorted(self.magics.items())]
         self.out("\n".join(lines))
 
-    def _global_snapshot(self) -> dict:
-        """name -> value of the globals a fresh state has (values compared by
-        identity: redefining `print` makes it a user global)."""
-        return dict(self.session.lua.eval(
-            "function() local r = {} for k, v in next, _G do "
-            "if type(k) == 'string' then r[k] = v end end return r end")().items())
-
-    def user_globals(self) -> list[tuple[str, object]]:
-        current = self._global_snapshot()
-        base = self._baseline
-        same = self.session.lua.eval("rawequal")
-        return sorted((k, v) for k, v in current.items()
-                      if k not in base or not same(base[k], v))
-
     def who(self, args: str) -> None:
-        names = [k for k, _ in self.user_globals()]
+        names = [k for k, _ in self.session.user_globals()]
         self.out("  ".join(names) if names else "No user globals.")
 
     def whos(self, args: str) -> None:
         rows = []
         type_of = self.session.lua.eval("type")
-        for name, value in self.user_globals():
+        for name, value in self.session.user_globals():
             text = " ".join(self.session.text(value).split())
             if len(text) > 60:
                 text = text[:57] + "..."
@@ -199,5 +184,4 @@ class Magics:
 
     def reset(self, args: str) -> None:
         self.session.reset()
-        self._baseline = self._global_snapshot()
         self.out("Fresh Lua state: all globals, functions and coroutines are gone.")

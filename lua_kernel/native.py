@@ -40,6 +40,10 @@ TAG_THREAD = 0x48    # thread (collectable)
 CCL_F = 24           # CClosure.f
 CCL_UPVALUE = 32     # CClosure.upvalue[0]
 LUAI_MAXCCALLS = 200  # llimits.h: nested resumes cannot go deeper
+TSTRING_TT = 8        # TString: CommonHeader (next, tt, marked), extra, shrlen, hash,
+TSTRING_LNGLEN = 16   #   u.lnglen for long strings,
+TSTRING_CONTENTS = 24  #  then the bytes
+LUA_VLNGSTR = 0x14    # a long string's type tag
 
 
 class MemoryReader:
@@ -72,6 +76,18 @@ class MemoryReader:
         """(value, tag) of the TValue at addr."""
         data = self.read(addr, TVALUE_TAG + 1)
         return struct.unpack("<QB", data) if data else None
+
+
+def long_string_bytes(addr: int, size: int) -> bytes | None:
+    """The bytes of the long Lua string object at addr (`%p` of the string),
+    if its header says it is one of `size` bytes; None otherwise. Callers
+    still check the contents against what Lua says."""
+    header = MEMORY.read(addr, TSTRING_CONTENTS)
+    if header is None or header[TSTRING_TT] != LUA_VLNGSTR:
+        return None
+    if struct.unpack_from("<Q", header, TSTRING_LNGLEN)[0] != size:
+        return None
+    return MEMORY.read(addr + TSTRING_CONTENTS, size)
 
 
 def _library():

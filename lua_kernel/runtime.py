@@ -43,12 +43,18 @@ def new_runtime(max_memory: int = 0) -> lua54.LuaRuntime:
     )
 
 
+def _lua_path(name: str) -> str:
+    """A file name without "/" means lua/<name>; a path is relative to the package."""
+    return name if "/" in name else "lua/" + name
+
+
 def lua_source(name: str) -> str:
-    return resources.files("lua_kernel").joinpath("lua", name).read_text("utf-8")
+    return resources.files("lua_kernel").joinpath(*_lua_path(name).split("/")).read_text("utf-8")
 
 
 def load_lua(lua: lua54.LuaRuntime, name: str, *args):
-    """Run lua/<name> as a chunk named after its file; return its results."""
+    """Run lua/<name> (or <path> inside the package, such as
+    "persist/lua/state.lua") as a chunk named after its file; return its results."""
     # lupa compiles with the C API, so a user's replacement of `load` cannot
     # interfere with our own files.
     try:

@@ -20,6 +20,7 @@ from lupa import lua54
 
 from . import native
 from .persist import snapshot as envelope
+from .persist import state
 from .persist.snapshot import SnapshotError, SnapshotInfo
 from .runtime import is_lua_object, is_python_object, load_lua, new_runtime, to_bytes
 
@@ -151,6 +152,8 @@ class Session:
         self._repr.init(self.lua.globals())
         self._interrupter = self._make_interrupter()
         self._fresh_globals = self._globals_now()
+        # before any user code: the serializer's baseline of permanents
+        self._state = state.attach(self)
 
     def _make_interrupter(self) -> native.Interrupter | None:
         if not native.Interrupter.supported():
@@ -294,8 +297,6 @@ class Session:
     def capture(self) -> tuple[bytes, list, dict]:
         """Serialize the Lua state: (body, issues, counts). Synchronous and
         fast; sealing (compression, signing) can happen in another thread."""
-        from .persist import state
-
         return state.capture(self)
 
     def snapshot(self, *, notebook: str = "", kernel: dict | None = None) -> bytes:
@@ -311,8 +312,6 @@ class Session:
         arguments as for Session()). Unsigned, altered, truncated or foreign
         data raise SnapshotError. What could not be brought back is listed in
         `restore_issues`; `restored_from` describes the snapshot."""
-        from .persist import state
-
         info, body = envelope.open_snapshot(data, lua_version=native.lua_release())
         session = cls(**kwargs)
         try:

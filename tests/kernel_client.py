@@ -18,8 +18,10 @@ def running_kernel(**env):
     try:
         yield km, kc
     finally:
+        # a graceful shutdown_request, as frontends send (the kernel saves its
+        # state); jupyter_client kills the kernel if it does not exit in time
         kc.stop_channels()
-        km.shutdown_kernel(now=True)
+        km.shutdown_kernel(now=False)
 
 
 def execute(kc, code: str, timeout: float = 30, stdin=None):

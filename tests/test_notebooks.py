@@ -122,3 +122,31 @@ def test_magics(tour):
     assert {"Vector", "fruits", "make_counter", "ocean"} <= set(out.splitlines()[0].split())
     assert "make_counter  function  function make_counter()" in out
     assert out.count("per loop (mean ± std. dev. of 3 runs, 1,000 loops each)") == 2
+
+
+# -- persistence.ipynb: Part 1 in one kernel process, Part 2 in the next ----------------
+
+PERSISTENCE = TOUR.parent / "persistence.ipynb"
+
+
+def test_persistence_notebook_carries_on_in_a_second_kernel(monkeypatch):
+    import uuid
+
+    monkeypatch.setenv("JPY_SESSION_NAME", f"demo/{uuid.uuid4().hex[:8]}/persistence.ipynb")
+    nb = nbformat.read(PERSISTENCE, as_version=4)
+    split = next(i for i, c in enumerate(nb.cells) if "<!-- part 2 -->" in c.source)
+    part1, part2 = nbformat.v4.new_notebook(), nbformat.v4.new_notebook()
+    part1.metadata = part2.metadata = nb.metadata
+    part1.cells, part2.cells = nb.cells[:split], nb.cells[split:]
+
+    NotebookClient(part1, kernel_name="lua", timeout=60).execute()   # shuts down at the end
+    assert not [o for c in part1.cells if c.cell_type == "code" for o in c.outputs
+                if o.output_type == "error"]
+    NotebookClient(part2, kernel_name="lua", timeout=60).execute()   # a new kernel process
+
+    first = cell_with(part2, "deposit(5), balance()")
+    assert "Restored the Lua state saved" in stdout(first)
+    assert results(first)[0]["text/plain"] == "125\t125"
+    assert results(cell_with(part2, "inventory.self == inventory"))[0]["text/plain"] == \
+        'true\t"Point(3, 4)"'
+    assert "apples = 2" in results(cell_with(part2, "inventory.apples - 1"))[0]["text/plain"]

@@ -42,6 +42,20 @@ def test_multi_line_last_expression_is_shown(session):
     assert list(result.values[0].values()) == [1, 2]
 
 
+def test_a_cell_ending_in_a_block_runs_the_whole_block(session):
+    result = session.run_cell("n = 0\nfor i = 1, 3 do\n  n = n + 1\nend")
+    assert result.values == () and session.execute("n") == (3,)
+    session.execute("m = 0\nwhile m < 5 do\n  m = m + 1\nend")
+    assert session.execute("m") == (5,)
+    session.execute("function f()\n  return 1\nend")
+    assert session.execute("f()") == (1,)
+
+
+def test_a_cell_ending_in_a_call_shows_its_value(session):
+    result = session.run_cell("local x = 2\nmath.max(x, 5)")
+    assert result.values == (5,) and result.show is True
+
+
 def test_nil_results_are_kept(session):
     assert session.execute("nil, 1, nil") == (None, 1, None)
 

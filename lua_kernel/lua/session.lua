@@ -115,7 +115,11 @@ function coroutine.create(f)
   return co
 end
 
--- coroutine.wrap returns a C closure whose first upvalue is its thread.
+-- coroutine.wrap returns a C closure whose first upvalue is its thread;
+-- persistence finds wrap functions (and their threads) in M.wrapped.
+local wrapped = setmetatable({}, { __mode = "k" })
+M.wrapped = wrapped
+
 function coroutine.wrap(f)
   if type(f) ~= "function" then
     error("bad argument #1 to 'wrap' (function expected)", 2)
@@ -124,6 +128,7 @@ function coroutine.wrap(f)
   local _, co = debug.getupvalue(w, 1)
   if type(co) == "thread" then
     thread_fn[co] = f
+    wrapped[w] = co
     sethook(co, hook, "", 0)
   end
   return w
@@ -348,6 +353,49 @@ function stream_mt.lines(self, ...)
   end
 end
 
+-- Files opened with io.open are remembered (weakly) with their path and mode,
+-- so that persistence can reopen them. M.abspath, when set (by persistence),
+-- turns the given path into an absolute one. The arguments are checked here,
+-- with the messages of the original, so errors point at the caller.
+local files = setmetatable({}, { __mode = "k" })
+M.files = files
+local real_open = io.open
+
+local function valid_mode(mode)
+  local rest = smatch(mode, "^[rwa]%+?(.*)$")
+  return rest ~= nil and smatch(rest, "^b*$") ~= nil
+end
+
+function io.open(...)
+  local filename, mode = ...
+  local tf = type(filename)
+  if tf ~= "string" and tf ~= "number" then
+    error(sformat("bad argument #1 to 'open' (string expected, got %s)",
+      select("#", ...) == 0 and "no value" or tf), 2)
+  end
+  if mode == nil then
+    mode = "r"
+  elseif type(mode) == "number" then
+    mode = tostring(mode)
+  elseif type(mode) ~= "string" then
+    error(sformat("bad argument #2 to 'open' (string expected, got %s)", type(mode)), 2)
+  end
+  if not valid_mode(mode) then
+    error("bad argument #2 to 'open' (invalid mode)", 2)
+  end
+  filename = tostring(filename)
+  local fh, err, code = real_open(filename, mode)
+  if fh then
+    local path = filename
+    if M.abspath then
+      local ok, p = pcall(M.abspath, filename)
+      if ok and type(p) == "string" then path = p end
+    end
+    files[fh] = { path = path, mode = mode }
+  end
+  return fh, err, code
+end
+
 -- The io library, rerouted through the current default input and output.
 local cur_in, cur_out = stdin, stdout
 
@@ -447,13 +495,19 @@ end
 
 -- `return` before one of the last lines: the cell's value is its final
 -- expression (or call) after some statements. Line numbers stay the same.
+-- Both halves must stand on their own: the tail an expression list, the head
+-- complete statements; otherwise `return` could land inside a block (before
+-- a loop's closing `end`) and change what the code does.
 local function return_last(code, chunkname)
   local starts = { 1 }
   for pos in sgmatch(code, "\n()") do starts[#starts + 1] = pos end
   for i = #starts, math.max(2, #starts - 20), -1 do
     local s = starts[i]
-    local g = load(ssub(code, 1, s - 1) .. "return " .. ssub(code, s), chunkname, "t")
-    if g then return g end
+    local head, tail = ssub(code, 1, s - 1), ssub(code, s)
+    if load("return " .. tail, "=tail", "t") and load(head, "=head", "t") then
+      local g = load(head .. "return " .. tail, chunkname, "t")
+      if g then return g end
+    end
   end
 end
 

@@ -1,0 +1,1 @@
+"""Persistence: the snapshot envelope, where snapshots live, and the Lua state serializer."""

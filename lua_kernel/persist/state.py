@@ -1,0 +1,158 @@
+"""A session's whole Lua state as bytes, and back into a fresh session.
+
+The serializer itself is Lua (`persist/lua/state.lua`, where the format is
+documented); this is its Python glue:
+
+    module = attach(session)              # once, on a fresh state (Session._start)
+    body, issues, counts = capture(session)
+    issues = apply(fresh_session, body)   # ValueError if the body is malformed
+
+Python objects reached from Lua are pickled with dill (`pyobjects.py`) in one
+call per snapshot. What cannot be saved (an unpicklable Python object, an
+unknown C function, a coroutine suspended with a live call stack, ...) does
+not sink the snapshot: it is an `Issue` naming where it was found, and comes
+back as nil, with the same issue reported again by `apply`.
+
+Bytes cross from Lua to Python as `str` with surrogate escapes, which costs
+several nanoseconds a byte for binary data. The body is binary, so `capture`
+copies it straight out of the Lua string's memory instead (the address comes
+from `string.format("%p", body)`; the read goes through /proc/self/mem, so a
+wrong address is an error, never a crash, and the copy is checked against
+the string's length field and against its first and last 64 bytes, which Lua
+gives through the normal path). When that is not possible the normal path is
+used. In the other direction Python bytes become Lua strings exactly.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from lupa import lua54
+
+from .. import native
+from ..runtime import load_lua, to_bytes
+from . import pyobjects
+
+LUA_FILE = "persist/lua/state.lua"
+
+
+@dataclass
+class Issue:
+    """Something that could not be saved or restored."""
+
+    path: str      # where in the object graph: "_G.conn", "_G.f<upvalue 'x'>"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def attach(session):
+    """Load the serializer into a fresh session's Lua state; it takes the
+    baseline of permanents (standard library, kernel objects) now."""
+    lua_side = session._lua_side
+    module = load_lua(session.lua, LUA_FILE, lua_side)
+    lua_side.abspath = _abspath
+    return module
+
+
+def _abspath(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def _module(session):
+    module = getattr(session, "_state", None)
+    if module is None:
+        raise RuntimeError("the session has no state serializer attached")
+    return module
+
+
+def capture(session) -> tuple[bytes, list[Issue], dict]:
+    """(body, issues, counts) for the session's Lua state."""
+    t0 = time.perf_counter()
+    module = _module(session)
+    lua = session.lua
+
+    def pickle_many(objs, n):
+        try:
+            items = [objs[i] for i in range(1, int(n) + 1)]
+            blob, failures = pyobjects.pickle_many(items)
+            return blob, lua.table_from({i + 1: r for i, r in failures.items()})
+        except BaseException as e:  # noqa: BLE001 - never raise into Lua
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            reason = f"Python objects cannot be pickled: {type(e).__name__}: {e}"
+            return None, lua.table_from({i: reason for i in range(1, int(n) + 1)})
+
+    try:
+        addr, size, head, tail, lua_issues, lua_counts = module.capture(pickle_many)
+    except lua54.LuaError as e:
+        raise RuntimeError(f"cannot serialize the Lua state: {e}") from None
+    try:
+        body = _copy_out(addr, size, head, tail)
+        if body is None:
+            body = to_bytes(module.take())
+    finally:
+        module.release()
+    issues = [Issue(str(r["path"]), str(r["reason"])) for r in _lua_list(lua_issues)]
+    counts = {str(k): v for k, v in lua_counts.items()}
+    counts["bytes"] = len(body)
+    counts["seconds"] = time.perf_counter() - t0
+    return body, issues, counts
+
+
+def apply(session, body: bytes) -> list[Issue]:
+    """Bring a captured state into a fresh session; what could not come back
+    is returned as issues. ValueError if the body is not a valid state."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise ValueError(f"a Lua state body must be bytes, not {type(body).__name__}")
+    body = bytes(body)
+    module = _module(session)
+    lua = session.lua
+
+    def unpickle_at(offset, length):
+        try:
+            offset, length = int(offset), int(length)
+            if offset < 0 or length < 0 or offset + length > len(body):
+                return False, "the Python objects record is outside the body"
+            ok, objs = pyobjects.unpickle_many(body[offset:offset + length])
+            if not ok:
+                return False, objs
+            return True, lua.table_from({i + 1: o for i, o in enumerate(objs) if o is not None})
+        except BaseException as e:  # noqa: BLE001 - never raise into Lua
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            return False, f"{type(e).__name__}: {e}"
+
+    try:
+        ok, result = module.apply(body, unpickle_at)
+    except lua54.LuaError as e:
+        raise ValueError(f"malformed Lua state: {e}") from None
+    if not ok:
+        raise ValueError(str(result))
+    return [Issue(str(r["path"]), str(r["reason"])) for r in _lua_list(result)]
+
+
+def _lua_list(table) -> list:
+    out = []
+    i = 1
+    while True:
+        item = table[i]
+        if item is None:
+            return out
+        out.append(item)
+        i += 1
+
+
+def _copy_out(addr: str, size: int, head: str, tail: str) -> bytes | None:
+    """The bytes of the Lua string at `addr` (see the module docstring), or
+    None when they cannot be read and checked."""
+    try:
+        where = native.parse_address(str(addr))
+    except ValueError:
+        return None
+    data = native.long_string_bytes(where, size)
+    if data is None or data[:64] != to_bytes(head) or data[-64:] != to_bytes(tail):
+        return None
+    return data
