@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +68,7 @@ class LuaKernel(Kernel):
         self.history: list[tuple[int, int, str, str | None]] = []  # session, line, in, out
         self.history_session = 1
         self.persistence = Persistence()
+        self._cells_run = 0
         restored = self._worker.submit(self.persistence.at_start, self._restore).result()
         self.lua_session: Session = restored or self._worker.submit(self._new_session).result()
         self.magics = Magics(self.lua_session, self._chunkname)
@@ -180,9 +182,7 @@ class LuaKernel(Kernel):
             if store_history and not silent:
                 self.history.append((self.history_session, self.execution_count, code, None))
             if not silent:
-                # serialization runs in the Lua thread before the next request;
-                # compression and the write happen in the writer thread
-                self._worker.submit(self._autosave)
+                self._schedule_autosave()
         if result is not None and result.show and result.values and not silent:
             data, metadata = await self._in_lua(self.lua_session.format, *result.values)
             data = _clean_bundle(data)
@@ -206,7 +206,23 @@ class LuaKernel(Kernel):
             if restored is not None:
                 self._use(restored)
 
-    def _autosave(self) -> None:
+    def _schedule_autosave(self) -> None:
+        """Serialization runs in the Lua thread after the reply (right away,
+        or once idle for a big state: see Persistence.autosave_delay);
+        compression and the write happen in the writer thread."""
+        self._cells_run += 1
+        generation = self._cells_run
+        delay = self.persistence.autosave_delay()
+        if delay == 0:
+            self._worker.submit(self._autosave, generation)
+            return
+        timer = threading.Timer(delay, self._worker.submit, (self._autosave, generation))
+        timer.daemon = True
+        timer.start()
+
+    def _autosave(self, generation: int) -> None:
+        if generation != self._cells_run:
+            return          # a newer cell ran; its own autosave is scheduled
         try:
             self.persistence.autosave_now(self.lua_session, self._extras())
         except Exception as e:  # noqa: BLE001 - a failed autosave must not kill the kernel

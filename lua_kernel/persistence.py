@@ -25,6 +25,7 @@ from .session import Session, format_bytes, seal
 KEY_ENV = "JPY_SESSION_NAME"
 AUTOSAVE_ENV = "LUA_KERNEL_AUTOSAVE"
 BEFORE_RESTART = "before-restart"
+IMMEDIATE_CAPTURE = 0.1     # seconds: states this quick to capture save after every cell
 BEFORE_RESET = "before-reset"
 
 
@@ -72,6 +73,7 @@ class Persistence:
         self.notice: str | None = None        # shown with the next cell's output
         self.last_saved = None                # store Entry
         self.last_error: str | None = None
+        self.last_capture_seconds = 0.0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="snapshot-writer")
         self._lock = threading.Lock()
         self._pending: list[Future] = []
@@ -99,10 +101,19 @@ class Persistence:
         if not (self.active and self.autosave) or self.protecting:
             return
         body, issues, counts = session.capture()
+        self.last_capture_seconds = counts.get("seconds") or 0.0
         with self._lock:
             self._pending = [f for f in self._pending if not f.done()]
             self._pending.append(self._writer.submit(
                 self._write, body, counts, issues, None, kernel))
+
+    def autosave_delay(self) -> float:
+        """0: save right after each cell. A state that takes long to capture
+        is saved once the kernel has been idle for twice that (at least 1 s),
+        so running cells in quick succession never waits for it."""
+        if self.last_capture_seconds < IMMEDIATE_CAPTURE:
+            return 0.0
+        return max(1.0, 2 * self.last_capture_seconds)
 
     def save(self, session: Session, kernel: dict, name: str | None = None):
         """Serialize and write now; returns the store entry."""
