@@ -223,3 +223,28 @@ def test_s3_store_saves_lists_loads_and_prunes(s3_url):
     _, data = store.load("work/nb.ipynb", "milestone")
     assert snapshot.open_snapshot(data, lua_version="5.4.8", key=KEY)[1] == b"named"
     assert store.describe() == "s3://lua-sessions/team"
+
+
+# -- a real session's snapshot -----------------------------------------------------
+
+def test_mutations_of_a_real_snapshot_are_refused_and_never_crash():
+    from lua_kernel import Session
+
+    s = Session()
+    s.execute("t = {} for i = 1, 200 do t[i] = {i, tostring(i), i / 3} end "
+              "function f(x) return t[x][2] end")
+    data = s.snapshot(notebook="fuzz")
+    assert Session.restore(data).execute("f(7), #t") == ("7", 200)
+    rng = random.Random(99)
+    for _ in range(200):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        if damaged == data:
+            continue
+        with pytest.raises(SnapshotError):
+            Session.restore(bytes(damaged))
+    for cut in range(0, len(data), max(1, len(data) // 100)):
+        with pytest.raises(SnapshotError):
+            Session.restore(data[:cut])
+    assert s.execute("f(3)") == ("3",)
