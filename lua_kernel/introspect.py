@@ -62,10 +62,7 @@ def _lua(session):
 def remember_source(session, chunkname: str, code: str) -> None:
     """Remember the text of a cell run as chunk `chunkname` (e.g. "In[3]"), so
     that `inspect` can show the source of functions it defines."""
-    sources = getattr(session, "_cell_sources", None)
-    if sources is None:
-        sources = session._cell_sources = {}
-    sources[chunkname.removeprefix("=")] = code
+    session.cell_sources[chunkname.removeprefix("=")] = code
 
 
 # ---------------------------------------------------------------------------
@@ -523,7 +520,7 @@ def _source_lines(session, source: str, first: int, last: int) -> list[str] | No
     if first <= 0 or last < first:
         return None
     if source.startswith("="):
-        text = getattr(session, "_cell_sources", {}).get(source[1:])
+        text = session.cell_sources.get(source[1:])
     elif source.startswith("@"):
         try:
             with open(source[1:], encoding="utf-8", errors="replace") as f:

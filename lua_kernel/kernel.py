@@ -92,7 +92,7 @@ class LuaKernel(Kernel):
         chunk names (In[n]) of restored functions stay unique."""
         session = Session.restore(data, **self._session_kwargs())
         extras = session.restored_from.kernel
-        session._cell_sources = dict(extras.get("cell_sources", {}))
+        session.cell_sources = dict(extras.get("cell_sources", {}))
         self.execution_count = max(self.execution_count, extras.get("execution_count", 0))
         return session
 
@@ -103,7 +103,7 @@ class LuaKernel(Kernel):
     def _extras(self) -> dict:
         """The kernel's own part of a snapshot."""
         return {"execution_count": self.execution_count,
-                "cell_sources": getattr(self.lua_session, "_cell_sources", {})}
+                "cell_sources": self.lua_session.cell_sources}
 
     def _chunkname(self) -> str:
         return f"In[{self.execution_count}]"
@@ -173,7 +173,6 @@ class LuaKernel(Kernel):
         if self.persistence.notice and not silent:
             self._stream("stdout", self.persistence.notice + "\n")
             self.persistence.notice = None
-        output = None
         try:
             result = await self._in_lua(self._run, code)
         except LuaError as e:
@@ -188,9 +187,8 @@ class LuaKernel(Kernel):
             data = _clean_bundle(data)
             self._iopub("execute_result", {"execution_count": self.execution_count,
                                            "data": data, "metadata": metadata})
-            output = data.get("text/plain")
             if store_history:
-                self.history[-1] = self.history[-1][:3] + (output,)
+                self.history[-1] = self.history[-1][:3] + (data.get("text/plain"),)
         return {"status": "ok", "execution_count": self.execution_count,
                 "payload": self._payload, "user_expressions": {}}
 
@@ -234,13 +232,13 @@ class LuaKernel(Kernel):
         introspect.remember_source(self.lua_session, self._chunkname(), code)
         query = HELP_QUERY.match(code)
         if query:
-            self._payload = [self._help_page(code, query)]
+            self._payload = [self._help_page(query)]
             return None
         if is_magic_cell(code):
             return self.magics.run_cell(code)
         return self.lua_session.run_cell(code, self._chunkname())
 
-    def _help_page(self, code: str, query: re.Match) -> dict:
+    def _help_page(self, query: re.Match) -> dict:
         name, marks = query.groups()
         reply = introspect.inspect(self.lua_session, name, len(name), len(marks) - 1)
         data = reply["data"] if reply["found"] else {"text/plain": f"No Lua value named {name}."}

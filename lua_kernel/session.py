@@ -130,6 +130,7 @@ class Session:
         self._running = False
         self._interrupted = False
         self._flush_timer: threading.Timer | None = None
+        self.cell_sources: dict[str, str] = {}   # chunk name -> cell text (inspection)
         self.save_issues: list = []
         self.restore_issues: list = []
         self.restored_from: SnapshotInfo | None = None
