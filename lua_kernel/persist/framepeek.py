@@ -1,0 +1,527 @@
+"""The saved program counters of a suspended coroutine's Lua frames.
+
+The debug library shows everything about a suspended frame except where,
+exactly, it will continue: `currentline` is a line, and a line may hold many
+instructions. Lua keeps the exact place in the frame record,
+`CallInfo.u.l.savedpc`, a pointer one past the instruction the frame is
+waiting on (the call that led to `coroutine.yield`). We read it, and the
+prototype it points into, from this process's memory through
+/proc/self/mem (`native.MEMORY`), where a wrong address is an error and never
+a crash, using the struct layout of the Lua 5.4.8 that lupa bundles.
+
+    pcs = saved_pcs(session, co)     # [FramePC(level, pc, line, method), ...]
+
+Nothing read is believed unless the debug library agrees with it. The walk
+of the thread's CallInfo list must pair, level by level, with what
+`debug.getinfo` reports (a Lua closure where it sees a Lua function, a C
+function where it sees one, `coroutine.yield` at level 0, the list ending
+where the levels end). Then, for each Lua frame:
+
+* the closure in the frame's stack slot is the function `getinfo` reports;
+* the pc lies inside the prototype's code;
+* the line of the pending instruction, computed from the prototype's line
+  info as `luaG_getfuncline` does, is `getinfo`'s `currentline`;
+* the pending instruction is what the called frame says it is: a call
+  (`OP_CALL`, `OP_TAILCALL`) when the callee's `namewhat` names a variable,
+  `OP_TFORCALL` for a "for iterator", something else for a "metamethod"
+  (an empty `namewhat`, for a tail-called callee, allows any of these);
+* for a call, the slots `debug.getlocal` shows are exactly the registers
+  below the called function: A for `OP_CALL`/`OP_TAILCALL` (the callee sits
+  in R[A]) and A + 4 for `OP_TFORCALL` (it copies the iterator to R[A+4]).
+  (`luaG_findlocal` shows temporaries up to the next frame's function slot;
+  a vararg Lua callee moved its slot up by 1 + nparams + #varargs when it
+  started, `luaT_adjustvarargs`, which is subtracted first.)
+
+A frame that fails any check is *inferred* instead, from the function's own
+bytecode (`string.dump`, parsed here): the call-like instructions on
+`currentline` whose register shape matches. Exactly one → that one, method
+"inferred"; none or several → FramePeekError naming the function and line.
+Never a silent guess.
+
+Self-check: at first use in a process, `self_check` suspends coroutines
+whose pcs are known from their bytecode (1 to 3 Lua frames deep, one under
+`pcall`, a `for ... in` iterator, a tail call) and requires the reader to
+find exactly those pcs by reading, and the prototypes it reads to equal
+what `string.dump` says. If it does not, the reader is switched
+off for the rest of the process and every pc is inferred.
+
+For tests: with LUA_KERNEL_FRAMEPEEK_BROKEN=1 in the environment the reader
+uses a wrong offset for `savedpc` (so every read fails its checks);
+`reset_self_check()` forgets the cached self-check result, so the next use
+checks again under the current environment.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass
+
+from ..native import MEMORY, parse_address
+from ..runtime import load_lua, to_bytes
+
+LUA_FILE = "persist/lua/framepeek.lua"
+BROKEN_ENV = "LUA_KERNEL_FRAMEPEEK_BROKEN"
+
+# Struct layout of lupa's Lua 5.4.8 on x86-64 (lstate.h, lobject.h; checked
+# against the source and, at run time, by the self-check).
+L_CI = 32                # lua_State.ci: the innermost CallInfo
+CI_FUNC = 0              # CallInfo.func: the frame's function slot (StkId)
+CI_PREVIOUS = 16         # CallInfo.previous
+CI_SAVEDPC = 32          # CallInfo.u.l.savedpc (Lua frames)
+CI_CALLSTATUS = 62       # CallInfo.callstatus (unsigned short)
+CI_SIZE = 64
+CIST_C = 1 << 1          # the frame runs a C function
+# a stack slot (TValue) is 16 bytes: 8-byte value, tag byte at +8 (native.MEMORY.tvalue)
+TAG_LCL = 0x46           # Lua closure
+TAG_LCF = 0x16           # light C function
+TAG_CCL = 0x66           # C closure
+LCL_P = 24               # LClosure.p
+P_SIZECODE = 24          # Proto: int sizecode
+P_SIZELINEINFO = 28      #        int sizelineinfo
+P_SIZEABSLINEINFO = 40   #        int sizeabslineinfo
+P_LINEDEFINED = 44       #        int linedefined
+P_CODE = 64              #        Instruction *code
+P_LINEINFO = 88          #        ls_byte *lineinfo
+P_ABSLINEINFO = 96       #        AbsLineInfo *abslineinfo ({int pc; int line})
+P_HEADER = 104           # the bytes of Proto read at once
+ABSLINEINFO = -0x80      # ldebug.h: lineinfo entry meaning "see abslineinfo"
+MAXIWTHABS = 128
+MAX_CODE = 1 << 26       # no real prototype is bigger; bounds every read
+MAX_LEVELS = 1 << 20
+
+# lopcodes.h
+OP_CALL, OP_TAILCALL, OP_TFORCALL = 68, 69, 76
+CALLS = (OP_CALL, OP_TAILCALL)
+
+
+def opcode(inst: int) -> int:
+    return inst & 0x7F
+
+
+def arg_a(inst: int) -> int:
+    return (inst >> 7) & 0xFF
+
+
+@dataclass
+class FramePC:
+    """Where one suspended Lua frame continues.
+
+    level   the frame's level for debug.getinfo(co, level) (level 0 is
+            coroutine.yield, 1 the frame that called it, ...; C frames such
+            as pcall have levels too, but no FramePC)
+    pc      the 0-based index, in the prototype's code, of the next
+            instruction to run: savedpc - code, in instructions. The pending
+            instruction (the call in progress) is code[pc - 1], and
+            pc - 1 is what Lua's ldebug.c calls `currentpc`.
+    line    the line of the pending instruction, code[pc - 1]
+            (= debug.getinfo(co, level, "l").currentline)
+    method  "read" (from the frame record, every check passed) or
+            "inferred" (from the line and register layout)
+    """
+
+    level: int
+    pc: int
+    line: int
+    method: str
+
+
+class FramePeekError(Exception):
+    """The pcs of this coroutine cannot be known for certain."""
+
+
+# -- prototypes: code and line info -------------------------------------------
+
+@dataclass
+class Proto:
+    """What the reader needs of a prototype, from memory or from a dump."""
+
+    code: list[int]
+    lineinfo: bytes | None        # None: no debug information (stripped)
+    abslineinfo: list[tuple[int, int]]
+    linedefined: int
+
+    def line_of(self, pc: int) -> int | None:
+        """The line of instruction pc, as luaG_getfuncline computes it;
+        None if the line info is inconsistent."""
+        if self.lineinfo is None:
+            return -1
+        absl = self.abslineinfo
+        if not absl or pc < absl[0][0]:
+            basepc, line = -1, self.linedefined
+        else:
+            i = min(pc // MAXIWTHABS - 1, len(absl) - 1)
+            while i + 1 < len(absl) and pc >= absl[i + 1][0]:
+                i += 1
+            if i < 0:
+                return None
+            basepc, line = absl[i]
+        if not -1 <= basepc <= pc < len(self.lineinfo):
+            return None
+        for k in range(basepc + 1, pc + 1):
+            delta = self.lineinfo[k]
+            delta = delta - 256 if delta > 127 else delta
+            if delta == ABSLINEINFO:
+                return None
+            line += delta
+        return line
+
+
+def parse_dump(data: bytes) -> Proto:
+    """The main function of a `string.dump` chunk (ldump.c's format);
+    ValueError if it is not one."""
+    pos = 0
+
+    def take(n: int) -> bytes:
+        nonlocal pos
+        if pos + n > len(data):
+            raise ValueError("truncated dump")
+        pos += n
+        return data[pos - n:pos]
+
+    def size() -> int:                 # dumpSize: 7 bits a byte, last one has 0x80
+        x = 0
+        while True:
+            b = take(1)[0]
+            x = (x << 7) | (b & 0x7F)
+            if b & 0x80:
+                return x
+
+    def string() -> None:
+        n = size()
+        if n:
+            take(n - 1)
+
+    def function(want: bool) -> Proto | None:
+        string()                                   # source
+        linedefined = size()
+        size()                                     # lastlinedefined
+        take(3)                                    # numparams, is_vararg, maxstacksize
+        n = size()
+        code = list(struct.unpack(f"<{n}I", take(4 * n)))
+        for _ in range(size()):                    # constants
+            tag = take(1)[0]
+            if tag in (0x03, 0x13):                # integer, float
+                take(8)
+            elif tag in (0x04, 0x14):              # short, long string
+                string()
+            elif tag not in (0x00, 0x01, 0x11):    # nil, false, true
+                raise ValueError(f"unknown constant tag {tag:#x}")
+        take(3 * size())                           # upvalue descriptions
+        for _ in range(size()):                    # nested prototypes
+            function(False)
+        lineinfo = take(size())
+        absl = [(size(), size()) for _ in range(size())]
+        for _ in range(size()):                    # local variables
+            string()
+            size()
+            size()
+        for _ in range(size()):                    # upvalue names
+            string()
+        if want:
+            return Proto(code, lineinfo if lineinfo else None, absl, linedefined)
+        return None
+
+    if take(4) != b"\x1bLua" or take(1) != b"\x54":
+        raise ValueError("not a Lua 5.4 chunk")
+    take(1 + 6 + 3 + 8 + 8 + 1)        # format, LUAC_DATA, sizes, LUAC_INT, LUAC_NUM, nupvalues
+    return function(True)
+
+
+def _int(data: bytes, offset: int) -> int:
+    return struct.unpack_from("<i", data, offset)[0]
+
+
+def _ptr(data: bytes, offset: int) -> int:
+    return struct.unpack_from("<Q", data, offset)[0]
+
+
+def read_proto(addr: int) -> tuple[Proto, int] | None:
+    """(Proto, address of its code) of the Proto at addr, read from memory;
+    None when it cannot be read or does not look like one."""
+    head = MEMORY.read(addr, P_HEADER)
+    if head is None:
+        return None
+    sizecode, sizeli = _int(head, P_SIZECODE), _int(head, P_SIZELINEINFO)
+    sizeabs = _int(head, P_SIZEABSLINEINFO)
+    code_at, li_at, abs_at = _ptr(head, P_CODE), _ptr(head, P_LINEINFO), _ptr(head, P_ABSLINEINFO)
+    if not (0 < sizecode <= MAX_CODE and sizeli in (0, sizecode) and 0 <= sizeabs <= sizecode):
+        return None
+    raw = MEMORY.read(code_at, 4 * sizecode)
+    if raw is None:
+        return None
+    lineinfo = None
+    if li_at:
+        lineinfo = MEMORY.read(li_at, sizeli) if sizeli else b""
+        if lineinfo is None:
+            return None
+    absl: list[tuple[int, int]] = []
+    if sizeabs:
+        rawabs = MEMORY.read(abs_at, 8 * sizeabs)
+        if rawabs is None:
+            return None
+        absl = [struct.unpack_from("<ii", rawabs, 8 * i) for i in range(sizeabs)]
+    code = list(struct.unpack(f"<{sizecode}I", raw))
+    return Proto(code, lineinfo, absl, _int(head, P_LINEDEFINED)), code_at
+
+
+# -- what each pending instruction must look like -------------------------------
+
+CALL_LIKE = CALLS + (OP_TFORCALL,)
+NOT_CALLS = ("metamethod", "hook")
+
+
+def _call_kinds(callee_namewhat: str) -> tuple[int, ...]:
+    """The call-like opcodes the pending instruction may have, from how the
+    debug library names the frame it called."""
+    if callee_namewhat == "for iterator":
+        return (OP_TFORCALL,)
+    if callee_namewhat in NOT_CALLS:
+        return ()
+    if callee_namewhat:
+        return CALLS
+    return CALL_LIKE    # "": a tail call, or a callee the debug library cannot name
+
+
+def _call_fits(inst: int, nslots: int) -> bool:
+    """The frame is making this call: the visible slots end where the
+    callee's function slot begins (`nslots` net of the callee's shift)."""
+    op = opcode(inst)
+    if op in CALLS:
+        return nslots == arg_a(inst)
+    if op == OP_TFORCALL:
+        return nslots == arg_a(inst) + 4
+    return False
+
+
+def _nslots(rec, level: int) -> int:
+    """The registers of frame `level` below the function slot of the call it
+    is making: the visible slots, less the callee's vararg shift."""
+    return rec[level].nslots - rec[level - 1].shift
+
+
+def _where(rec) -> str:
+    return f"{rec.src}:{rec.linedefined}"
+
+
+# -- reading the frame records --------------------------------------------------
+
+def _thread_address(text: str) -> int:
+    """The lua_State* in `string.format("%p", co)` (tests replace this)."""
+    return parse_address(text)
+
+
+def _savedpc_offset() -> int:
+    return CI_SAVEDPC + (8 if os.environ.get(BROKEN_ENV) else 0)
+
+
+def _walk(rec) -> list[int] | None:
+    """The CallInfo addresses of levels 0 .. n-1, if the list in memory
+    pairs with what the debug library reports; None otherwise."""
+    n = rec.n
+    if not 0 < n <= MAX_LEVELS:
+        return None
+    ci = MEMORY.pointer(_thread_address(rec.thread) + L_CI)
+    out = []
+    for level in range(n):
+        data = MEMORY.read(ci, CI_SIZE) if ci else None
+        if data is None:
+            return None
+        slot = MEMORY.tvalue(_ptr(data, CI_FUNC))
+        if slot is None:
+            return None
+        value, tag = slot
+        is_c = bool(struct.unpack_from("<H", data, CI_CALLSTATUS)[0] & CIST_C)
+        if is_c != (rec[level].what == "C"):
+            return None
+        if tag not in ((TAG_LCF, TAG_CCL) if is_c else (TAG_LCL,)):
+            return None
+        if level == 0 and not (tag == TAG_LCF and value == parse_address(rec.yield_)):
+            return None
+        out.append(ci)
+        ci = _ptr(data, CI_PREVIOUS)
+    # below level n-1 is only the thread's base CallInfo, which has no previous
+    if not ci or MEMORY.pointer(ci + CI_PREVIOUS) != 0:
+        return None
+    return out
+
+
+def _read_frame(ci: int, rec, level: int) -> FramePC | None:
+    """The frame's pc as its record says, if every check passes."""
+    frame = rec[level]
+    data = MEMORY.read(ci, CI_SIZE)
+    slot = MEMORY.tvalue(_ptr(data, CI_FUNC)) if data else None
+    if slot is None or slot[1] != TAG_LCL or slot[0] != parse_address(frame.fp):
+        return None
+    proto_at = MEMORY.pointer(slot[0] + LCL_P)
+    got = read_proto(proto_at) if proto_at else None
+    savedpc = MEMORY.pointer(ci + _savedpc_offset())
+    if got is None or savedpc is None:
+        return None
+    proto, code_at = got
+    offset = savedpc - code_at
+    if offset % 4:
+        return None
+    pc = offset // 4
+    if not 0 < pc <= len(proto.code):
+        return None
+    line = proto.line_of(pc - 1)
+    if line is None or line != frame.line:
+        return None
+    inst = proto.code[pc - 1]
+    namewhat = rec[level - 1].namewhat
+    if opcode(inst) in CALL_LIKE:
+        if opcode(inst) not in _call_kinds(namewhat) or not _call_fits(inst, _nslots(rec, level)):
+            return None
+    elif namewhat not in NOT_CALLS + ("",):
+        return None     # a metamethod or the like, but the callee says it was called
+    return FramePC(level, pc, line, "read")
+
+
+# -- inferring ------------------------------------------------------------------
+
+def _infer(helper, rec, level: int) -> FramePC:
+    frame = rec[level]
+    where = f"function {_where(frame)}, line {frame.line}"
+    dump = helper.dump(frame.func)
+    if dump is None:
+        raise FramePeekError(f"cannot read the bytecode of {where}")
+    try:
+        proto = parse_dump(to_bytes(dump))
+    except (ValueError, struct.error) as e:
+        raise FramePeekError(f"cannot parse the bytecode of {where}: {e}") from None
+    kinds = _call_kinds(rec[level - 1].namewhat)
+    if not kinds:
+        raise FramePeekError(
+            f"cannot locate the suspended instruction in {where}: it is waiting "
+            f"on a {rec[level - 1].namewhat}, which only the frame record shows")
+    nslots = _nslots(rec, level)
+    found = [i + 1 for i, inst in enumerate(proto.code)
+             if opcode(inst) in kinds and _call_fits(inst, nslots)
+             and proto.line_of(i) == frame.line]
+    if len(found) != 1:
+        what = "no call" if not found else f"{len(found)} calls"
+        raise FramePeekError(
+            f"cannot locate the suspended call in {where}: {what} on that line "
+            f"fit the frame's registers ({nslots} below the callee)")
+    return FramePC(level, found[0], frame.line, "inferred")
+
+
+# -- the interface --------------------------------------------------------------
+
+def _helper(session):
+    """The Lua half, loaded once per Lua state."""
+    cached = getattr(session, "_framepeek", None)
+    if cached is not None and cached[0] is session.lua:
+        return cached[1]
+    state = getattr(session, "_state", None)
+    permanent = getattr(state, "permanent", None) if state is not None else None
+    helper = load_lua(session.lua, LUA_FILE, permanent)
+    session._framepeek = (session.lua, helper)
+    return helper
+
+
+class _Record:
+    """The Lua record from M.frames, with Python attribute names."""
+
+    def __init__(self, table):
+        self.thread = table.thread
+        self.yield_ = table["yield"]
+        self.n = table.n
+        self._table = table
+        self._levels: dict = {}
+
+    def __getitem__(self, level: int):
+        if level not in self._levels:
+            self._levels[level] = self._table[level]
+        return self._levels[level]
+
+
+def _peek(session, co, read: bool) -> list[FramePC]:
+    helper = _helper(session)
+    table, reason = _pair(helper.frames(co))
+    if table is None:
+        raise FramePeekError(str(reason))
+    rec = _Record(table)
+    cis = _walk(rec) if read and MEMORY.available else None
+    out = []
+    for level in range(1, rec.n):
+        if rec[level].what == "C":
+            continue
+        got = _read_frame(cis[level], rec, level) if cis else None
+        out.append(got or _infer(helper, rec, level))
+    return out
+
+
+def _pair(result):
+    if isinstance(result, tuple):
+        return (result + (None, None))[:2]
+    return result, None
+
+
+def saved_pcs(session, co) -> list[FramePC]:
+    """The pcs of the Lua frames of `co`, a suspended coroutine (a Lua thread
+    from `session`, or a `coroutine.wrap` function), outermost last.
+    FramePeekError when it is not suspended in `coroutine.yield` (not
+    started, dead, running) or when a frame's pc cannot be known for sure."""
+    return _peek(session, co, read=self_check(session))
+
+
+_self_check_result: bool | None = None
+
+
+def reset_self_check() -> None:
+    """Forget the self-check's result (tests)."""
+    global _self_check_result
+    _self_check_result = None
+
+
+def self_check(session) -> bool:
+    """True when the reader finds the known pcs of sample coroutines by
+    reading; computed once per process."""
+    global _self_check_result
+    if _self_check_result is None:
+        _self_check_result = _run_self_check(session)
+    return _self_check_result
+
+
+def _run_self_check(session) -> bool:
+    if not MEMORY.available:
+        return False
+    helper = _helper(session)
+    try:
+        samples = helper.samples()
+        for i in range(1, len(samples) + 1):
+            table, _ = _pair(helper.frames(samples[i]))
+            if table is None:
+                return False
+            rec = _Record(table)
+            cis = _walk(rec)
+            if cis is None:
+                return False
+            for level in range(1, rec.n):
+                if rec[level].what == "C":
+                    continue
+                got = _read_frame(cis[level], rec, level)
+                expected = _expected_pc(helper, rec[level].func)
+                if got is None or expected is None or got.pc != expected:
+                    return False
+                # the prototype read from memory is the one Lua dumps
+                data = MEMORY.read(cis[level], CI_SIZE)
+                closure = MEMORY.tvalue(_ptr(data, CI_FUNC))[0]
+                mem = read_proto(MEMORY.pointer(closure + LCL_P))
+                dumped = parse_dump(to_bytes(helper.dump(rec[level].func)))
+                if mem is None or mem[0] != dumped:
+                    return False
+    except (ValueError, TypeError, struct.error, AttributeError):
+        return False
+    return True
+
+
+def _expected_pc(helper, func) -> int | None:
+    """The pc after the only call-like instruction of func."""
+    dump = helper.dump(func)
+    if dump is None:
+        return None
+    code = parse_dump(to_bytes(dump)).code
+    calls = [i for i, inst in enumerate(code) if opcode(inst) in CALL_LIKE]
+    return calls[0] + 1 if len(calls) == 1 else None

@@ -1,0 +1,139 @@
+-- The Lua half of the saved-pc reader (lua_kernel/persist/framepeek.py).
+--
+-- Loaded once per Lua state with `permanent`, the serializer's lookup of the
+-- standard library as it was before any user code ran (state.lua's
+-- M.permanent), so that a notebook that replaced `debug.getinfo` or
+-- `coroutine.yield` cannot mislead the reader. Returns M:
+--   M.frames(co)    -> record | nil, reason    what the debug library says
+--   M.dump(f)       -> the bytecode of f (string.dump, with debug info) | nil
+--   M.samples()     -> suspended coroutines with known pcs, for the self-check
+--
+-- A record describes a suspended coroutine, level by level as debug.getinfo
+-- numbers them (level 0 is always `coroutine.yield`):
+--   thread  "%p" of the thread (its lua_State*)
+--   yield   "%p" of the original coroutine.yield (a light C function)
+--   n       the number of levels (0 .. n-1)
+--   [level] { what, fp ("%p" of the function), func, line (currentline),
+--             src (short_src), linedefined, namewhat, nslots, shift }
+-- where nslots, for Lua frames, counts the slots debug.getlocal shows
+-- (named locals and "(temporary)" ones): everything below the function slot
+-- of the frame it is calling; and shift is how far a vararg Lua function's
+-- slot moved up from where its caller put it (0 for other functions).
+local permanent = ...
+
+local function original(name, current)
+  local v = permanent and permanent(name)
+  if v == nil then v = current end
+  return v
+end
+
+local getinfo = original("debug.getinfo", debug.getinfo)
+local getlocal = original("debug.getlocal", debug.getlocal)
+local getupvalue = original("debug.getupvalue", debug.getupvalue)
+local yield = original("coroutine.yield", coroutine.yield)
+local costatus = original("coroutine.status", coroutine.status)
+local cocreate = original("coroutine.create", coroutine.create)
+local resume = original("coroutine.resume", coroutine.resume)
+local sformat = original("string.format", string.format)
+local sdump = original("string.dump", string.dump)
+local pcall = original("pcall", pcall)
+local ipairs = original("ipairs", ipairs)
+local type = original("type", type)
+local rawequal = original("rawequal", rawequal)
+
+local M = {}
+
+local function level_record(co, level)
+  local info = getinfo(co, level, "Slnfu")
+  if info == nil then return nil end
+  local r = {
+    what = info.what, func = info.func, fp = sformat("%p", info.func),
+    line = info.currentline, src = info.short_src, linedefined = info.linedefined,
+    namewhat = info.namewhat, shift = 0,
+  }
+  if info.what ~= "C" then
+    local n = 0
+    while getlocal(co, level, n + 1) ~= nil do n = n + 1 end
+    r.nslots = n
+    if info.isvararg then
+      -- OP_VARARGPREP moved the function slot above its arguments
+      -- (luaT_adjustvarargs): it is 1 + nparams + #varargs above where the
+      -- caller put it
+      local extra = 0
+      while getlocal(co, level, -(extra + 1)) ~= nil do extra = extra + 1 end
+      r.shift = 1 + info.nparams + extra
+    end
+  end
+  return r
+end
+
+function M.frames(co)
+  if type(co) == "function" then        -- a coroutine.wrap function
+    local _, t = getupvalue(co, 1)
+    if type(t) == "thread" then co = t end
+  end
+  if type(co) == "function" then
+    return nil, "not a coroutine (got a function; lupa hands a coroutine " ..
+      "that has not started to Python as its function, and one that has " ..
+      "not started has no frames)"
+  elseif type(co) ~= "thread" then
+    return nil, "not a coroutine (got a " .. type(co) .. ")"
+  end
+  local status = costatus(co)
+  if status == "dead" then
+    return nil, "the coroutine is dead: it has no frames"
+  elseif status ~= "suspended" then
+    return nil, "the coroutine is " .. status .. ", not suspended"
+  end
+  local top = getinfo(co, 0, "f")
+  if top == nil then
+    return nil, "the coroutine has not started: it has no frames"
+  end
+  if not rawequal(top.func, yield) then
+    local info = getinfo(co, 0, "S")
+    return nil, sformat("the coroutine is not suspended in coroutine.yield " ..
+      "(its innermost frame is %s function %s:%d)", info.what, info.short_src,
+      info.linedefined)
+  end
+  local rec = { thread = sformat("%p", co), yield = sformat("%p", yield) }
+  local level = 0
+  while true do
+    local r = level_record(co, level)
+    if r == nil then break end
+    rec[level] = r
+    level = level + 1
+  end
+  rec.n = level
+  return rec
+end
+
+function M.dump(f)
+  local ok, s = pcall(sdump, f)
+  if ok then return s end
+  return nil
+end
+
+-- Coroutines suspended at known places. Each function has exactly one
+-- call-like instruction (CALL, TAILCALL or TFORCALL), so the pc of a frame
+-- running it is known from its bytecode alone.
+local function one() local x = 1; x = yield(x); return x end
+local function two() local r = one(); return r end
+local function three() local ok, r = pcall(two); return ok and r end
+local function iter() yield(); return nil end
+local function four() for _ in iter do end end
+local function five(...) return yield(5, ...) end
+local function six() local a, b, c = 1, 2, 3; local t = { a, b, yield(c) }; return t end
+local function va(...) local x = yield(...); return x end
+local function seven(p) local r = va(p, 2, 3); return r end
+
+function M.samples()
+  local out = {}
+  for i, f in ipairs({ one, two, three, four, five, six, seven }) do
+    local co = cocreate(f)
+    resume(co, 1, 2, 3)
+    out[i] = co
+  end
+  return out
+end
+
+return M
