@@ -24,13 +24,22 @@ def running_kernel(**env):
         km.shutdown_kernel(now=False)
 
 
-def execute(kc, code: str, timeout: float = 30, stdin=None):
+def execute(kc, code: str, timeout: float = 30, stdin=None, metadata=None):
     """Run a cell; return (reply, iopub messages of that cell, in order).
 
     `stdin`, if given, is a list of answers to the cell's input requests
     (and allows them); the input requests themselves are collected in
-    `reply["input_requests"]`."""
-    msg_id = kc.execute(code, allow_stdin=stdin is not None)
+    `reply["input_requests"]`. `metadata` is the request's metadata (VS Code
+    sends {"cellId": ...})."""
+    if metadata is None:
+        msg_id = kc.execute(code, allow_stdin=stdin is not None)
+    else:
+        msg = kc.session.msg("execute_request", {
+            "code": code, "silent": False, "store_history": True,
+            "allow_stdin": stdin is not None, "user_expressions": {}, "stop_on_error": True})
+        msg["metadata"].update(metadata)
+        kc.shell_channel.send(msg)
+        msg_id = msg["header"]["msg_id"]
     answers = list(stdin or [])
     requests = []
     deadline = time.monotonic() + timeout

@@ -171,23 +171,12 @@ def test_session_magic_names_an_unnamed_notebook():
 
 def test_vs_code_cell_ids_key_the_notebook():
     path = f"/home/me/{uuid.uuid4().hex[:8]}/nb.ipynb"
-    cell = f"vscode-notebook-cell:{path}#W0sZmlsZQ%3D%3D"
+    cell = {"cellId": f"vscode-notebook-cell:{path}#W0sZmlsZQ%3D%3D"}
     with running_kernel() as (km, kc):
-        msg = kc.session.msg("execute_request", {"code": "vs = 'code'", "silent": False,
-                                                 "store_history": True, "allow_stdin": False,
-                                                 "user_expressions": {}, "stop_on_error": True})
-        msg["metadata"]["cellId"] = cell
-        kc.shell_channel.send(msg)
-        kc.get_shell_msg(timeout=20)
+        execute(kc, "vs = 'code'", metadata=cell)
         wait_for_autosave(path, 1)
     with running_kernel() as (km, kc):
-        msg = kc.session.msg("execute_request", {"code": "vs", "silent": False,
-                                                 "store_history": True, "allow_stdin": False,
-                                                 "user_expressions": {}, "stop_on_error": True})
-        msg["metadata"]["cellId"] = cell
-        kc.shell_channel.send(msg)
-        reply = kc.get_shell_msg(timeout=20)
-        assert reply["content"]["status"] == "ok"
-        _, msgs = execute(kc, "vs")
+        _, msgs = execute(kc, "vs", metadata=cell)
+        assert "Restored the Lua state" in stdout_of(msgs)
         assert [m for m in msgs if m["msg_type"] == "execute_result"][0][
             "content"]["data"]["text/plain"] == '"code"'
