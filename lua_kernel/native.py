@@ -29,21 +29,38 @@ from lupa import lua54
 # lua.h
 LUA_MASKCOUNT = 1 << 3
 
-# Struct layout of lupa's Lua 5.4.8 on 64-bit platforms (lstate.h, lobject.h).
-L_CI = 32            # lua_State.ci
-CI_FUNC = 0          # CallInfo.func (StkId: a 16-byte stack slot)
-TVALUE_SIZE = 16     # TValue: 8-byte value, tag byte at +8
+# Struct layout of lupa's Lua 5.4.8 on 64-bit platforms (lstate.h, lobject.h),
+# checked against the source; the interrupter's and framepeek's self-checks
+# confirm it at run time.
+L_CI = 32                # lua_State.ci: the innermost CallInfo
+CI_FUNC = 0              # CallInfo.func: the frame's function slot (StkId)
+CI_PREVIOUS = 16         # CallInfo.previous
+CI_SAVEDPC = 32          # CallInfo.u.l.savedpc (Lua frames)
+CI_CALLSTATUS = 62       # CallInfo.callstatus (unsigned short)
+CI_SIZE = 64
+CIST_C = 1 << 1          # the frame runs a C function
+TVALUE_SIZE = 16         # TValue: 8-byte value, tag byte at +8
 TVALUE_TAG = 8
-TAG_LCF = 0x16       # light C function
-TAG_CCL = 0x66       # C closure (collectable)
-TAG_THREAD = 0x48    # thread (collectable)
-CCL_F = 24           # CClosure.f
-CCL_UPVALUE = 32     # CClosure.upvalue[0]
-LUAI_MAXCCALLS = 200  # llimits.h: nested resumes cannot go deeper
-TSTRING_TT = 8        # TString: CommonHeader (next, tt, marked), extra, shrlen, hash,
-TSTRING_LNGLEN = 16   #   u.lnglen for long strings,
-TSTRING_CONTENTS = 24  #  then the bytes
-LUA_VLNGSTR = 0x14    # a long string's type tag
+TAG_LCL = 0x46           # Lua closure
+TAG_LCF = 0x16           # light C function
+TAG_CCL = 0x66           # C closure (collectable)
+TAG_THREAD = 0x48        # thread (collectable)
+LCL_P = 24               # LClosure.p
+CCL_F = 24               # CClosure.f
+CCL_UPVALUE = 32         # CClosure.upvalue[0]
+P_SIZECODE = 24          # Proto: int sizecode
+P_SIZELINEINFO = 28      #        int sizelineinfo
+P_SIZEABSLINEINFO = 40   #        int sizeabslineinfo
+P_LINEDEFINED = 44       #        int linedefined
+P_CODE = 64              #        Instruction *code
+P_LINEINFO = 88          #        ls_byte *lineinfo
+P_ABSLINEINFO = 96       #        AbsLineInfo *abslineinfo ({int pc; int line})
+P_HEADER = 104           # the bytes of Proto read at once
+TSTRING_TT = 8           # TString: CommonHeader (next, tt, marked), extra, shrlen, hash,
+TSTRING_LNGLEN = 16      #   u.lnglen for long strings,
+TSTRING_CONTENTS = 24    #   then the bytes
+LUA_VLNGSTR = 0x14       # a long string's type tag
+LUAI_MAXCCALLS = 200     # llimits.h: nested resumes cannot go deeper
 
 
 class MemoryReader:

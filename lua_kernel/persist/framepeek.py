@@ -33,7 +33,7 @@ where the levels end). Then, for each Lua frame:
   started, `luaT_adjustvarargs`, which is subtracted first.)
 
 A frame that fails any check is *inferred* instead, from the function's own
-bytecode (`string.dump`, parsed here): the call-like instructions on
+bytecode (`string.dump`, read by persist/lua/bytecode.lua): the call-like instructions on
 `currentline` whose register shape matches. Exactly one → that one, method
 "inferred"; none or several → FramePeekError naming the function and line.
 Never a silent guess.
@@ -56,34 +56,15 @@ import os
 import struct
 from dataclasses import dataclass
 
-from ..native import MEMORY, parse_address
-from ..runtime import load_lua, to_bytes
+from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, CIST_C,
+                      L_CI, LCL_P, MEMORY, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
+                      P_LINEINFO, P_SIZEABSLINEINFO, P_SIZECODE, P_SIZELINEINFO, TAG_CCL,
+                      TAG_LCF, TAG_LCL, parse_address)
+from ..runtime import load_lua
 
 LUA_FILE = "persist/lua/framepeek.lua"
 BROKEN_ENV = "LUA_KERNEL_FRAMEPEEK_BROKEN"
 
-# Struct layout of lupa's Lua 5.4.8 on x86-64 (lstate.h, lobject.h; checked
-# against the source and, at run time, by the self-check).
-L_CI = 32                # lua_State.ci: the innermost CallInfo
-CI_FUNC = 0              # CallInfo.func: the frame's function slot (StkId)
-CI_PREVIOUS = 16         # CallInfo.previous
-CI_SAVEDPC = 32          # CallInfo.u.l.savedpc (Lua frames)
-CI_CALLSTATUS = 62       # CallInfo.callstatus (unsigned short)
-CI_SIZE = 64
-CIST_C = 1 << 1          # the frame runs a C function
-# a stack slot (TValue) is 16 bytes: 8-byte value, tag byte at +8 (native.MEMORY.tvalue)
-TAG_LCL = 0x46           # Lua closure
-TAG_LCF = 0x16           # light C function
-TAG_CCL = 0x66           # C closure
-LCL_P = 24               # LClosure.p
-P_SIZECODE = 24          # Proto: int sizecode
-P_SIZELINEINFO = 28      #        int sizelineinfo
-P_SIZEABSLINEINFO = 40   #        int sizeabslineinfo
-P_LINEDEFINED = 44       #        int linedefined
-P_CODE = 64              #        Instruction *code
-P_LINEINFO = 88          #        ls_byte *lineinfo
-P_ABSLINEINFO = 96       #        AbsLineInfo *abslineinfo ({int pc; int line})
-P_HEADER = 104           # the bytes of Proto read at once
 ABSLINEINFO = -0x80      # ldebug.h: lineinfo entry meaning "see abslineinfo"
 MAXIWTHABS = 128
 MAX_CODE = 1 << 26       # no real prototype is bigger; bounds every read
@@ -166,65 +147,17 @@ class Proto:
         return line
 
 
-def parse_dump(data: bytes) -> Proto:
-    """The main function of a `string.dump` chunk (ldump.c's format);
-    ValueError if it is not one."""
-    pos = 0
-
-    def take(n: int) -> bytes:
-        nonlocal pos
-        if pos + n > len(data):
-            raise ValueError("truncated dump")
-        pos += n
-        return data[pos - n:pos]
-
-    def size() -> int:                 # dumpSize: 7 bits a byte, last one has 0x80
-        x = 0
-        while True:
-            b = take(1)[0]
-            x = (x << 7) | (b & 0x7F)
-            if b & 0x80:
-                return x
-
-    def string() -> None:
-        n = size()
-        if n:
-            take(n - 1)
-
-    def function(want: bool) -> Proto | None:
-        string()                                   # source
-        linedefined = size()
-        size()                                     # lastlinedefined
-        take(3)                                    # numparams, is_vararg, maxstacksize
-        n = size()
-        code = list(struct.unpack(f"<{n}I", take(4 * n)))
-        for _ in range(size()):                    # constants
-            tag = take(1)[0]
-            if tag in (0x03, 0x13):                # integer, float
-                take(8)
-            elif tag in (0x04, 0x14):              # short, long string
-                string()
-            elif tag not in (0x00, 0x01, 0x11):    # nil, false, true
-                raise ValueError(f"unknown constant tag {tag:#x}")
-        take(3 * size())                           # upvalue descriptions
-        for _ in range(size()):                    # nested prototypes
-            function(False)
-        lineinfo = take(size())
-        absl = [(size(), size()) for _ in range(size())]
-        for _ in range(size()):                    # local variables
-            string()
-            size()
-            size()
-        for _ in range(size()):                    # upvalue names
-            string()
-        if want:
-            return Proto(code, lineinfo if lineinfo else None, absl, linedefined)
-        return None
-
-    if take(4) != b"\x1bLua" or take(1) != b"\x54":
-        raise ValueError("not a Lua 5.4 chunk")
-    take(1 + 6 + 3 + 8 + 8 + 1)        # format, LUAC_DATA, sizes, LUAC_INT, LUAC_NUM, nupvalues
-    return function(True)
+def dumped_proto(helper, func) -> Proto:
+    """func's prototype as `string.dump` gives it, read by bytecode.lua;
+    ValueError if it cannot be had."""
+    p, err = _pair(helper.proto(func))
+    if p is None:
+        raise ValueError(str(err or "no bytecode"))
+    code = [p.code[i] for i in range(1, len(p.code) + 1)]
+    lineinfo = bytes(p.lineinfo[i] & 0xFF for i in range(1, len(p.lineinfo) + 1))
+    absl = [(p.abslineinfo[i].pc, p.abslineinfo[i].line)
+            for i in range(1, len(p.abslineinfo) + 1)]
+    return Proto(code, lineinfo or None, absl, p.linedefined)
 
 
 def _int(data: bytes, offset: int) -> int:
@@ -382,13 +315,10 @@ def _read_frame(ci: int, rec, level: int) -> FramePC | None:
 def _infer(helper, rec, level: int) -> FramePC:
     frame = rec[level]
     where = f"function {_where(frame)}, line {frame.line}"
-    dump = helper.dump(frame.func)
-    if dump is None:
-        raise FramePeekError(f"cannot read the bytecode of {where}")
     try:
-        proto = parse_dump(to_bytes(dump))
-    except (ValueError, struct.error) as e:
-        raise FramePeekError(f"cannot parse the bytecode of {where}: {e}") from None
+        proto = dumped_proto(helper, frame.func)
+    except ValueError as e:
+        raise FramePeekError(f"cannot read the bytecode of {where}: {e}") from None
     kinds = _call_kinds(rec[level - 1].namewhat)
     if not kinds:
         raise FramePeekError(
@@ -415,7 +345,8 @@ def _helper(session):
         return cached[1]
     state = getattr(session, "_state", None)
     permanent = getattr(state, "permanent", None) if state is not None else None
-    helper = load_lua(session.lua, LUA_FILE, permanent)
+    helper = load_lua(session.lua, LUA_FILE, permanent,
+                      load_lua(session.lua, "persist/lua/bytecode.lua"))
     session._framepeek = (session.lua, helper)
     return helper
 
@@ -509,7 +440,7 @@ def _run_self_check(session) -> bool:
                 data = MEMORY.read(cis[level], CI_SIZE)
                 closure = MEMORY.tvalue(_ptr(data, CI_FUNC))[0]
                 mem = read_proto(MEMORY.pointer(closure + LCL_P))
-                dumped = parse_dump(to_bytes(helper.dump(rec[level].func)))
+                dumped = dumped_proto(helper, rec[level].func)
                 if mem is None or mem[0] != dumped:
                     return False
     except (ValueError, TypeError, struct.error, AttributeError):
@@ -519,9 +450,9 @@ def _run_self_check(session) -> bool:
 
 def _expected_pc(helper, func) -> int | None:
     """The pc after the only call-like instruction of func."""
-    dump = helper.dump(func)
-    if dump is None:
+    try:
+        code = dumped_proto(helper, func).code
+    except ValueError:
         return None
-    code = parse_dump(to_bytes(dump)).code
     calls = [i for i, inst in enumerate(code) if opcode(inst) in CALL_LIKE]
     return calls[0] + 1 if len(calls) == 1 else None

@@ -3,9 +3,11 @@
 -- Loaded once per Lua state with `permanent`, the serializer's lookup of the
 -- standard library as it was before any user code ran (state.lua's
 -- M.permanent), so that a notebook that replaced `debug.getinfo` or
--- `coroutine.yield` cannot mislead the reader. Returns M:
+-- `coroutine.yield` cannot mislead the reader, and `B`, the module of
+-- persist/lua/bytecode.lua. Returns M:
 --   M.frames(co)    -> record | nil, reason    what the debug library says
---   M.dump(f)       -> the bytecode of f (string.dump, with debug info) | nil
+--   M.proto(f)      -> f's prototype as bytecode.lua reads it from
+--                      string.dump (with debug info) | nil, reason
 --   M.samples()     -> suspended coroutines with known pcs, for the self-check
 --
 -- A record describes a suspended coroutine, level by level as debug.getinfo
@@ -19,7 +21,7 @@
 -- (named locals and "(temporary)" ones): everything below the function slot
 -- of the frame it is calling; and shift is how far a vararg Lua function's
 -- slot moved up from where its caller put it (0 for other functions).
-local permanent = ...
+local permanent, B = ...
 
 local function original(name, current)
   local v = permanent and permanent(name)
@@ -107,10 +109,12 @@ function M.frames(co)
   return rec
 end
 
-function M.dump(f)
+function M.proto(f)
   local ok, s = pcall(sdump, f)
-  if ok then return s end
-  return nil
+  if not ok then return nil, s end
+  local ok2, p = pcall(B.read, s)
+  if not ok2 then return nil, p end
+  return p
 end
 
 -- Coroutines suspended at known places. Each function has exactly one
