@@ -1,0 +1,408 @@
+"""persist/lua/finisher.lua: a Lua 5.4 bytecode interpreter in Lua.
+
+Each case is a Lua chunk returning a function and its arguments; the function
+run through `F.call` must return exactly what the native call returns (same
+count; integers and floats apart; floats by bits, NaN included), or fail when
+the native call fails.
+"""
+from __future__ import annotations
+
+import pytest
+
+from lua_kernel.runtime import load_lua, new_runtime
+
+HARNESS = r"""
+local F = ...
+local function same(a, b)
+  if math.type(a) ~= math.type(b) or type(a) ~= type(b) then return false end
+  if math.type(a) == "float" then return string.pack("n", a) == string.pack("n", b) or (a ~= a and b ~= b) end
+  return rawequal(a, b)
+end
+return function(src)
+  local function fresh()
+    local chunk = assert(load(src, "=case", "t"))
+    return table.pack(chunk())
+  end
+  local n = fresh()
+  local i = fresh()
+  local want = table.pack(pcall(n[1], table.unpack(n, 2, n.n)))
+  local got = table.pack(pcall(F.call, i[1], table.unpack(i, 2, i.n)))
+  local function show(r)
+    local out = {}
+    for j = 1, r.n do out[j] = (math.type(r[j]) or type(r[j])) .. ":" .. tostring(r[j]) end
+    return table.concat(out, ", ")
+  end
+  if want[1] ~= got[1] then return "native " .. show(want) .. " / finisher " .. show(got) end
+  if not want[1] then
+    return nil, tostring(want[2]), tostring(got[2])
+  end
+  if want.n ~= got.n then return "count: native " .. show(want) .. " / finisher " .. show(got) end
+  for j = 2, want.n do
+    if not same(want[j], got[j]) then return "value " .. (j - 1) .. ": native " .. show(want) .. " / finisher " .. show(got) end
+  end
+  return nil
+end
+"""
+
+CASES = {
+    "arith_int_float": """return function(a, b)
+        return a + b, a - b, a * b, a / b, a // b, a % b, a ^ b, -a,
+               a + 1, a - 1, 1 - a, a * 2, 2 * a, a / 2, a // 2, a % 3, a ^ 2,
+               a + 1.5, 1.5 + a, a - 0.5, a * 0.5, 7 // a, 7 % a, 2 ^ a,
+               3 + 4, 3.0 + 4, 10 // 3, 10.0 // 3, -7 // 2, -7 % 2, 7 % -3, -7.5 % 2, 7 // -2.0
+      end, 7, 2""",
+    "div_zero": """return function(a, z)
+        local fz = 0.0
+        return a / z, -a / z, z / z, a / fz, a // fz, a % fz, 1 // -fz, pcall(function() return a // z end),
+               pcall(function() return a % z end)
+      end, 5, 0""",
+    "bitwise": """return function(a, b)
+        return a & b, a | b, a ~ b, ~a, a << 3, a >> 1, a << b, a >> b, 1 << a, a << 64, a >> -1,
+               a & 0xF0, a | 1, a ~ 0xFF, 3.0 & a, -1 >> 60, math.mininteger >> 63
+      end, 0x5A, 2""",
+    "coercion": """return function(s)
+        return s + 1, "10" * "2", s .. 1, 1 .. 2, 1.5 .. "", "0x10" + 0, " 3 " * 1, -s, "2" ^ 2, "7" // 2
+      end, "10" """,
+    "compare": """return function(a, b)
+        return a < b, a <= b, a > b, a >= b, a == b, a ~= b, 1 == 1.0, 1 < 1.5, 2 <= 2.0,
+               "a" < "b", "abc" < "abd", "Z" < "a", "" < "a", a < 3, a > 3, a <= 3.5, a >= -1,
+               a == 1, a ~= 2, math.maxinteger < math.huge, math.mininteger + 0.0 == math.mininteger,
+               0/0 == 0/0, a == "1", {} == {}
+      end, 1, 2.0""",
+    "concat_len": """return function(...)
+        local t = {1, 2, 3, nil, 5}
+        local s = "x" .. 1 .. 2.0 .. "y" .. -3
+        return s, #s, #"hello", #{1, 2, 3}, "a" .. "b" .. "c" .. "d", select("#", ...) .. "!"
+      end, 1, 2""",
+    "tables_setlist": """return function(...)
+        local t = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+          21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+          41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, ...}
+        local u = {x = 1, y = 2, [3] = "three", "one", ["k" .. 1] = true, ...}
+        local big = {}
+        for i = 1, 600 do big[i] = i end
+        local big2 = {table.unpack(big)}
+        local s = 0
+        for i = 1, #t do s = s + t[i] end
+        return #t, s, t[61], t[63], u.x, u.y, u[1], u[2], u[3], u.k1, #big2, big2[600], u[4]
+      end, 100, 200, 300""",
+    "fields": """return function()
+        local t = {}
+        t.a = 1; t["b"] = 2; t[1] = "x"; t[2.0] = "y"; local k = "c"; t[k] = 3
+        t.n = {m = {v = 4}}
+        t.n.m.v = t.n.m.v + 1
+        G_FIN_X = 42
+        local g = G_FIN_X
+        G_FIN_X = nil
+        return t.a, t.b, t[1], t[2], t.c, t.n.m.v, g, G_FIN_X, t[300], #t
+      end""",
+    "methods": """return function()
+        local obj = {n = 10}
+        function obj:add(x) self.n = self.n + x; return self end
+        function obj.get(self) return self.n end
+        local s = "hello"
+        return obj:add(5):add(1):get(), s:upper(), ("x"):rep(3), s:sub(2, 3)
+      end""",
+    "metamethods": """return function()
+        local mt = {}
+        mt.__add = function(a, b) return "add(" .. tostring(type(a) == "table" and a.v or a) .. "," .. tostring(type(b) == "table" and b.v or b) .. ")" end
+        mt.__sub = function(a, b) return "sub" end
+        mt.__mul = function(a, b) return type(a) == "number" and "num*t" or "t*num" end
+        mt.__shl = function(a, b) return "shl" .. tostring(type(b) == "number" and b or a) end
+        mt.__shr = function(a, b) return "shr" end
+        mt.__band = function(a, b) return "band" end
+        mt.__eq = function(a, b) return a.v == b.v end
+        mt.__lt = function(a, b) return (type(a) == "table" and a.v or a) < (type(b) == "table" and b.v or b) end
+        mt.__le = function(a, b) return (type(a) == "table" and a.v or a) <= (type(b) == "table" and b.v or b) end
+        mt.__concat = function(a, b) return "cat" end
+        mt.__len = function(a) return 99 end
+        mt.__unm = function(a) return "neg" end
+        mt.__bnot = function(a) return "bnot" end
+        mt.__call = function(self, x, y) return "called", x, y end
+        mt.__index = function(t, k) return "idx:" .. tostring(k) end
+        local log = {}
+        mt.__newindex = function(t, k, v) log[#log + 1] = k; rawset(t, k, v) end
+        local a = setmetatable({v = 1}, mt)
+        local b = setmetatable({v = 2}, mt)
+        local c = setmetatable({v = 1}, mt)
+        local proto = {z = "fromproto"}
+        local d = setmetatable({}, {__index = proto})
+        a.newkey = 5
+        return a + b, a + 1, 1 + a, a - 1, a * 2, 2 * a, a << 1, 1 << a, a >> 2, a & 1,
+               a == c, a == b, a ~= c, a < b, b < a, a <= c, a < 5, 5 > a, a >= 1, 0 < a,
+               a .. "x", "x" .. a, 1 .. a .. "z", #a, -a, ~a, a(1, 2), a.missing, a[7], d.z, d.q, log[1], rawget(a, "newkey")
+      end""",
+    "numeric_for": """return function()
+        local out = {}
+        for i = 1, 3 do out[#out + 1] = i end
+        for i = 3, 1, -1 do out[#out + 1] = i end
+        for i = 1, 2, 0.5 do out[#out + 1] = i end
+        for i = 1.0, 0, -0.25 do out[#out + 1] = i end
+        for i = 5, 1 do out[#out + 1] = "never" end
+        for i = math.maxinteger - 2, math.maxinteger do out[#out + 1] = i end
+        for i = math.mininteger, math.mininteger + 2 do out[#out + 1] = i end
+        for i = math.mininteger + 2, math.mininteger, -1 do out[#out + 1] = i end
+        for i = 1, 3.7 do out[#out + 1] = i end
+        for i = 3, 1.2, -1 do out[#out + 1] = i end
+        for i = 1, math.huge, 1 << 62 do out[#out + 1] = i end
+        for i = 1, -math.huge do out[#out + 1] = "never" end
+        for i = 1, 10, 4 do out[#out + 1] = i end
+        for i = 1, 0.5 do out[#out + 1] = "never" end
+        for i = 0.1, 0.35, 0.1 do out[#out + 1] = i end
+        for i = 1, 3 do local j = i * 2; i = j; out[#out + 1] = i end
+        for i = math.maxinteger, math.maxinteger - 10, -7 do out[#out + 1] = i end
+        return table.unpack(out)
+      end""",
+    "for_errors": """return function(what)
+        if what == 1 then for i = "a", 2 do end
+        elseif what == 2 then for i = 1, 2, 0 do end
+        elseif what == 3 then for i = 1, {} do end
+        else for i = 1, 2, nil do end end
+      end, 1""",
+    "generic_for": """return function()
+        local out = {}
+        for i, v in ipairs({10, 20, 30}) do out[#out + 1] = i * v end
+        local t = {a = 1}
+        for k, v in pairs(t) do out[#out + 1] = k .. v end
+        for k, v in next, {x = 5} do out[#out + 1] = k .. v end
+        local function range(n)
+          return function(s, c) if c < n then return c + 1, c * c end end, nil, 0
+        end
+        for i, sq in range(4) do out[#out + 1] = i; out[#out + 1] = sq end
+        for w in string.gmatch("one two three", "%a+") do out[#out + 1] = w end
+        return table.unpack(out)
+      end""",
+    "while_repeat_goto": """return function(n)
+        local s, i = 0, 0
+        while i < n do i = i + 1; if i % 2 == 0 then goto continue end; s = s + i; ::continue:: end
+        local j = 0
+        repeat local k = j * 2; j = j + 1 until k >= 10
+        local m = 1
+        while true do m = m * 2; if m > 100 then break end end
+        return s, j, m
+      end, 10""",
+    "closures": """return function()
+        local function counter()
+          local c = 0
+          return function() c = c + 1; return c end
+        end
+        local c1, c2 = counter(), counter()
+        c1(); c1()
+        local fs = {}
+        for i = 1, 3 do fs[i] = function() return i end end
+        local ws = {}
+        local k = 1
+        while k <= 3 do local kk = k * 10; ws[k] = function() return kk end; k = k + 1 end
+        local shared = 0
+        local function inc() shared = shared + 1 end
+        local function get() return shared end
+        inc(); inc()
+        local before = shared
+        shared = 100
+        local x = 1
+        local setx = function(v) x = v end
+        setx(7)
+        local readx = x
+        x = x + 1
+        return c1(), c2(), fs[1](), fs[2](), fs[3](), ws[1](), ws[3](), get(), before, readx, x, (function() return x end)()
+      end""",
+    "varargs": """return function(a, ...)
+        local n = select("#", ...)
+        local p = table.pack(...)
+        local function cnt(...) return select("#", ...) end
+        local t = {...}
+        local x, y, z = ...
+        return a, n, p.n, p[3], cnt(..., "end"), cnt("s", ...), t[4], x, y, z, select(2, ...), ...
+      end, 1, 2, nil, 4, nil""",
+    "varargs_none": """return function(...)
+        return select("#", ...), ...
+      end""",
+    "multret_tail": """return function()
+        local function three() return 1, 2, 3 end
+        local function none() end
+        local t = {three(), three()}
+        local u = {three(), (three())}
+        local function tail(n) if n == 0 then return three() end return tail(n - 1) end
+        return #t, #u, select("#", none()), select("#", (none())), tail(5), three()
+      end""",
+    "tailcall_ret": """return function(f) return f(1, 2) end, function(...) return ... end""",
+    "recursion": """local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+      return function(n) return fib(n), fib(n - 1) end, 20""",
+    "close_vars": """return function()
+        local log = {}
+        local function mk(name) return setmetatable({}, {__close = function(_, e) log[#log + 1] = name .. ":" .. tostring(e) end}) end
+        do
+          local a <close> = mk("a")
+          local b <close> = mk("b")
+          local c <close> = nil
+          local d <close> = false
+          log[#log + 1] = "body"
+        end
+        for i = 1, 2 do local x <close> = mk("loop" .. i) end
+        local ok, err = pcall(function() local y <close> = mk("y"); error("boom", 0) end)
+        local function ret() local z <close> = mk("z"); return "r" end
+        log[#log + 1] = ret()
+        return table.concat(log, " "), ok, err
+      end""",
+    "close_in_frame_error": """return function()
+        local log = {}
+        local x <close> = setmetatable({}, {__close = function(_, e) log[1] = e end})
+        local t = setmetatable({}, {__index = function() return log end})
+        error({tag = "e"})
+      end""",
+    "non_closable": """return function() local v <close> = 42 end""",
+    "call_nil": """return function() return undefined_global_fn(1) end""",
+    "index_nil": """return function() local t; return t.x end""",
+    "arith_nil": """return function(a) return a + 1 end""",
+    "error_level2": """local function check(x) if not x then error("bad arg", 2) end end
+      return function() check(false) end""",
+    "andor_not": """return function(a, b, c)
+        local f = false
+        return a and b, a or b, c and a, c or a, f or c, f and a, not a, not c, not f, not nil,
+               a and b or c, c and a or b, (a or b) and (c or "d"), a == 1 and "one" or "other",
+               nil or false, false or nil, (b > 1) and "gt" or "le"
+      end, 1, 2, nil""",
+    "upvalues": """local up = 5
+      local function setup(v) up = v end
+      return function(x) up = up + x; local r = up; setup(100); return r, up end, 3""",
+    "strings_dyn_index": """return function()
+        local t = setmetatable({}, {__index = string})
+        return ("%d-%s"):format(3, "x"), t.len("abc"), string.format("%5.2f", 3.14159), #"\\0a"
+      end""",
+    "nested_closure_upvalue_chain": """return function()
+        local a = 1
+        local function outer()
+          local b = 2
+          return function() a = a + 10; b = b + 1; return a + b end
+        end
+        local f = outer()
+        local r1 = f()
+        local r2 = f()
+        return r1, r2, a
+      end""",
+    "integer_overflow": """return function()
+        return math.maxinteger + 1 == math.mininteger, math.mininteger - 1, math.maxinteger * 2,
+               math.mininteger // -1, math.mininteger % -1, 2^63, math.maxinteger + 0.0
+      end""",
+    "loadkx_many_constants": None,   # filled below
+}
+
+many = ", ".join(f'"s{i}"' for i in range(300))
+CASES["loadkx_many_constants"] = (
+    "return function() local t = {" + many + "}; local x = 1.5; "
+    "return #t, t[300], t[1], x, 12345678901, -0.0, 1e300 * 10 end"
+)
+
+
+@pytest.fixture(scope="module")
+def check():
+    lua = new_runtime()
+    B = load_lua(lua, "persist/lua/bytecode.lua")
+    F = load_lua(lua, "persist/lua/finisher.lua", B)
+    run = lua.execute(HARNESS, F)
+
+    def check(src):
+        return run(src)
+    check.lua, check.F = lua, F
+    return check
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_as_native(check, name):
+    r = check(CASES[name])
+    diff = r[0] if isinstance(r, tuple) else r
+    assert diff is None, f"{name}: {diff}"
+
+
+def errors(check, name):
+    r = check(CASES[name])
+    assert isinstance(r, tuple) and r[0] is None
+    return r[1], r[2]
+
+
+def test_error_call_nil(check):
+    native, got = errors(check, "call_nil")
+    assert "attempt to call a nil value" in native
+    assert got.startswith("case:1: attempt to call a nil value"), got
+
+
+def test_error_index_and_arith(check):
+    native, got = errors(check, "index_nil")
+    assert got == "case:1: attempt to index a nil value", got
+    native, got = errors(check, "arith_nil")
+    assert got == "case:1: attempt to perform arithmetic on a nil value", got
+
+
+def test_error_level2_points_at_interpreted_line(check):
+    native, got = errors(check, "error_level2")
+    assert native == got == "case:2: bad arg"
+
+
+def test_error_non_closable(check):
+    native, got = errors(check, "non_closable")
+    assert native == got, (native, got)
+
+
+def test_error_for(check):
+    for what in (1, 2, 3, 4):
+        src = CASES["for_errors"].replace(", 1", f", {what}")
+        native, got = errors(check, None) if False else check(src)[1:]
+        assert native.split(": ", 1)[1] == got.split(": ", 1)[1], (native, got)
+
+
+def test_tbc_closed_on_error(check):
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local log = {}
+      local ok, e = pcall(F.call, function()
+        local a <close> = setmetatable({}, {__close = function(_, e) log[#log + 1] = "a:" .. tostring(e) end})
+        local b <close> = setmetatable({}, {__close = function(_, e) log[#log + 1] = "b:" .. tostring(e) end})
+        error("E", 0)
+      end)
+      return ok, e, table.concat(log, " ")
+    end""")
+    assert f(F) == (False, "E", "b:E a:E")
+
+
+def test_closure_escapes_after_return(check):
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local get, set = F.call(function()
+        local v = 1
+        local function get() return v end
+        local function set(x) v = x end
+        v = 2
+        return get, set
+      end)
+      set(9)
+      return get()
+    end""")
+    assert f(F) == 9
+
+
+def test_run_from_mid_pc(check):
+    # Resume a frame at an arbitrary instruction with hand-made registers.
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F, B)
+      local function g(a, b) local c = a * 10; return c + b end
+      local p = B.read(string.dump(g))
+      -- find the ADD (c + b) and start there with c = 70, b = 5
+      for pc, i in ipairs(p.code) do
+        if B.OPNAMES[B.decode(i)] == "ADD" then
+          return F.run(g, p, pc, {[0] = 7, 5, 70}, {n = 0})
+        end
+      end
+    end""")
+    B = load_lua(lua, "persist/lua/bytecode.lua")
+    assert f(F, B) == 75
+
+
+def test_interpret_hook(check):
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local count = 0
+      local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+      local r = F.call_hooked(function(fn) if F.is_lua(fn) then count = count + 1; return true end end, fib, 10)
+      return r, count
+    end""")
+    assert f(F) == (55, 176)
