@@ -105,31 +105,38 @@ end
 local thread_fn = setmetatable({}, { __mode = "k" })
 M.thread_fn = thread_fn
 
-function coroutine.create(f)
-  if type(f) ~= "function" then
-    error("bad argument #1 to 'create' (function expected)", 2)
-  end
-  local co = cocreate(f)
-  thread_fn[co] = f
-  sethook(co, hook, "", 0)
-  return co
-end
-
 -- coroutine.wrap returns a C closure whose first upvalue is its thread;
 -- persistence finds wrap functions (and their threads) in M.wrapped.
 local wrapped = setmetatable({}, { __mode = "k" })
 M.wrapped = wrapped
 
-function coroutine.wrap(f)
+-- Both constructors check their argument like the originals, then register
+-- the new thread: its function, and the hook (mask 0) for interrupts.
+local function check_function(f, name)
   if type(f) ~= "function" then
-    error("bad argument #1 to 'wrap' (function expected)", 2)
+    error(sformat("bad argument #1 to '%s' (function expected)", name), 3)
   end
+end
+
+local function register(co, f)
+  thread_fn[co] = f
+  sethook(co, hook, "", 0)
+end
+
+function coroutine.create(f)
+  check_function(f, "create")
+  local co = cocreate(f)
+  register(co, f)
+  return co
+end
+
+function coroutine.wrap(f)
+  check_function(f, "wrap")
   local w = cowrap(f)
   local _, co = debug.getupvalue(w, 1)
   if type(co) == "thread" then
-    thread_fn[co] = f
+    register(co, f)
     wrapped[w] = co
-    sethook(co, hook, "", 0)
   end
   return w
 end
