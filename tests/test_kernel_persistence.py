@@ -180,3 +180,34 @@ def test_vs_code_cell_ids_key_the_notebook():
         assert "Restored the Lua state" in stdout_of(msgs)
         assert [m for m in msgs if m["msg_type"] == "execute_result"][0][
             "content"]["data"]["text/plain"] == '"code"'
+
+
+def test_a_generator_goes_on_in_the_next_kernel(notebook):
+    """Issue 4: a notebook resumes a generator twice, the kernel shuts down,
+    a new kernel for the same notebook resumes it and gets the third value."""
+    with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
+        execute(kc, """
+        squares = coroutine.wrap(function()
+          local i = 0
+          while true do
+            i = i + 1
+            local scale = coroutine.yield(i * i)
+            if scale then i = i * scale end
+          end
+        end)
+        gen = coroutine.create(function(a, b)
+          for i = a, b do coroutine.yield(i, i * 10) end
+          return "done"
+        end)
+        """)
+        assert value(kc, "coroutine.resume(gen, 1, 3)") == "true\t1\t10"
+        assert value(kc, "coroutine.resume(gen)") == "true\t2\t20"
+        assert value(kc, "squares(), squares()") == "1\t4"
+    with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
+        reply, msgs = execute(kc, "coroutine.resume(gen)")
+        assert "Restored the Lua state saved" in stdout_of(msgs)
+        result = [m for m in msgs if m["msg_type"] == "execute_result"][0]
+        assert result["content"]["data"]["text/plain"] == "true\t3\t30"
+        assert value(kc, "coroutine.resume(gen)") == 'true\t"done"'
+        assert value(kc, "coroutine.status(gen)") == '"dead"'
+        assert value(kc, "squares(), squares(10)") == "9\t961"

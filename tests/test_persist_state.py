@@ -621,18 +621,19 @@ def test_coroutine_running_a_wrap_function(tmp_path):
     assert value(setup, check, tmp_path) == [True, 42]
 
 
-def test_suspended_coroutine_is_reported_and_restored_nil(tmp_path):
+def test_suspended_coroutines_come_back_suspended(tmp_path):
+    """Issue 4 (the scenarios are in test_coroutines.py): a coroutine and a
+    wrap function suspended with live stacks are saved without issues."""
     setup = """
-    co = coroutine.create(function() coroutine.yield(1) end)
+    co = coroutine.create(function() local v = coroutine.yield(1); return v * 2 end)
     coroutine.resume(co)
-    gen = coroutine.wrap(function() coroutine.yield(1) end) gen()
+    gen = coroutine.wrap(function() coroutine.yield(1); return "two" end) gen()
     kept = 'yes'
     """
-    rt = roundtrip(setup, "return co, gen, kept", tmp_path)
-    assert rt.values == [None, None, "yes"]
-    reason = "suspended coroutine (a live call stack) is not saved yet"
-    assert sorted((i.path, i.reason) for i in rt.save_issues) == [("_G.co", reason), ("_G.gen", reason)]
-    assert len(rt.restore_issues) == 2
+    check = "local s = coroutine.status(co); return s, gen(), kept, coroutine.resume(co, 21)"
+    rt = roundtrip(setup, check, tmp_path)
+    assert rt.values == ["suspended", "two", "yes", True, 42]
+    assert rt.save_issues == [] and rt.restore_issues == []
 
 
 def test_restored_coroutines_can_be_saved_again(tmp_path):

@@ -60,7 +60,7 @@ from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, 
                       L_CI, LCL_P, MEMORY, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
                       P_LINEINFO, P_SIZEABSLINEINFO, P_SIZECODE, P_SIZELINEINFO, TAG_CCL,
                       TAG_LCF, TAG_LCL, parse_address)
-from ..runtime import load_lua
+from ..runtime import load_lua, to_bytes
 
 LUA_FILE = "persist/lua/framepeek.lua"
 BROKEN_ENV = "LUA_KERNEL_FRAMEPEEK_BROKEN"
@@ -247,9 +247,9 @@ def _savedpc_offset() -> int:
     return CI_SAVEDPC + (8 if os.environ.get(BROKEN_ENV) else 0)
 
 
-def _walk(rec) -> list[int] | None:
-    """The CallInfo addresses of levels 0 .. n-1, if the list in memory
-    pairs with what the debug library reports; None otherwise."""
+def _walk(rec) -> list[tuple[int, bytes]] | None:
+    """(address, bytes) of the CallInfo of each level 0 .. n-1, if the list
+    in memory pairs with what the debug library reports; None otherwise."""
     n = rec.n
     if not 0 < n <= MAX_LEVELS:
         return None
@@ -270,7 +270,9 @@ def _walk(rec) -> list[int] | None:
             return None
         if level == 0 and not (tag == TAG_LCF and value == parse_address(rec.yield_)):
             return None
-        out.append(ci)
+        if tag == TAG_LCL and value != parse_address(rec[level].fp):
+            return None     # the closure in the slot is the function getinfo reports
+        out.append((ci, data))
         ci = _ptr(data, CI_PREVIOUS)
     # below level n-1 is only the thread's base CallInfo, which has no previous
     if not ci or MEMORY.pointer(ci + CI_PREVIOUS) != 0:
@@ -278,17 +280,27 @@ def _walk(rec) -> list[int] | None:
     return out
 
 
-def _read_frame(ci: int, rec, level: int) -> FramePC | None:
+class _Protos:
+    """Prototypes read from memory, by closure address (one walk: the
+    collector is stopped while a snapshot is taken, so addresses are stable)."""
+
+    def __init__(self):
+        self._by_closure: dict[int, tuple[Proto, int] | None] = {}
+
+    def of(self, closure: int) -> tuple[Proto, int] | None:
+        if closure not in self._by_closure:
+            proto_at = MEMORY.pointer(closure + LCL_P)
+            self._by_closure[closure] = read_proto(proto_at) if proto_at else None
+        return self._by_closure[closure]
+
+
+def _read_frame(walked: tuple[int, bytes], rec, level: int, protos: _Protos) -> FramePC | None:
     """The frame's pc as its record says, if every check passes."""
     frame = rec[level]
-    data = MEMORY.read(ci, CI_SIZE)
-    slot = MEMORY.tvalue(_ptr(data, CI_FUNC)) if data else None
-    if slot is None or slot[1] != TAG_LCL or slot[0] != parse_address(frame.fp):
-        return None
-    proto_at = MEMORY.pointer(slot[0] + LCL_P)
-    got = read_proto(proto_at) if proto_at else None
-    savedpc = MEMORY.pointer(ci + _savedpc_offset())
-    if got is None or savedpc is None:
+    _, data = walked
+    got = protos.of(parse_address(frame.fp))
+    savedpc = _ptr(data, _savedpc_offset())
+    if got is None:
         return None
     proto, code_at = got
     offset = savedpc - code_at
@@ -316,7 +328,7 @@ def _infer(helper, rec, level: int) -> FramePC:
     frame = rec[level]
     where = f"function {_where(frame)}, line {frame.line}"
     try:
-        proto = dumped_proto(helper, frame.func)
+        proto = dumped_proto(helper, rec.func(level))
     except ValueError as e:
         raise FramePeekError(f"cannot read the bytecode of {where}: {e}") from None
     kinds = _call_kinds(rec[level - 1].namewhat)
@@ -351,36 +363,76 @@ def _helper(session):
     return helper
 
 
+@dataclass
+class _Level:
+    what: str
+    fp: str
+    src: str
+    line: int
+    linedefined: int
+    namewhat: str
+    nslots: int
+    shift: int
+
+
+NAMEWHATS = ("", "global", "local", "method", "field", "upvalue", "constant",
+             "metamethod", "for iterator", "hook")    # framepeek.lua's M.pack codes
+WHATS = ("Lua", "C", "main")
+
+
 class _Record:
-    """The Lua record from M.frames, with Python attribute names."""
+    """A suspended coroutine's levels, from the bytes of framepeek.lua's
+    M.pack; `table` is the Lua record (for the functions, when inferring)."""
 
-    def __init__(self, table):
-        self.thread = table.thread
-        self.yield_ = table["yield"]
-        self.n = table.n
+    def __init__(self, data: bytes, table):
         self._table = table
-        self._levels: dict = {}
+        pos = 0
 
-    def __getitem__(self, level: int):
-        if level not in self._levels:
-            self._levels[level] = self._table[level]
-        return self._levels[level]
+        def string() -> str:
+            nonlocal pos
+            (size,) = struct.unpack_from("<H", data, pos)
+            text = data[pos + 2:pos + 2 + size].decode("utf-8", "surrogateescape")
+            pos += 2 + size
+            return text
+
+        self.thread, self.yield_ = string(), string()
+        (self.n,) = struct.unpack_from("<i", data, pos)
+        pos += 4
+        self.levels = []
+        for _ in range(self.n):
+            (what,) = struct.unpack_from("<B", data, pos)
+            pos += 1
+            fp, src = string(), string()
+            line, linedefined, nw, nslots, shift = struct.unpack_from("<iiBii", data, pos)
+            pos += 17
+            self.levels.append(_Level(WHATS[what], fp, src, line, linedefined,
+                                      NAMEWHATS[nw], nslots, shift))
+
+    def __getitem__(self, level: int) -> _Level:
+        return self.levels[level]
+
+    def func(self, level: int):
+        return self._table[level].func
 
 
-def _peek(session, co, read: bool) -> list[FramePC]:
-    helper = _helper(session)
-    table, reason = _pair(helper.frames(co))
-    if table is None:
-        raise FramePeekError(str(reason))
-    rec = _Record(table)
-    cis = _walk(rec) if read and MEMORY.available else None
+def _frame_pcs(helper, rec: _Record, read: bool, protos: _Protos,
+               wanted=None) -> list[FramePC]:
+    """The pcs of the record's Lua levels (those in `wanted`, default all)."""
+    walked = _walk(rec) if read and MEMORY.available else None
     out = []
     for level in range(1, rec.n):
-        if rec[level].what == "C":
+        if rec[level].what == "C" or (wanted is not None and level not in wanted):
             continue
-        got = _read_frame(cis[level], rec, level) if cis else None
+        got = _read_frame(walked[level], rec, level, protos) if walked else None
         out.append(got or _infer(helper, rec, level))
     return out
+
+
+def _record(helper, co, collect: bool = False):
+    table, reason = _pair(helper.frames(co, collect))
+    if table is None:
+        raise FramePeekError(str(reason))
+    return _Record(to_bytes(helper.pack(table)), table), table
 
 
 def _pair(result):
@@ -394,7 +446,26 @@ def saved_pcs(session, co) -> list[FramePC]:
     from `session`, or a `coroutine.wrap` function), outermost last.
     FramePeekError when it is not suspended in `coroutine.yield` (not
     started, dead, running) or when a frame's pc cannot be known for sure."""
-    return _peek(session, co, read=self_check(session))
+    helper = _helper(session)
+    rec, _ = _record(helper, co)
+    return _frame_pcs(helper, rec, self_check(session), _Protos())
+
+
+def saved_pcs_many(session, packed, tables, wanted) -> list[list[FramePC] | str]:
+    """For snapshots: the pcs of many coroutines at once. packed[i] is
+    framepeek.lua's M.pack of record tables[i]; wanted[i] the levels whose
+    pcs are needed. Each result is a list of FramePC or, when the pcs cannot
+    be known, the reason (a str)."""
+    helper = _helper(session)
+    read = self_check(session)
+    protos = _Protos()
+    out: list[list[FramePC] | str] = []
+    for data, table, levels in zip(packed, tables, wanted):
+        try:
+            out.append(_frame_pcs(helper, _Record(data, table), read, protos, levels))
+        except FramePeekError as e:
+            out.append(str(e))
+    return out
 
 
 _self_check_result: bool | None = None
@@ -422,25 +493,24 @@ def _run_self_check(session) -> bool:
     try:
         samples = helper.samples()
         for i in range(1, len(samples) + 1):
-            table, _ = _pair(helper.frames(samples[i]))
-            if table is None:
+            try:
+                rec, _ = _record(helper, samples[i])
+            except FramePeekError:
                 return False
-            rec = _Record(table)
-            cis = _walk(rec)
-            if cis is None:
+            walked = _walk(rec)
+            if walked is None:
                 return False
             for level in range(1, rec.n):
                 if rec[level].what == "C":
                     continue
-                got = _read_frame(cis[level], rec, level)
-                expected = _expected_pc(helper, rec[level].func)
+                got = _read_frame(walked[level], rec, level, _Protos())
+                expected = _expected_pc(helper, rec.func(level))
                 if got is None or expected is None or got.pc != expected:
                     return False
                 # the prototype read from memory is the one Lua dumps
-                data = MEMORY.read(cis[level], CI_SIZE)
-                closure = MEMORY.tvalue(_ptr(data, CI_FUNC))[0]
+                closure = MEMORY.tvalue(_ptr(walked[level][1], CI_FUNC))[0]
                 mem = read_proto(MEMORY.pointer(closure + LCL_P))
-                dumped = dumped_proto(helper, rec[level].func)
+                dumped = dumped_proto(helper, rec.func(level))
                 if mem is None or mem[0] != dumped:
                     return False
     except (ValueError, TypeError, struct.error, AttributeError):

@@ -32,9 +32,10 @@ from lupa import lua54
 
 from .. import native
 from ..runtime import load_lua, to_bytes
-from . import pyobjects
+from . import framepeek, pyobjects
 
 LUA_FILE = "persist/lua/state.lua"
+FRAMES_FILE = "persist/lua/frames.lua"
 
 
 @dataclass
@@ -50,11 +51,45 @@ class Issue:
 
 def attach(session):
     """Load the serializer into a fresh session's Lua state; it takes the
-    baseline of permanents (standard library, kernel objects) now."""
+    baseline of permanents (standard library, kernel objects) now. With it
+    come the parts for suspended coroutines: the bytecode reader, the
+    finisher, the saved-pc reader and frames.lua."""
+    lua = session.lua
     lua_side = session._lua_side
-    module = load_lua(session.lua, LUA_FILE, lua_side)
+    module = load_lua(lua, LUA_FILE, lua_side)
     lua_side.abspath = _abspath
+    bytecode = load_lua(lua, "persist/lua/bytecode.lua")
+    finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)
+    peek = load_lua(lua, framepeek.LUA_FILE, module.permanent, bytecode)
+    session._framepeek = (lua, peek)
+    frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, module.permanent)
+    module.use_frames(frames, _saved_pcs_many(session))
     return module
+
+
+def _saved_pcs_many(session):
+    """The Python half of state.lua's batch of saved pcs: framepeek.py's
+    saved_pcs_many over Lua tables; each result is a table {[level] = pc}
+    or the reason the pcs cannot be known."""
+    lua = session.lua
+
+    def many(packed, tables, wanted, n):
+        n = int(n)
+        try:
+            results = framepeek.saved_pcs_many(
+                session,
+                [to_bytes(packed[i]) for i in range(1, n + 1)],
+                [tables[i] for i in range(1, n + 1)],
+                [set(_lua_list(wanted[i])) for i in range(1, n + 1)])
+        except BaseException as e:  # noqa: BLE001 - never raise into Lua
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            results = [f"the saved pcs cannot be read: {type(e).__name__}: {e}"] * n
+        return lua.table_from([
+            r if isinstance(r, str) else lua.table_from({f.level: f.pc for f in r})
+            for r in results])
+
+    return many
 
 
 def _abspath(path: str) -> str:

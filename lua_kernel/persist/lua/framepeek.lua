@@ -5,7 +5,12 @@
 -- M.permanent), so that a notebook that replaced `debug.getinfo` or
 -- `coroutine.yield` cannot mislead the reader, and `B`, the module of
 -- persist/lua/bytecode.lua. Returns M:
---   M.frames(co)    -> record | nil, reason    what the debug library says
+--   M.frames(co [, collect]) -> record | nil, reason    what the debug
+--                      library says; with `collect`, each Lua level also
+--                      gets regs (the values of its nslots slots, 1-based:
+--                      regs[r + 1] is register r) and va (its varargs, {n=})
+--   M.pack(record)  -> the record as bytes for framepeek.py (struct layout
+--                      in `M.pack` below)
 --   M.proto(f)      -> f's prototype as bytecode.lua reads it from
 --                      string.dump (with debug info) | nil, reason
 --   M.samples()     -> suspended coroutines with known pcs, for the self-check
@@ -45,7 +50,7 @@ local rawequal = original("rawequal", rawequal)
 
 local M = {}
 
-local function level_record(co, level)
+local function level_record(co, level, collect)
   local info = getinfo(co, level, "Slnfu")
   if info == nil then return nil end
   local r = {
@@ -54,22 +59,35 @@ local function level_record(co, level)
     namewhat = info.namewhat, shift = 0,
   }
   if info.what ~= "C" then
+    local regs = collect and {} or nil
     local n = 0
-    while getlocal(co, level, n + 1) ~= nil do n = n + 1 end
-    r.nslots = n
+    while true do
+      local name, v = getlocal(co, level, n + 1)
+      if name == nil then break end
+      n = n + 1
+      if regs then regs[n] = v end
+    end
+    r.nslots, r.regs = n, regs
     if info.isvararg then
       -- OP_VARARGPREP moved the function slot above its arguments
       -- (luaT_adjustvarargs): it is 1 + nparams + #varargs above where the
       -- caller put it
+      local va = collect and {} or nil
       local extra = 0
-      while getlocal(co, level, -(extra + 1)) ~= nil do extra = extra + 1 end
-      r.shift = 1 + info.nparams + extra
+      while true do
+        local name, v = getlocal(co, level, -(extra + 1))
+        if name == nil then break end
+        extra = extra + 1
+        if va then va[extra] = v end
+      end
+      if va then va.n = extra end
+      r.shift, r.va = 1 + info.nparams + extra, va
     end
   end
   return r
 end
 
-function M.frames(co)
+function M.frames(co, collect)
   if type(co) == "function" then        -- a coroutine.wrap function
     local _, t = getupvalue(co, 1)
     if type(t) == "thread" then co = t end
@@ -100,13 +118,35 @@ function M.frames(co)
   local rec = { thread = sformat("%p", co), yield = sformat("%p", yield) }
   local level = 0
   while true do
-    local r = level_record(co, level)
+    local r = level_record(co, level, collect)
     if r == nil then break end
     rec[level] = r
     level = level + 1
   end
   rec.n = level
   return rec
+end
+
+-- The bytes framepeek.py reads (little-endian): s2 thread, s2 yield, i4 n;
+-- then per level: B what (0 Lua, 1 C, 2 main), s2 fp, s2 src, i4 line,
+-- i4 linedefined, B namewhat (index in NAMEWHATS, 0 for ""), i4 nslots,
+-- i4 shift.
+local NAMEWHATS = { "global", "local", "method", "field", "upvalue", "constant",
+  "metamethod", "for iterator", "hook" }
+local NWCODE = {}
+for i, w in ipairs(NAMEWHATS) do NWCODE[w] = i end
+local WHAT = { Lua = 0, C = 1, main = 2 }
+local spack = original("string.pack", string.pack)
+local concat = original("table.concat", table.concat)
+
+function M.pack(rec)
+  local out = { spack("<s2s2i4", rec.thread, rec.yield, rec.n) }
+  for level = 0, rec.n - 1 do
+    local r = rec[level]
+    out[level + 2] = spack("<Bs2s2i4i4Bi4i4", WHAT[r.what] or 1, r.fp, r.src, r.line,
+      r.linedefined, NWCODE[r.namewhat] or 0, r.nslots or 0, r.shift)
+  end
+  return concat(out)
 end
 
 function M.proto(f)

@@ -97,6 +97,9 @@
 --                                   not seekable); where = its graph path
 --   9 PYOBJ index where             a Python object: element `index` of the
 --                                   pickled list; where = its graph path
+--  10 LIVE where 0                  a suspended coroutine with a call stack:
+--                                   its record (persist/lua/frames.lua), a
+--                                   table, is its code in T; where = its path
 --   (name, proto, where, reason, path, mode are string codes; state and index
 --    plain integers; pos a code)
 --
@@ -116,7 +119,21 @@
 --   function, thread and light userdata; then the Python record: the code
 --   of the pickled list (a string, or nil when there are no Python objects),
 --   k, then k pairs (index, reason code) for the objects that could not be
---   pickled (they are None in the list).
+--   pickled (they are None in the list); then (version 2) the open upvalues
+--   of suspended frames: l, then l triples (frame code, register, owner),
+--   where owner = closure * 256 + upvalue index, as for extension 1: the
+--   register of that frame record is that closure's upvalue.
+--
+-- Suspended coroutines. A coroutine with a live call stack is written as
+-- its record (frames.lua): its frames as plain tables, each frame's closure,
+-- pending instruction, registers, varargs and pending to-be-closed
+-- variables; the saved pcs come from persist/framepeek.py, asked once for
+-- all the coroutines found so far. Which registers are open upvalues is
+-- found by sentinel probing: each register that a child closure of the
+-- frame's function may capture is set (debug.setlocal) to a fresh table for
+-- the duration of the capture; a closure whose upvalue then holds that
+-- table shares the register. The walk writes the real values, and every
+-- probed register gets its value back before capture returns.
 --
 -- Restoring goes in phases, so nothing user-visible runs half-built:
 -- (1) streams and strings, (2) Python objects (one call), (3) all objects of
@@ -130,7 +147,7 @@ local kernel = ...
 
 local M = {}
 
-local MAGIC, VERSION = "LKSTATE\0", 1
+local MAGIC, VERSION = "LKSTATE\0", 2    -- version 1 (no suspended stacks) is read too
 
 -- Originals, before any user code can replace them.
 local type, next, pairs, ipairs, select, error, pcall = type, next, pairs, ipairs, select, error, pcall
@@ -142,9 +159,9 @@ local spack, sunpack, sbyte, ssub, srep, sformat, sfind, smatch, sdump =
   string.pack, string.unpack, string.byte, string.sub, string.rep, string.format,
   string.find, string.match, string.dump
 local concat, unpack, tmove, tsort = table.concat, table.unpack, table.move, table.sort
-local dgetmt, dsetmt, getupvalue, setupvalue, upvalueid, upvaluejoin, getinfo =
+local dgetmt, dsetmt, getupvalue, setupvalue, upvalueid, upvaluejoin, getinfo, setlocal =
   debug.getmetatable, debug.setmetatable, debug.getupvalue, debug.setupvalue,
-  debug.upvalueid, debug.upvaluejoin, debug.getinfo
+  debug.upvalueid, debug.upvaluejoin, debug.getinfo, debug.setlocal
 local costatus, coresume = coroutine.status, coroutine.resume
 local kcreate, kwrap = coroutine.create, coroutine.wrap     -- the kernel's, registering
 local kopen, iotype, tmpfile = io.open, io.type, io.tmpfile  -- the kernel's io.open
@@ -162,10 +179,10 @@ local C_JOIN = X_JOIN * 8 + T_EXT
 local C_SAME = X_SAME * 8 + T_EXT
 local INL_LO, INL_HI = -(1 << 60), 1 << 60
 -- object kinds
-local K_TABLE, K_PERM, K_PERMTABLE, K_LFUNC, K_NIL, K_THREAD, K_WRAP, K_FILE, K_PYOBJ =
-  1, 2, 3, 4, 5, 6, 7, 8, 9
+local K_TABLE, K_PERM, K_PERMTABLE, K_LFUNC, K_NIL, K_THREAD, K_WRAP, K_FILE, K_PYOBJ, K_LIVE =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 -- how an object was first reached (for paths in reports); nil: a table entry
-local E_ROOT, E_KEY, E_UPVALUE, E_META, E_FN, E_THREAD = 1, 2, 3, 4, 5, 6
+local E_ROOT, E_KEY, E_UPVALUE, E_META, E_FN, E_THREAD, E_STACK = 1, 2, 3, 4, 5, 6, 7
 
 local CHUNK = 4096
 
@@ -300,6 +317,35 @@ end
 function M.permanent(name) return permvalue[name] end
 function M.name_of(value) return permname[value] end
 
+-- Suspended coroutines: frames.lua's module and Python's batch of saved pcs
+-- (framepeek.py's saved_pcs_many), set by state.py once both exist.
+local CF, saved_pcs_many
+function M.use_frames(cf, pcs_many)
+  CF, saved_pcs_many = cf, pcs_many
+end
+
+-- Registers probed during a capture: sentinel -> {frame, reg, value}, and
+-- the list to put back.
+local SENT, PROBED, nprobed = {}, {}, 0
+
+local function probe(co, level, reg, frame)
+  local s = {}
+  SENT[s] = { frame = frame, reg = reg, value = frame.regs[reg + 1] }
+  setlocal(co, level, reg + 1, s)
+  nprobed = nprobed + 1
+  PROBED[nprobed] = { co, level, reg + 1, frame.regs[reg + 1] }
+end
+
+local function unprobe()
+  for i = nprobed, 1, -1 do
+    local r = PROBED[i]
+    setlocal(r[1], r[2], r[3], r[4])
+    PROBED[i] = nil
+  end
+  nprobed = 0
+  SENT = {}
+end
+
 ---------------------------------------------------------------------------
 -- Streams of numbers.
 ---------------------------------------------------------------------------
@@ -406,6 +452,8 @@ local function capture(pickle_many)
   local PY, npy = {}, 0
   local issues, nissues = {}, 0
   local uvowner = {}          -- upvalueid -> owner * 256 + index
+  local HPOS = {}             -- suspended coroutine -> position of its header
+  local plans = {}            -- suspended coroutine -> frames.lua plan, or reason
   local nproto, nfunc, ntable, nthread, nudata = 0, 0, 0, 0, 0
 
   -- The path of an object, from the parents recorded when it was found:
@@ -418,6 +466,7 @@ local function capture(pickle_many)
     if e == E_KEY then return "<key>" end
     if e == E_META then return "<metatable>" end
     if e == E_FN then return "<function>" end
+    if e == E_STACK then return "<stack>" end
     return "<thread>"
   end
   local function pathof(id)
@@ -470,9 +519,11 @@ local function capture(pickle_many)
     nh = nh + 3
   end
 
-  -- What a coroutine is, for saving: "new" or "dead", or nil and why not.
+  -- What a coroutine is, for saving: "new", "dead" or "live" (suspended
+  -- with a call stack, or restored so and not resumed yet), or nil and why not.
   local function thread_state(co)
     if type(co) ~= "thread" then return nil, "coroutine.wrap function without its thread" end
+    if CF and CF.pending(co) then return "live" end
     local st = costatus(co)
     if st == "dead" then return "dead" end
     if st == "suspended" then
@@ -482,7 +533,8 @@ local function capture(pickle_many)
         end
         return "new"
       end
-      return nil, "suspended coroutine (a live call stack) is not saved yet"
+      if CF == nil then return nil, "suspended coroutine: frames cannot be saved here" end
+      return "live"
     end
     return nil, st .. " coroutine cannot be saved"
   end
@@ -535,7 +587,13 @@ local function capture(pickle_many)
       end
     elseif tv == "thread" then
       local st, why = thread_state(v)
-      if st then
+      if st == "live" then
+        K[id] = K_LIVE
+        HPOS[id] = nh + 1
+        H[nh + 1], H[nh + 2], H[nh + 3] = K_LIVE, scode(pathof(id)), 0
+        nh = nh + 3
+        nthread = nthread + 1
+      elseif st then
         K[id] = K_THREAD
         H[nh + 1], H[nh + 2] = K_THREAD, st == "new" and 0 or 1
         nh = nh + 2
@@ -610,6 +668,39 @@ local function capture(pickle_many)
   -- The code of any value.
   local function code(v, par, key, edge)
     return seen[v] or fresh(v, par, key, edge)
+  end
+
+  -- The record of suspended coroutine `id` (frames.lua), or nil and why
+  -- not. The saved pcs of all the coroutines found so far and not yet
+  -- asked about come from Python in one call.
+  local function live_record(id)
+    local co = O[id]
+    local rec = CF.pending(co)
+    if rec then return rec end
+    if plans[co] == nil then
+      local packed, tables, wanted, batch = {}, {}, {}, {}
+      for q = id, nobj do
+        local cq = O[q]
+        if K[q] == K_LIVE and plans[cq] == nil and not CF.pending(cq) then
+          local plan, why = CF.prepare(cq)
+          plans[cq] = plan or why
+          if plan then
+            batch[#batch + 1] = plan
+            packed[#batch], tables[#batch], wanted[#batch] = plan.packed, plan.table, plan.wanted
+          end
+        end
+      end
+      if #batch > 0 then
+        local results = saved_pcs_many(packed, tables, wanted, #batch)
+        for i, plan in ipairs(batch) do
+          plan.pcs = results[i]
+        end
+      end
+    end
+    local plan = plans[co]
+    if type(plan) == "string" then return nil, plan end
+    if type(plan.pcs) ~= "table" then return nil, tostring(plan.pcs) end
+    return CF.build(plan, plan.pcs, probe)
   end
 
   -- Roots.
@@ -752,6 +843,10 @@ local function capture(pickle_many)
       while true do
         local name, v = getupvalue(o, i)
         if name == nil then break end
+        if nprobed > 0 then
+          local s = SENT[v]
+          if s then v = s.value end
+        end
         local uid = upvalueid(o, i)
         local owner = uvowner[uid]
         if owner then
@@ -799,8 +894,48 @@ local function capture(pickle_many)
       local _, co = getupvalue(o, 1)
       nt = nt + 1
       T[nt] = code(co, p, nil, E_THREAD)
+    elseif kind == K_LIVE then
+      local rec, why = live_record(p)
+      if rec then
+        nt = nt + 1
+        T[nt] = code(rec, p, nil, E_STACK)
+      else
+        -- not capturable: the header becomes a NIL one (same size)
+        why = "suspended coroutine cannot be saved: " .. tostring(why)
+        local hp = HPOS[p]
+        K[p] = K_NIL
+        H[hp], H[hp + 1], H[hp + 2] = K_NIL, scode(issue(p, why)), scode(why)
+        nthread = nthread - 1
+      end
     end
     p = p + 1
+  end
+
+  -- Open upvalues of suspended frames: every closure upvalue that holds a
+  -- probe sentinel shares that frame's register (see THE FORMAT).
+  local L, nl = {}, 0
+  if nprobed > 0 then
+    local linked = {}
+    for id = 1, nobj do
+      if K[id] == K_LFUNC then
+        local f = O[id]
+        local i = 1
+        while true do
+          local name, v = getupvalue(f, i)
+          if name == nil then break end
+          local s = SENT[v]
+          if s then
+            local uid = upvalueid(f, i)
+            if not linked[uid] then
+              linked[uid] = true
+              L[nl + 1], L[nl + 2], L[nl + 3] = seen[s.frame], s.reg, uvowner[uid]
+              nl = nl + 3
+            end
+          end
+          i = i + 1
+        end
+      end
+    end
   end
 
   -- Python objects: one call pickles them all (shared references between
@@ -830,6 +965,9 @@ local function capture(pickle_many)
     X[nx + 1], X[nx + 2] = T_NIL, 0
     nx = nx + 2
   end
+  X[nx + 1] = nl // 3
+  tmove(L, 1, nl, nx + 2, X)
+  nx = nx + 1 + nl
 
   -- The pool, then the body, in one concatenation.
   local lens, sbytes = {}, 0
@@ -868,6 +1006,7 @@ function M.capture(pickle_many)
   local running = collectgarbage("isrunning")
   collectgarbage("stop")
   local ok, body, issues, counts = pcall(capture, pickle_many)
+  unprobe()
   if running then collectgarbage("restart") end
   if not ok then error(body, 0) end
   M.kept = body
@@ -910,7 +1049,7 @@ local function apply(body, unpickle_at)
   local ok, magic, version, slens, sblob, sH, sT, sC, sF, sJ, sX, tail =
     pcall(sunpack, "<c8I4s8s8s8s8s8s8s8s8", body)
   if not ok then error("the body is truncated", 0) end
-  if version ~= VERSION then
+  if version ~= VERSION and version ~= 1 then
     error(sformat("Lua state format version %d is not supported (this kernel reads %d)",
       version, VERSION), 0)
   end
@@ -1005,6 +1144,11 @@ local function apply(body, unpickle_at)
       tcount = tcount + 1
       pending[id] = { kind, nil, T[tcount] }
       hp = hp + 1
+    elseif kind == K_LIVE then
+      if CF == nil then error("suspended coroutines cannot be restored here", 0) end
+      tcount = tcount + 1
+      pending[id] = { kind, nil, T[tcount], where = str(H[hp + 1]) }
+      hp = hp + 3
     elseif kind == K_FILE then
       local path, mode, posc, where = str(H[hp + 1]), str(H[hp + 2]), H[hp + 3], str(H[hp + 4])
       hp = hp + 5
@@ -1058,11 +1202,13 @@ local function apply(body, unpickle_at)
   for wid, rec in next, pending do
     if rec[1] == K_WRAP then
       local c = rec[3]
-      if c & 7 == T_OBJ and pending[c >> 3] and pending[c >> 3][1] == K_THREAD then
+      local trec = c & 7 == T_OBJ and pending[c >> 3]
+      if trec and (trec[1] == K_THREAD or trec[1] == K_LIVE) then
         claimed[c >> 3] = claimed[c >> 3] or wid
       end
     end
   end
+
   local function ready(c)   -- the object a T code names exists (or never will)
     if c & 7 ~= T_OBJ then return true end
     local r = pending[c >> 3]
@@ -1072,13 +1218,24 @@ local function apply(body, unpickle_at)
     if c & 7 == T_OBJ then return O[c >> 3] end
     return nil
   end
+  -- A suspended coroutine continues its record (a table, filled in (5)).
+  local function frames_of(rec)
+    local r = value_of(rec[3])
+    if type(r) ~= "table" then error("a suspended coroutine without frames", 0) end
+    return r
+  end
   local progress = true
   while progress do
     progress = false
     for pid, rec in next, pending do
       if not rec.done then
         local kind, state, c = rec[1], rec[2], rec[3]
-        if kind == K_THREAD and not claimed[pid] then
+        if kind == K_LIVE and not claimed[pid] then
+          local r = frames_of(rec)
+          O[pid] = kcreate(CF.revive(r))
+          CF.adopt(O[pid], r)
+          rec.done, progress = true, true
+        elseif kind == K_THREAD and not claimed[pid] then
           if state == 1 then
             O[pid] = dead_thread()
             rec.done, progress = true, true
@@ -1091,7 +1248,13 @@ local function apply(body, unpickle_at)
           local tid = c & 7 == T_OBJ and c >> 3
           local trec = tid and pending[tid]
           if trec and claimed[tid] == pid then
-            if trec[2] == 1 then
+            if trec[1] == K_LIVE then
+              local r = frames_of(trec)
+              local w = kwrap(CF.revive(r))
+              O[pid], O[tid] = w, select(2, getupvalue(w, 1))
+              CF.adopt(O[tid], r)
+              rec.done, trec.done, progress = true, true, true
+            elseif trec[2] == 1 then
               local w = kwrap(function() end)
               w()
               O[pid], O[tid] = w, select(2, getupvalue(w, 1))
@@ -1249,6 +1412,24 @@ local function apply(body, unpickle_at)
     end
   end
   if cp ~= ncodes + 1 then error("contents do not match the objects", 0) end
+
+  -- (5b) open upvalues of suspended frames
+  local xl = 11 + 2 * nfail
+  local nlinks = X[xl] or 0
+  for j = 0, nlinks - 1 do
+    local frame = val(X[xl + 1 + 3 * j])
+    local reg, owner = X[xl + 2 + 3 * j], X[xl + 3 + 3 * j]
+    local f = owner and O[owner >> 8]
+    if type(frame) ~= "table" or mtype(reg) ~= "integer" or K[owner >> 8] ~= K_LFUNC then
+      error("bad open upvalue record", 0)
+    end
+    local links = rawget(frame, "links")
+    if links == nil then
+      links = {}
+      rawset(frame, "links", links)
+    end
+    links[reg] = { f = f, n = owner & 255 }
+  end
 
   -- (6) metatables last
   for i = 1, nmts do

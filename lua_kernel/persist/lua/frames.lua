@@ -1,0 +1,544 @@
+-- Suspended coroutines: their call stacks as plain data, and back.
+--
+-- Loaded once per Lua state by persist/state.py, before any user code, with
+-- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua) and `permanent`,
+-- the serializer's lookup of the standard environment as it was at start
+-- (state.lua's M.permanent). Returns CF:
+--
+--   CF.prepare(co)  -> plan | nil, reason
+--       what the debug library shows of a suspended coroutine: its levels
+--       (plan.table, with every Lua level's registers), the same as bytes
+--       for framepeek.py (plan.packed) and the levels whose saved pcs are
+--       needed (plan.wanted, a list)
+--   CF.build(plan, pcs, probe) -> record | nil, reason
+--       the coroutine's RECORD, given pcs[level] (framepeek.py's FramePC.pc
+--       of each wanted level); `probe(co, level, reg, frame)` is called for
+--       every register of a native frame that a closure may share (an open
+--       upvalue), for the serializer's sentinel probing
+--   CF.pending(co)  -> record | nil    a restored coroutine not resumed yet
+--   CF.revive(rec)  -> body           the function for coroutine.create or
+--       coroutine.wrap that continues the record; CF.adopt(co, rec) marks
+--       the new thread as restored (so that it is saved as the same record)
+--
+-- A RECORD is plain data the serializer writes like any table:
+--   { n = N, [1] = innermost frame, ..., [N] = outermost frame }
+-- and a frame is one of
+--   { c = "pcall" }  |  { c = "xpcall", h = message handler }
+--   { f = closure, cur = the pending instruction (1-based index into the
+--     prototype's code), nregs = registers, regs = {R[0], R[1], ...} (1-based:
+--     regs[r + 1] is R[r]), va = varargs {n = k, ...}, tbc = {registers of
+--     the pending to-be-closed variables, ascending}, top = for the
+--     finisher's B = 0 users (optional), cat = last register still to
+--     concatenate (pending OP_CONCAT only), links = {[r] = {f = closure,
+--     n = upvalue index}} (registers that are open upvalues; the serializer
+--     adds the ones it finds by probing) }
+-- The innermost frame waits on coroutine.yield: resuming delivers the resume
+-- values as the results of its pending instruction. Each frame's results
+-- are delivered to the pending instruction of the frame below it, as
+-- luaV_finishOp does: a call's results go to R[A]...; a metamethod's first
+-- result to R[A] (arithmetic, unary, indexing, concatenation) or as the
+-- outcome of a comparison; OP_CLOSE and OP_RETURN run again to close the
+-- remaining variables; the outermost frame's results end the coroutine.
+--
+-- A restored coroutine runs its frames in the finisher, innermost first;
+-- `pcall`/`xpcall` frames are re-created around the frames above them. While
+-- it runs, its state is `st` = {rec = record, running = k} (frames above k
+-- are done, k runs in the finisher, frames below k wait in `rec`), so a
+-- coroutine suspended inside finisher frames is captured again from the
+-- finisher's own frame tables, the native frames above them, and the frames
+-- still waiting in `rec`.
+
+local B, F, FP, permanent = ...
+
+local function original(name, current)
+  local v = permanent and permanent(name)
+  if v == nil then v = current end
+  return v
+end
+
+local getinfo = original("debug.getinfo", debug.getinfo)
+local getlocal = original("debug.getlocal", debug.getlocal)
+local getupvalue = original("debug.getupvalue", debug.getupvalue)
+local getmetatable = original("debug.getmetatable", debug.getmetatable)
+local corunning = original("coroutine.running", coroutine.running)
+local next, pcall, rawget, rawequal = original("next", next), original("pcall", pcall),
+  original("rawget", rawget), original("rawequal", rawequal)
+local type, select, error = original("type", type), original("select", select),
+  original("error", error)
+local sformat = original("string.format", string.format)
+local unpack, pack = original("table.unpack", table.unpack), original("table.pack", table.pack)
+local tsort = original("table.sort", table.sort)
+local KXPCALL = original("xpcall", xpcall)   -- the kernel's xpcall (a Lua function)
+local PCALL = pcall
+
+local OP, OPNAMES, decode = B.OP, B.OPNAMES, B.decode
+local proto_of = F.proto_of
+
+local CF = {}
+
+local MY_SRC = getinfo(1, "S").short_src
+local FIN_SRC = getinfo(F.run, "S").short_src
+
+local function upvalue_named(f, wanted)
+  local i = 1
+  while true do
+    local name, v = getupvalue(f, i)
+    if name == nil then return nil end
+    if name == wanted then return v end
+    i = i + 1
+  end
+end
+
+-- The kernel's xpcall is a Lua function (lua/session.lua) around the real one.
+local REAL_XPCALL, KERNEL_SRC = KXPCALL, nil
+if getinfo(KXPCALL, "S").what == "Lua" then
+  KERNEL_SRC = getinfo(KXPCALL, "S").short_src
+  REAL_XPCALL = assert(upvalue_named(KXPCALL, "real_xpcall"), "frames.lua: no real xpcall")
+end
+
+-- The finisher's `execute(fr)`: its levels stand for finisher frames.
+local EXECUTE = assert(upvalue_named(F.run, "execute"), "frames.lua: no finisher execute")
+
+---------------------------------------------------------------------------
+-- What a prototype says about its registers (cached per prototype).
+---------------------------------------------------------------------------
+local ARITH = {}     -- instructions followed by an OP_MMBIN* (result in R[A])
+for _, name in ipairs({ "ADDI", "ADDK", "SUBK", "MULK", "MODK", "POWK", "DIVK", "IDIVK",
+  "BANDK", "BORK", "BXORK", "SHRI", "SHLI", "ADD", "SUB", "MUL", "MOD", "POW", "DIV",
+  "IDIV", "BAND", "BOR", "BXOR", "SHL", "SHR" }) do
+  ARITH[OP[name]] = true
+end
+local TORA = {}      -- metamethod results that go to R[A]
+for _, name in ipairs({ "UNM", "BNOT", "LEN", "GETTABUP", "GETTABLE", "GETI", "GETFIELD",
+  "SELF" }) do
+  TORA[OP[name]] = true
+end
+local COMPARE = {}   -- comparisons whose metamethod may yield; a JMP follows
+for _, name in ipairs({ "LT", "LE", "LTI", "LEI", "GTI", "GEI", "EQ" }) do
+  COMPARE[OP[name]] = true
+end
+local SETS = {}      -- __newindex may yield; nothing to finish
+for _, name in ipairs({ "SETTABUP", "SETTABLE", "SETI", "SETFIELD" }) do
+  SETS[OP[name]] = true
+end
+local MMBINS = { [OP.MMBIN] = true, [OP.MMBINI] = true, [OP.MMBINK] = true }
+
+local analyses = setmetatable({}, { __mode = "k" })
+
+-- Per prototype: the register of every local variable (luaF_getlocalname's
+-- numbering), the registers some child closure captures, and the sites that
+-- create to-be-closed variables (OP_TBC; OP_TFORPREP's fourth value).
+local function analyse(p)
+  local an = analyses[p]
+  if an then return an end
+  local vars = p.locvars or {}
+  local reg = {}
+  for j, v in ipairs(vars) do
+    local n = 0
+    for i = 1, j - 1 do
+      local w = vars[i]
+      if w.startpc <= v.startpc and v.startpc < w.endpc then n = n + 1 end
+    end
+    reg[j] = n
+  end
+  local captured = {}
+  for _, child in ipairs(p.p or {}) do
+    for _, uv in ipairs(child.upvalues) do
+      if uv.instack then captured[uv.idx] = true end
+    end
+  end
+  local sites, loops = {}, {}
+  for pc, ins in ipairs(p.code) do
+    local op, a, _, _, _, bx = decode(ins)
+    if op == OP.TBC then
+      sites[#sites + 1] = { t = pc - 1, reg = a }
+    elseif op == OP.TFORPREP then
+      sites[#sites + 1] = { t = pc - 1, reg = a + 3 }
+      loops[#loops + 1] = { t = pc - 1, a = a, last = pc - 1 + bx }  -- body: t+1 .. last
+    end
+  end
+  an = { reg = reg, captured = captured, sites = sites, loops = loops }
+  analyses[p] = an
+  return an
+end
+
+-- The local variable entry created at `t` in register `r`.
+local function var_of(p, an, r, t)
+  for j, v in ipairs(p.locvars or {}) do
+    if v.startpc == t and an.reg[j] == r then return j, v end
+  end
+  return nil
+end
+
+-- Is register r taken by another variable started after `start`, up to pc0?
+local function reused(p, an, r, start, pc0)
+  for j, v in ipairs(p.locvars or {}) do
+    if v.startpc > start and v.startpc <= pc0 and an.reg[j] == r then return true end
+  end
+  return false
+end
+
+local function closable(v)
+  return v ~= nil and v ~= false
+end
+
+-- The pending to-be-closed variables of a native frame at pc0 (0-based
+-- index of its pending instruction). `closing`: the object whose __close is
+-- running when the pending instruction is OP_CLOSE/OP_RETURN (luaF_close
+-- pops each variable before calling its __close; the ones above it are
+-- closed already).
+local function pending_tbc(p, an, regs, pc0, op, a, closing)
+  local found = {}
+  for _, s in ipairs(an.sites) do
+    if s.t < pc0 then
+      local _, v = var_of(p, an, s.reg, s.t)
+      if v == nil then
+        return nil, "it has to-be-closed variables but no debug information"
+      end
+      local live = v.endpc > pc0 and not reused(p, an, s.reg, s.t, pc0)
+      if not live and op == OP.CLOSE and s.reg >= a then
+        -- the block this OP_CLOSE ends: its variables are still in the list
+        live = not reused(p, an, s.reg, s.t, pc0)
+      end
+      if live and closable(regs[s.reg + 1]) then found[s.reg] = true end
+    end
+  end
+  local list = {}
+  for r in next, found do list[#list + 1] = r end
+  tsort(list)
+  if closing ~= nil then
+    local top
+    for i = #list, 1, -1 do
+      if rawequal(regs[list[i] + 1], closing) then top = i; break end
+    end
+    if top == nil then
+      return nil, "cannot tell which to-be-closed variable is being closed"
+    end
+    for i = #list, top, -1 do list[i] = nil end
+  end
+  return list
+end
+
+---------------------------------------------------------------------------
+-- Generic for loops over next: the remaining keys, in the original order.
+---------------------------------------------------------------------------
+
+-- An iterator over the keys a `next` traversal had still to visit; keys
+-- removed in the meantime are skipped, as `next` skips them.
+local function remaining(keys, n)
+  local i = 0
+  return function(t)
+    while i < n do
+      i = i + 1
+      local k = keys[i]
+      local v = rawget(t, k)
+      if v ~= nil then return k, v end
+    end
+    return nil
+  end
+end
+
+local function freeze_next_loops(an, regs, pc0)
+  for _, l in ipairs(an.loops) do
+    if l.t < pc0 and pc0 <= l.last and rawequal(regs[l.a + 1], next) then
+      local t, k = regs[l.a + 2], regs[l.a + 3]
+      local keys, n = {}, 0
+      local ok = pcall(function()
+        local kk = k
+        while true do
+          kk = next(t, kk)
+          if kk == nil then return end
+          n = n + 1
+          keys[n] = kk
+        end
+      end)
+      if ok then regs[l.a + 1] = remaining(keys, n) end
+    end
+  end
+end
+
+---------------------------------------------------------------------------
+-- Capture.
+---------------------------------------------------------------------------
+local function internal(lv)
+  return lv.src == MY_SRC or lv.src == FIN_SRC
+end
+
+local function local_named(co, level, name)
+  local i = 1
+  while true do
+    local n, v = getlocal(co, level, i)
+    if n == nil then return nil end
+    if n == name then return v end
+    i = i + 1
+  end
+end
+
+local resume_restored     -- the function a restored coroutine runs (below)
+
+-- The logical frames of a suspended coroutine, innermost first.
+function CF.prepare(co)
+  local t, why = FP.frames(co, true)
+  if t == nil then return nil, why end
+  local items, wanted = {}, {}
+  for level = 1, t.n - 1 do
+    local lv = t[level]
+    local f = lv.func
+    if lv.what == "C" then
+      if level + 1 < t.n and rawequal(t[level + 1].func, KXPCALL) then
+        -- inside the kernel's xpcall, which is recorded as the xpcall
+      elseif rawequal(f, pcall) then
+        if not internal(t[level - 1]) then items[#items + 1] = { c = "pcall" } end
+      elseif rawequal(f, REAL_XPCALL) then
+        if not internal(t[level - 1]) then
+          items[#items + 1] = { c = "xpcall", h = select(2, getlocal(co, level, 2)) }
+        end
+      else
+        return nil, sformat("it is suspended inside a C function (%s) that cannot " ..
+          "be continued after a restore", lv.namewhat ~= "" and lv.namewhat or "?")
+      end
+    elseif rawequal(f, KXPCALL) then
+      if not (level >= 2 and internal(t[level - 2])) then
+        items[#items + 1] = { c = "xpcall", h = lv.regs[2] }
+      end
+    elseif rawequal(f, EXECUTE) then
+      local item = { fin = lv.regs[1] }
+      if item.fin.dec[item.fin.cur][1] == OP.CONCAT then
+        item.r = local_named(co, level - 1, "r")
+      end
+      items[#items + 1] = item
+    elseif rawequal(f, resume_restored) then
+      local st = lv.regs[1]
+      if st.busy then
+        return nil, "it is suspended while a restored frame " .. st.busy
+      end
+      items[#items + 1] = { rest = st }
+    elseif internal(lv) then
+      -- the finisher's own machinery between finisher frames
+    elseif KERNEL_SRC and lv.src == KERNEL_SRC then
+      return nil, sformat("it is suspended inside the kernel's %s", lv.src)
+    else
+      items[#items + 1] = { lua = level }
+      wanted[#wanted + 1] = level
+    end
+  end
+  return { co = co, table = t, packed = FP.pack(t), wanted = wanted, items = items }
+end
+
+local function copy_va(va)
+  local out = { n = va and va.n or 0 }
+  for i = 1, out.n do out[i] = va[i] end
+  return out
+end
+
+local function native_frame(plan, level, pc, probe)
+  local t = plan.table
+  local lv = t[level]
+  local f = lv.func
+  local p = proto_of(f)
+  local ins = p.code[pc]
+  if ins == nil then return nil, "bad saved pc" end
+  local op, a, b = decode(ins)
+  local nregs = lv.nslots - t[level - 1].shift
+  local regs = {}
+  for r = 1, nregs do regs[r] = lv.regs[r] end
+  local fr = { f = f, cur = pc, nregs = nregs, regs = regs, va = copy_va(lv.va) }
+  local where = sformat("%s:%d", lv.src, lv.line)
+  local closing
+  if op == OP.CONCAT then
+    fr.cat = nregs - 3
+  elseif op == OP.CLOSE or op == OP.RETURN then
+    if op == OP.RETURN and b == 0 then
+      return nil, "it is suspended in a __close while returning a variable number " ..
+        "of values (" .. where .. ")"
+    end
+    local callee = t[level - 1]
+    closing = callee.regs and callee.regs[1]
+  elseif not (op == OP.CALL or op == OP.TAILCALL or op == OP.TFORCALL or MMBINS[op]
+      or TORA[op] or COMPARE[op] or SETS[op]) then
+    return nil, sformat("it is suspended in an instruction (%s at %s) that cannot be continued",
+      OPNAMES[op] or "?", where)
+  end
+  local an = analyse(p)
+  local tbc, why = pending_tbc(p, an, regs, pc - 1, op, a, closing)
+  if tbc == nil then return nil, why .. " (" .. where .. ")" end
+  fr.tbc = tbc
+  freeze_next_loops(an, regs, pc - 1)
+  for r in next, an.captured do
+    if r < nregs then probe(plan.co, level, r, fr) end
+  end
+  return fr
+end
+
+local function finisher_frame(item)
+  local x = item.fin
+  local n = x.p.maxstacksize
+  local regs, links = {}, {}
+  for r = 0, n - 1 do regs[r + 1] = rawget(x.R, r) end
+  for r, box in next, x.boxes do links[r] = { f = box.f, n = box.n } end
+  local tbc = {}
+  for i, r in ipairs(x.tbc) do tbc[i] = r end
+  local fr = { f = x.cl, cur = x.cur, nregs = n, regs = regs, va = copy_va(x.varargs),
+    tbc = tbc, top = x.top, links = links }
+  if item.r then fr.cat = item.r - 1 end
+  return fr
+end
+
+function CF.build(plan, pcs, probe)
+  local rec, n = {}, 0
+  for _, item in ipairs(plan.items) do
+    if item.lua then
+      local pc = pcs[item.lua]
+      if pc == nil then return nil, "no saved pc for a frame" end
+      local fr, why = native_frame(plan, item.lua, pc, probe)
+      if fr == nil then return nil, why end
+      n = n + 1
+      rec[n] = fr
+    elseif item.fin then
+      n = n + 1
+      rec[n] = finisher_frame(item)
+    elseif item.rest then
+      local st = item.rest
+      for k = st.running + 1, st.rec.n do
+        n = n + 1
+        rec[n] = st.rec[k]
+      end
+    else
+      n = n + 1
+      rec[n] = { c = item.c, h = item.h }
+    end
+  end
+  rec.n = n
+  return rec
+end
+
+---------------------------------------------------------------------------
+-- Resume.
+---------------------------------------------------------------------------
+local restored = setmetatable({}, { __mode = "k" })   -- thread -> record, until resumed
+
+function CF.pending(co) return restored[co] end
+function CF.adopt(co, rec) restored[co] = rec end
+
+local function value_of(fr, r, R)
+  local link = fr.links and fr.links[r]
+  if link then return select(2, getupvalue(link.f, link.n)) end
+  return R[r]
+end
+
+-- Put the results of frame fr's pending instruction in place (luaV_finishOp);
+-- returns the pc to continue from and the new top, or nil and the frame's
+-- own results (a pending tail call).
+local function deliver(fr, p, R, ...)
+  local cur = fr.cur
+  local op, a, _, c, k = decode(p.code[cur])
+  if op == OP.CALL then
+    local n = select("#", ...)
+    if c == 0 then
+      for j = 1, n do R[a + j - 1] = (select(j, ...)) end
+      return cur + 1, a + n
+    end
+    for j = 1, c - 1 do R[a + j - 1] = (select(j, ...)) end
+    return cur + 1
+  elseif op == OP.TAILCALL then
+    return nil, pack(...)
+  elseif op == OP.TFORCALL then
+    for j = 1, c do R[a + 3 + j] = (select(j, ...)) end
+    return cur + 1
+  elseif MMBINS[op] then
+    local _, ra = decode(p.code[cur - 1])
+    R[ra] = (...)
+    return cur + 1
+  elseif ARITH[op] then          -- a finisher frame: its OP_MMBIN* follows
+    R[a] = (...)
+    return cur + 2
+  elseif TORA[op] then
+    R[a] = (...)
+    return cur + 1
+  elseif COMPARE[op] then
+    if (not not (...)) ~= (k == 1) then return cur + 2 end
+    return cur + 1                 -- the OP_JMP
+  elseif op == OP.CONCAT then
+    local v = (...)
+    for r = fr.cat, a, -1 do v = R[r] .. v end
+    R[a] = v
+    return cur + 1
+  elseif op == OP.CLOSE or op == OP.RETURN then
+    return cur                     -- again, to close the remaining variables
+  elseif SETS[op] then
+    return cur + 1
+  end
+  error(sformat("restored frame pending on %s", OPNAMES[op] or "?"), 0)
+end
+
+local function registers(fr)
+  local R = {}
+  local regs = fr.regs
+  for r = 0, fr.nregs - 1 do R[r] = regs[r + 1] end
+  return R
+end
+
+local function run_frame(st, k, ...)
+  local fr = st.rec[k]
+  local p = proto_of(fr.f)
+  local R = registers(fr)
+  st.busy = "is being finished"
+  local pc, top = deliver(fr, p, R, ...)
+  st.busy = nil
+  st.running = k
+  if pc == nil then return unpack(top, 1, top.n) end
+  return F.run(fr.f, p, pc, R, copy_va(fr.va), top, { links = fr.links, tbc = fr.tbc })
+end
+
+-- An error from the frames above passes through frame k: its pending
+-- to-be-closed variables are closed with it, last first, as natively.
+local function unwind(st, k, e)
+  local fr = st.rec[k]
+  local R = registers(fr)
+  st.running = k
+  st.busy = "closes its variables after an error"
+  for i = #fr.tbc, 1, -1 do
+    local v = value_of(fr, fr.tbc[i], R)
+    local mt = getmetatable(v)
+    local ok, e2 = pcall(mt.__close, v, e)
+    if not ok then e = e2 end
+  end
+  st.busy = nil
+  error(e, 0)
+end
+
+local finish_upto
+
+local function after(st, k, ok, ...)
+  if ok then return run_frame(st, k, ...) end
+  return unwind(st, k, (...))
+end
+
+-- The results of frames 1 .. k, given the resume values for frame 1.
+function finish_upto(st, k, ...)
+  if k == 0 then return ... end
+  local fr = st.rec[k]
+  if fr.c == "pcall" then
+    return PCALL(finish_upto, st, k - 1, ...)
+  elseif fr.c == "xpcall" then
+    return KXPCALL(finish_upto, fr.h, st, k - 1, ...)
+  elseif #fr.tbc > 0 then
+    return after(st, k, PCALL(finish_upto, st, k - 1, ...))
+  end
+  return run_frame(st, k, finish_upto(st, k - 1, ...))
+end
+
+-- Not a tail call: this level stays on the stack, and a capture finds `st`
+-- in it.
+function resume_restored(st, ...)
+  restored[corunning()] = nil
+  local r = pack(finish_upto(st, st.rec.n, ...))
+  return unpack(r, 1, r.n)
+end
+
+function CF.revive(rec)
+  local st = { rec = rec, running = 0 }
+  return function(...) return resume_restored(st, ...) end
+end
+
+return CF
