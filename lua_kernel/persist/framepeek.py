@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, CIST_C,
                       L_CI, LCL_P, MEMORY, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
                       P_LINEINFO, P_SIZEABSLINEINFO, P_SIZECODE, P_SIZELINEINFO, TAG_CCL,
-                      TAG_LCF, TAG_LCL, parse_address)
+                      TAG_LCF, TAG_LCL)
 from ..runtime import load_lua, to_bytes
 
 LUA_FILE = "persist/lua/framepeek.lua"
@@ -232,15 +232,11 @@ def _nslots(rec, level: int) -> int:
     return rec[level].nslots - rec[level - 1].shift
 
 
-def _where(rec) -> str:
-    return f"{rec.src}:{rec.linedefined}"
-
-
 # -- reading the frame records --------------------------------------------------
 
-def _thread_address(text: str) -> int:
-    """The lua_State* in `string.format("%p", co)` (tests replace this)."""
-    return parse_address(text)
+def _thread_address(address: int) -> int:
+    """The lua_State* of the record (tests replace this)."""
+    return address
 
 
 def _savedpc_offset() -> int:
@@ -268,9 +264,9 @@ def _walk(rec) -> list[tuple[int, bytes]] | None:
             return None
         if tag not in ((TAG_LCF, TAG_CCL) if is_c else (TAG_LCL,)):
             return None
-        if level == 0 and not (tag == TAG_LCF and value == parse_address(rec.yield_)):
+        if level == 0 and not (tag == TAG_LCF and value == rec.yield_):
             return None
-        if tag == TAG_LCL and value != parse_address(rec[level].fp):
+        if tag == TAG_LCL and value != rec[level].fp:
             return None     # the closure in the slot is the function getinfo reports
         out.append((ci, data))
         ci = _ptr(data, CI_PREVIOUS)
@@ -280,26 +276,38 @@ def _walk(rec) -> list[tuple[int, bytes]] | None:
     return out
 
 
-class _Protos:
-    """Prototypes read from memory, by closure address (one walk: the
-    collector is stopped while a snapshot is taken, so addresses are stable)."""
+class _Cache:
+    """What one batch of reads can share (the collector is stopped while a
+    snapshot is taken, so addresses are stable): prototypes read from
+    memory by closure address, and the outcome of the checks, which depend
+    only on the closure, the saved pc and what the debug library reports."""
 
     def __init__(self):
         self._by_closure: dict[int, tuple[Proto, int] | None] = {}
+        self.checked: dict[tuple, FramePC | None] = {}
+        self.savedpc_at = _savedpc_offset()
 
-    def of(self, closure: int) -> tuple[Proto, int] | None:
+    def proto(self, closure: int) -> tuple[Proto, int] | None:
         if closure not in self._by_closure:
             proto_at = MEMORY.pointer(closure + LCL_P)
             self._by_closure[closure] = read_proto(proto_at) if proto_at else None
         return self._by_closure[closure]
 
 
-def _read_frame(walked: tuple[int, bytes], rec, level: int, protos: _Protos) -> FramePC | None:
+def _read_frame(walked: tuple[int, bytes], rec, level: int, cache: _Cache) -> FramePC | None:
     """The frame's pc as its record says, if every check passes."""
     frame = rec[level]
-    _, data = walked
-    got = protos.of(parse_address(frame.fp))
-    savedpc = _ptr(data, _savedpc_offset())
+    savedpc = _ptr(walked[1], cache.savedpc_at)
+    key = (frame.fp, savedpc, frame.line, rec[level - 1].namewhat, _nslots(rec, level))
+    if key not in cache.checked:
+        got = _check_frame(rec, level, cache.proto(frame.fp), savedpc)
+        cache.checked[key] = got and got.pc
+    pc = cache.checked[key]
+    return FramePC(level, pc, frame.line, "read") if pc is not None else None
+
+
+def _check_frame(rec, level: int, got, savedpc: int) -> FramePC | None:
+    frame = rec[level]
     if got is None:
         return None
     proto, code_at = got
@@ -326,7 +334,7 @@ def _read_frame(walked: tuple[int, bytes], rec, level: int, protos: _Protos) -> 
 
 def _infer(helper, rec, level: int) -> FramePC:
     frame = rec[level]
-    where = f"function {_where(frame)}, line {frame.line}"
+    where = f"function {rec.src(level)}:{frame.linedefined}, line {frame.line}"
     try:
         proto = dumped_proto(helper, rec.func(level))
     except ValueError as e:
@@ -366,8 +374,7 @@ def _helper(session):
 @dataclass
 class _Level:
     what: str
-    fp: str
-    src: str
+    fp: int           # the function's address ("%p")
     line: int
     linedefined: int
     namewhat: str
@@ -378,35 +385,23 @@ class _Level:
 NAMEWHATS = ("", "global", "local", "method", "field", "upvalue", "constant",
              "metamethod", "for iterator", "hook")    # framepeek.lua's M.pack codes
 WHATS = ("Lua", "C", "main")
+HEAD = struct.Struct("<qqI")
+LEVEL = struct.Struct("<BqiiBii")
 
 
 class _Record:
     """A suspended coroutine's levels, from the bytes of framepeek.lua's
-    M.pack; `table` is the Lua record (for the functions, when inferring)."""
+    M.pack; `table` is the Lua record (for the functions and sources, when
+    inferring)."""
 
     def __init__(self, data: bytes, table):
         self._table = table
-        pos = 0
-
-        def string() -> str:
-            nonlocal pos
-            (size,) = struct.unpack_from("<H", data, pos)
-            text = data[pos + 2:pos + 2 + size].decode("utf-8", "surrogateescape")
-            pos += 2 + size
-            return text
-
-        self.thread, self.yield_ = string(), string()
-        (self.n,) = struct.unpack_from("<i", data, pos)
-        pos += 4
-        self.levels = []
-        for _ in range(self.n):
-            (what,) = struct.unpack_from("<B", data, pos)
-            pos += 1
-            fp, src = string(), string()
-            line, linedefined, nw, nslots, shift = struct.unpack_from("<iiBii", data, pos)
-            pos += 17
-            self.levels.append(_Level(WHATS[what], fp, src, line, linedefined,
-                                      NAMEWHATS[nw], nslots, shift))
+        self.thread, self.yield_, self.n = HEAD.unpack_from(data, 0)
+        if len(data) != HEAD.size + self.n * LEVEL.size:
+            raise FramePeekError("malformed frame record")
+        self.levels = [_Level(WHATS[what], fp, line, ld, NAMEWHATS[nw], nslots, shift)
+                       for what, fp, line, ld, nw, nslots, shift
+                       in LEVEL.iter_unpack(data[HEAD.size:])]
 
     def __getitem__(self, level: int) -> _Level:
         return self.levels[level]
@@ -414,8 +409,11 @@ class _Record:
     def func(self, level: int):
         return self._table[level].func
 
+    def src(self, level: int) -> str:
+        return str(self._table[level].src)
 
-def _frame_pcs(helper, rec: _Record, read: bool, protos: _Protos,
+
+def _frame_pcs(helper, rec: _Record, read: bool, cache: _Cache,
                wanted=None) -> list[FramePC]:
     """The pcs of the record's Lua levels (those in `wanted`, default all)."""
     walked = _walk(rec) if read and MEMORY.available else None
@@ -423,7 +421,7 @@ def _frame_pcs(helper, rec: _Record, read: bool, protos: _Protos,
     for level in range(1, rec.n):
         if rec[level].what == "C" or (wanted is not None and level not in wanted):
             continue
-        got = _read_frame(walked[level], rec, level, protos) if walked else None
+        got = _read_frame(walked[level], rec, level, cache) if walked else None
         out.append(got or _infer(helper, rec, level))
     return out
 
@@ -448,24 +446,41 @@ def saved_pcs(session, co) -> list[FramePC]:
     started, dead, running) or when a frame's pc cannot be known for sure."""
     helper = _helper(session)
     rec, _ = _record(helper, co)
-    return _frame_pcs(helper, rec, self_check(session), _Protos())
+    return _frame_pcs(helper, rec, self_check(session), _Cache())
 
 
-def saved_pcs_many(session, packed, tables, wanted) -> list[list[FramePC] | str]:
-    """For snapshots: the pcs of many coroutines at once. packed[i] is
-    framepeek.lua's M.pack of record tables[i]; wanted[i] the levels whose
-    pcs are needed. Each result is a list of FramePC or, when the pcs cannot
-    be known, the reason (a str)."""
+U32 = struct.Struct("<I")
+
+
+def saved_pcs_many(session, batch: bytes, tables) -> bytes:
+    """For snapshots: the pcs of many coroutines at once, in and out as
+    bytes (one crossing each way). `batch` holds, per coroutine: I4 size and
+    framepeek.lua's M.pack of its record (tables[i + 1] is that record),
+    I4 k and k i4 levels whose pcs are needed. The answer holds, per
+    coroutine: B 0, I4 k and k pairs (i4 level, i4 pc); or B 1 and s4 the
+    reason the pcs cannot be known."""
     helper = _helper(session)
     read = self_check(session)
-    protos = _Protos()
-    out: list[list[FramePC] | str] = []
-    for data, table, levels in zip(packed, tables, wanted):
+    cache = _Cache()
+    out = []
+    pos, i = 0, 0
+    while pos < len(batch):
+        (size,) = U32.unpack_from(batch, pos)
+        data = batch[pos + 4:pos + 4 + size]
+        pos += 4 + size
+        (k,) = U32.unpack_from(batch, pos)
+        wanted = set(struct.unpack_from(f"<{k}i", batch, pos + 4))
+        pos += 4 + 4 * k
+        i += 1
         try:
-            out.append(_frame_pcs(helper, _Record(data, table), read, protos, levels))
+            pcs = _frame_pcs(helper, _Record(data, tables[i]), read, cache, wanted)
         except FramePeekError as e:
-            out.append(str(e))
-    return out
+            text = str(e).encode("utf-8", "surrogateescape")
+            out.append(struct.pack("<BI", 1, len(text)) + text)
+            continue
+        out.append(struct.pack(f"<BI{2 * len(pcs)}i", 0, len(pcs),
+                               *[x for f in pcs for x in (f.level, f.pc)]))
+    return b"".join(out)
 
 
 _self_check_result: bool | None = None
@@ -503,7 +518,7 @@ def _run_self_check(session) -> bool:
             for level in range(1, rec.n):
                 if rec[level].what == "C":
                     continue
-                got = _read_frame(walked[level], rec, level, _Protos())
+                got = _read_frame(walked[level], rec, level, _Cache())
                 expected = _expected_pc(helper, rec.func(level))
                 if got is None or expected is None or got.pc != expected:
                     return False

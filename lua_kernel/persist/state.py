@@ -68,26 +68,16 @@ def attach(session):
 
 
 def _saved_pcs_many(session):
-    """The Python half of state.lua's batch of saved pcs: framepeek.py's
-    saved_pcs_many over Lua tables; each result is a table {[level] = pc}
-    or the reason the pcs cannot be known."""
-    lua = session.lua
+    """The Python half of state.lua's batch of saved pcs (framepeek.py's
+    saved_pcs_many: bytes in, bytes out)."""
 
-    def many(packed, tables, wanted, n):
-        n = int(n)
+    def many(batch, tables):
         try:
-            results = framepeek.saved_pcs_many(
-                session,
-                [to_bytes(packed[i]) for i in range(1, n + 1)],
-                [tables[i] for i in range(1, n + 1)],
-                [set(_lua_list(wanted[i])) for i in range(1, n + 1)])
+            return framepeek.saved_pcs_many(session, to_bytes(batch), tables)
         except BaseException as e:  # noqa: BLE001 - never raise into Lua
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
-            results = [f"the saved pcs cannot be read: {type(e).__name__}: {e}"] * n
-        return lua.table_from([
-            r if isinstance(r, str) else lua.table_from({f.level: f.pc for f in r})
-            for r in results])
+            return None, f"the saved pcs cannot be read: {type(e).__name__}: {e}"
 
     return many
 

@@ -20,7 +20,7 @@
 --   thread  "%p" of the thread (its lua_State*)
 --   yield   "%p" of the original coroutine.yield (a light C function)
 --   n       the number of levels (0 .. n-1)
---   [level] { what, fp ("%p" of the function), func, line (currentline),
+--   [level] { what, func, line (currentline),
 --             src (short_src), linedefined, namewhat, nslots, shift }
 -- where nslots, for Lua frames, counts the slots debug.getlocal shows
 -- (named locals and "(temporary)" ones): everything below the function slot
@@ -50,15 +50,23 @@ local rawequal = original("rawequal", rawequal)
 
 local M = {}
 
+-- What getinfo says of a function itself ("S", "u"), asked once per function.
+local fninfo = setmetatable({}, { __mode = "k" })
+
 local function level_record(co, level, collect)
-  local info = getinfo(co, level, "Slnfu")
+  local info = getinfo(co, level, "lnf")
   if info == nil then return nil end
+  local func = info.func
+  local fi = fninfo[func]
+  if fi == nil then
+    fi = getinfo(func, "Su")
+    fninfo[func] = fi
+  end
   local r = {
-    what = info.what, func = info.func, fp = sformat("%p", info.func),
-    line = info.currentline, src = info.short_src, linedefined = info.linedefined,
-    namewhat = info.namewhat, shift = 0,
+    what = fi.what, func = func, line = info.currentline, src = fi.short_src,
+    linedefined = fi.linedefined, namewhat = info.namewhat, shift = 0,
   }
-  if info.what ~= "C" then
+  if fi.what ~= "C" then
     local regs = collect and {} or nil
     local n = 0
     while true do
@@ -68,7 +76,7 @@ local function level_record(co, level, collect)
       if regs then regs[n] = v end
     end
     r.nslots, r.regs = n, regs
-    if info.isvararg then
+    if fi.isvararg then
       -- OP_VARARGPREP moved the function slot above its arguments
       -- (luaT_adjustvarargs): it is 1 + nparams + #varargs above where the
       -- caller put it
@@ -81,7 +89,7 @@ local function level_record(co, level, collect)
         if va then va[extra] = v end
       end
       if va then va.n = extra end
-      r.shift, r.va = 1 + info.nparams + extra, va
+      r.shift, r.va = 1 + fi.nparams + extra, va
     end
   end
   return r
@@ -127,10 +135,10 @@ function M.frames(co, collect)
   return rec
 end
 
--- The bytes framepeek.py reads (little-endian): s2 thread, s2 yield, i4 n;
--- then per level: B what (0 Lua, 1 C, 2 main), s2 fp, s2 src, i4 line,
--- i4 linedefined, B namewhat (index in NAMEWHATS, 0 for ""), i4 nslots,
--- i4 shift.
+-- The bytes framepeek.py reads (little-endian, no padding): j thread, j yield
+-- (the addresses "%p" shows), I4 n; then per level: B what (0 Lua, 1 C,
+-- 2 main), j fp, i4 line, i4 linedefined, B namewhat (index in NAMEWHATS,
+-- 0 for ""), i4 nslots, i4 shift.
 local NAMEWHATS = { "global", "local", "method", "field", "upvalue", "constant",
   "metamethod", "for iterator", "hook" }
 local NWCODE = {}
@@ -138,12 +146,13 @@ for i, w in ipairs(NAMEWHATS) do NWCODE[w] = i end
 local WHAT = { Lua = 0, C = 1, main = 2 }
 local spack = original("string.pack", string.pack)
 local concat = original("table.concat", table.concat)
+local tonumber = original("tonumber", tonumber)
 
 function M.pack(rec)
-  local out = { spack("<s2s2i4", rec.thread, rec.yield, rec.n) }
+  local out = { spack("<jjI4", tonumber(rec.thread), tonumber(rec.yield), rec.n) }
   for level = 0, rec.n - 1 do
     local r = rec[level]
-    out[level + 2] = spack("<Bs2s2i4i4Bi4i4", WHAT[r.what] or 1, r.fp, r.src, r.line,
+    out[level + 2] = spack("<BjiiBii", WHAT[r.what] or 1, tonumber(sformat("%p", r.func)) or 0, r.line,
       r.linedefined, NWCODE[r.namewhat] or 0, r.nslots or 0, r.shift)
   end
   return concat(out)

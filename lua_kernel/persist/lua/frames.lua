@@ -7,14 +7,15 @@
 --
 --   CF.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
---       (plan.table, with every Lua level's registers), the same as bytes
---       for framepeek.py (plan.packed) and the levels whose saved pcs are
---       needed (plan.wanted, a list)
---   CF.build(plan, pcs, probe) -> record | nil, reason
---       the coroutine's RECORD, given pcs[level] (framepeek.py's FramePC.pc
---       of each wanted level); `probe(co, level, reg, frame)` is called for
---       every register of a native frame that a closure may share (an open
---       upvalue), for the serializer's sentinel probing
+--       (plan.table, with every Lua level's registers), the pcs its
+--       bytecode alone pins down (plan.pcs[level]) and the levels whose
+--       saved pcs must be read from the frame records (plan.wanted, a list;
+--       CF.packed(plan) is the record as bytes for framepeek.py)
+--   CF.build(plan, probe) -> record | nil, reason
+--       the coroutine's RECORD, once plan.pcs has every frame's pc
+--       (framepeek.py's FramePC.pc); `probe(co, level, reg, frame)` is
+--       called for every register of a native frame that a closure may
+--       share (an open upvalue), for the serializer's sentinel probing
 --   CF.pending(co)  -> record | nil    a restored coroutine not resumed yet
 --   CF.revive(rec)  -> body           the function for coroutine.create or
 --       coroutine.wrap that continues the record; CF.adopt(co, rec) marks
@@ -24,14 +25,15 @@
 --   { n = N, [1] = innermost frame, ..., [N] = outermost frame }
 -- and a frame is one of
 --   { c = "pcall" }  |  { c = "xpcall", h = message handler }
---   { f = closure, cur = the pending instruction (1-based index into the
---     prototype's code), nregs = registers, regs = {R[0], R[1], ...} (1-based:
---     regs[r + 1] is R[r]), va = varargs {n = k, ...}, tbc = {registers of
---     the pending to-be-closed variables, ascending}, top = for the
---     finisher's B = 0 users (optional), cat = last register still to
---     concatenate (pending OP_CONCAT only), links = {[r] = {f = closure,
+--   { R[0], R[1], ..., R[n - 1] (frame[r + 1] is register r), n = registers,
+--     f = closure, cur = the pending instruction (1-based index into the
+--     prototype's code), and where needed: va = varargs {n = k, ...},
+--     tbc = {registers of the pending to-be-closed variables, ascending},
+--     top = for the finisher's B = 0 users, cat = last register still to
+--     concatenate (a pending OP_CONCAT), links = {[r] = {f = closure,
 --     n = upvalue index}} (registers that are open upvalues; the serializer
 --     adds the ones it finds by probing) }
+-- (one table per frame: a snapshot may hold thousands of frames)
 -- The innermost frame waits on coroutine.yield: resuming delivers the resume
 -- values as the results of its pending instruction. Each frame's results
 -- are delivered to the pending instruction of the frame below it, as
@@ -147,9 +149,17 @@ local function analyse(p)
       if uv.instack then captured[uv.idx] = true end
     end
   end
-  local sites, loops = {}, {}
+  local sites, loops, calls = {}, {}, {}
   for pc, ins in ipairs(p.code) do
     local op, a, _, _, _, bx = decode(ins)
+    if op == OP.CALL or op == OP.TAILCALL or op == OP.TFORCALL then
+      local line = B.line_of(p, pc)
+      if line then
+        local list = calls[line] or {}
+        calls[line] = list
+        list[#list + 1] = { pc = pc, op = op, a = a }
+      end
+    end
     if op == OP.TBC then
       sites[#sites + 1] = { t = pc - 1, reg = a }
     elseif op == OP.TFORPREP then
@@ -157,7 +167,7 @@ local function analyse(p)
       loops[#loops + 1] = { t = pc - 1, a = a, last = pc - 1 + bx }  -- body: t+1 .. last
     end
   end
-  an = { reg = reg, captured = captured, sites = sites, loops = loops }
+  an = { reg = reg, captured = captured, sites = sites, loops = loops, calls = calls }
   analyses[p] = an
   return an
 end
@@ -187,7 +197,7 @@ end
 -- running when the pending instruction is OP_CLOSE/OP_RETURN (luaF_close
 -- pops each variable before calling its __close; the ones above it are
 -- closed already).
-local function pending_tbc(p, an, regs, pc0, op, a, closing)
+local function pending_tbc(p, an, fr, pc0, op, a, closing)
   local found = {}
   for _, s in ipairs(an.sites) do
     if s.t < pc0 then
@@ -200,7 +210,7 @@ local function pending_tbc(p, an, regs, pc0, op, a, closing)
         -- the block this OP_CLOSE ends: its variables are still in the list
         live = not reused(p, an, s.reg, s.t, pc0)
       end
-      if live and closable(regs[s.reg + 1]) then found[s.reg] = true end
+      if live and closable(fr[s.reg + 1]) then found[s.reg] = true end
     end
   end
   local list = {}
@@ -209,14 +219,15 @@ local function pending_tbc(p, an, regs, pc0, op, a, closing)
   if closing ~= nil then
     local top
     for i = #list, 1, -1 do
-      if rawequal(regs[list[i] + 1], closing) then top = i; break end
+      if rawequal(fr[list[i] + 1], closing) then top = i; break end
     end
     if top == nil then
       return nil, "cannot tell which to-be-closed variable is being closed"
     end
     for i = #list, top, -1 do list[i] = nil end
   end
-  return list
+  if #list > 0 then return list end
+  return nil
 end
 
 ---------------------------------------------------------------------------
@@ -238,10 +249,10 @@ local function remaining(keys, n)
   end
 end
 
-local function freeze_next_loops(an, regs, pc0)
+local function freeze_next_loops(an, fr, pc0)
   for _, l in ipairs(an.loops) do
-    if l.t < pc0 and pc0 <= l.last and rawequal(regs[l.a + 1], next) then
-      local t, k = regs[l.a + 2], regs[l.a + 3]
+    if l.t < pc0 and pc0 <= l.last and rawequal(fr[l.a + 1], next) then
+      local t, k = fr[l.a + 2], fr[l.a + 3]
       local keys, n = {}, 0
       local ok = pcall(function()
         local kk = k
@@ -252,7 +263,7 @@ local function freeze_next_loops(an, regs, pc0)
           keys[n] = kk
         end
       end)
-      if ok then regs[l.a + 1] = remaining(keys, n) end
+      if ok then fr[l.a + 1] = remaining(keys, n) end
     end
   end
 end
@@ -276,11 +287,40 @@ end
 
 local resume_restored     -- the function a restored coroutine runs (below)
 
+-- The pc of a frame waiting on a call, when its bytecode pins it down: the
+-- one call-like instruction on its current line that the callee's name
+-- allows and whose register A fits the visible slots (framepeek.py's
+-- inference). The saved-pc reader could only confirm it (its checks are
+-- the same); frames with no such instruction or several, and frames
+-- waiting on a metamethod, are read from their frame records.
+local KINDS = {
+  ["for iterator"] = { [OP.TFORCALL] = true },
+  metamethod = {}, hook = {},
+  [""] = { [OP.CALL] = true, [OP.TAILCALL] = true, [OP.TFORCALL] = true },
+}
+local CALL_KINDS = { [OP.CALL] = true, [OP.TAILCALL] = true }
+
+local function pinned_pc(t, level)
+  local lv = t[level]
+  local kinds = KINDS[t[level - 1].namewhat] or CALL_KINDS
+  local list = analyse(proto_of(lv.func)).calls[lv.line]
+  if not list then return nil end
+  local nslots = lv.nslots - t[level - 1].shift
+  local found
+  for _, c in ipairs(list) do
+    if kinds[c.op] and nslots == (c.op == OP.TFORCALL and c.a + 4 or c.a) then
+      if found then return nil end
+      found = c.pc
+    end
+  end
+  return found
+end
+
 -- The logical frames of a suspended coroutine, innermost first.
 function CF.prepare(co)
   local t, why = FP.frames(co, true)
   if t == nil then return nil, why end
-  local items, wanted = {}, {}
+  local items, wanted, pcs = {}, {}, {}
   for level = 1, t.n - 1 do
     local lv = t[level]
     local f = lv.func
@@ -319,11 +359,14 @@ function CF.prepare(co)
       return nil, sformat("it is suspended inside the kernel's %s", lv.src)
     else
       items[#items + 1] = { lua = level }
-      wanted[#wanted + 1] = level
+      local ok, pc = pcall(pinned_pc, t, level)
+      if ok and pc then pcs[level] = pc else wanted[#wanted + 1] = level end
     end
   end
-  return { co = co, table = t, packed = FP.pack(t), wanted = wanted, items = items }
+  return { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
 end
+
+function CF.packed(plan) return FP.pack(plan.table) end
 
 local function copy_va(va)
   local out = { n = va and va.n or 0 }
@@ -340,30 +383,30 @@ local function native_frame(plan, level, pc, probe)
   if ins == nil then return nil, "bad saved pc" end
   local op, a, b = decode(ins)
   local nregs = lv.nslots - t[level - 1].shift
-  local regs = {}
-  for r = 1, nregs do regs[r] = lv.regs[r] end
-  local fr = { f = f, cur = pc, nregs = nregs, regs = regs, va = copy_va(lv.va) }
-  local where = sformat("%s:%d", lv.src, lv.line)
+  local fr = lv.regs                     -- the frame record is built in place
+  for r = nregs + 1, lv.nslots do fr[r] = nil end
+  fr.n, fr.f, fr.cur, fr.va = nregs, f, pc, lv.va
+  local function where() return sformat("%s:%d", lv.src, lv.line) end
   local closing
   if op == OP.CONCAT then
     fr.cat = nregs - 3
   elseif op == OP.CLOSE or op == OP.RETURN then
     if op == OP.RETURN and b == 0 then
       return nil, "it is suspended in a __close while returning a variable number " ..
-        "of values (" .. where .. ")"
+        "of values (" .. where() .. ")"
     end
     local callee = t[level - 1]
     closing = callee.regs and callee.regs[1]
   elseif not (op == OP.CALL or op == OP.TAILCALL or op == OP.TFORCALL or MMBINS[op]
       or TORA[op] or COMPARE[op] or SETS[op]) then
     return nil, sformat("it is suspended in an instruction (%s at %s) that cannot be continued",
-      OPNAMES[op] or "?", where)
+      OPNAMES[op] or "?", where())
   end
   local an = analyse(p)
-  local tbc, why = pending_tbc(p, an, regs, pc - 1, op, a, closing)
-  if tbc == nil then return nil, why .. " (" .. where .. ")" end
+  local tbc, why = pending_tbc(p, an, fr, pc - 1, op, a, closing)
+  if why then return nil, why .. " (" .. where() .. ")" end
   fr.tbc = tbc
-  freeze_next_loops(an, regs, pc - 1)
+  freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
     if r < nregs then probe(plan.co, level, r, fr) end
   end
@@ -373,18 +416,23 @@ end
 local function finisher_frame(item)
   local x = item.fin
   local n = x.p.maxstacksize
-  local regs, links = {}, {}
-  for r = 0, n - 1 do regs[r + 1] = rawget(x.R, r) end
-  for r, box in next, x.boxes do links[r] = { f = box.f, n = box.n } end
-  local tbc = {}
-  for i, r in ipairs(x.tbc) do tbc[i] = r end
-  local fr = { f = x.cl, cur = x.cur, nregs = n, regs = regs, va = copy_va(x.varargs),
-    tbc = tbc, top = x.top, links = links }
+  local fr = { n = n, f = x.cl, cur = x.cur, top = x.top }
+  for r = 0, n - 1 do fr[r + 1] = rawget(x.R, r) end
+  if x.varargs.n > 0 then fr.va = copy_va(x.varargs) end
+  if next(x.boxes) then
+    fr.links = {}
+    for r, box in next, x.boxes do fr.links[r] = { f = box.f, n = box.n } end
+  end
+  if #x.tbc > 0 then
+    fr.tbc = {}
+    for i, r in ipairs(x.tbc) do fr.tbc[i] = r end
+  end
   if item.r then fr.cat = item.r - 1 end
   return fr
 end
 
-function CF.build(plan, pcs, probe)
+function CF.build(plan, probe)
+  local pcs = plan.pcs
   local rec, n = {}, 0
   for _, item in ipairs(plan.items) do
     if item.lua then
@@ -473,8 +521,7 @@ end
 
 local function registers(fr)
   local R = {}
-  local regs = fr.regs
-  for r = 0, fr.nregs - 1 do R[r] = regs[r + 1] end
+  for r = 0, fr.n - 1 do R[r] = fr[r + 1] end
   return R
 end
 
@@ -497,7 +544,7 @@ local function unwind(st, k, e)
   local R = registers(fr)
   st.running = k
   st.busy = "closes its variables after an error"
-  for i = #fr.tbc, 1, -1 do
+  for i = #fr.tbc, 1, -1 do   -- (only frames with a tbc list get here)
     local v = value_of(fr, fr.tbc[i], R)
     local mt = getmetatable(v)
     local ok, e2 = pcall(mt.__close, v, e)
@@ -522,7 +569,7 @@ function finish_upto(st, k, ...)
     return PCALL(finish_upto, st, k - 1, ...)
   elseif fr.c == "xpcall" then
     return KXPCALL(finish_upto, fr.h, st, k - 1, ...)
-  elseif #fr.tbc > 0 then
+  elseif fr.tbc then
     return after(st, k, PCALL(finish_upto, st, k - 1, ...))
   end
   return run_frame(st, k, finish_upto(st, k - 1, ...))

@@ -330,10 +330,10 @@ local SENT, PROBED, nprobed = {}, {}, 0
 
 local function probe(co, level, reg, frame)
   local s = {}
-  SENT[s] = { frame = frame, reg = reg, value = frame.regs[reg + 1] }
+  SENT[s] = { frame = frame, reg = reg, value = frame[reg + 1] }
   setlocal(co, level, reg + 1, s)
   nprobed = nprobed + 1
-  PROBED[nprobed] = { co, level, reg + 1, frame.regs[reg + 1] }
+  PROBED[nprobed] = { co, level, reg + 1, frame[reg + 1] }
 end
 
 local function unprobe()
@@ -678,29 +678,40 @@ local function capture(pickle_many)
     local rec = CF.pending(co)
     if rec then return rec end
     if plans[co] == nil then
-      local packed, tables, wanted, batch = {}, {}, {}, {}
+      local parts, tables, batch = {}, {}, {}
       for q = id, nobj do
         local cq = O[q]
         if K[q] == K_LIVE and plans[cq] == nil and not CF.pending(cq) then
           local plan, why = CF.prepare(cq)
           plans[cq] = plan or why
-          if plan then
-            batch[#batch + 1] = plan
-            packed[#batch], tables[#batch], wanted[#batch] = plan.packed, plan.table, plan.wanted
+          if plan and #plan.wanted > 0 then
+            local n = #batch + 1
+            batch[n], tables[n] = plan, plan.table
+            local w = plan.wanted
+            parts[n] = spack("<s4I4", CF.packed(plan), #w) .. spack("<" .. srep("i4", #w), unpack(w))
           end
         end
       end
       if #batch > 0 then
-        local results = saved_pcs_many(packed, tables, wanted, #batch)
-        for i, plan in ipairs(batch) do
-          plan.pcs = results[i]
+        local answer, why = saved_pcs_many(concat(parts), tables)
+        local pos = 1
+        for _, plan in ipairs(batch) do
+          if type(answer) ~= "string" then
+            plans[plan.co] = why
+          elseif sbyte(answer, pos) == 0 then
+            local k = sunpack("<I4", answer, pos + 1)
+            local pcs = { sunpack("<" .. srep("i4", 2 * k), answer, pos + 5) }
+            pos = pcs[2 * k + 1]
+            for j = 1, 2 * k, 2 do plan.pcs[pcs[j]] = pcs[j + 1] end
+          else
+            plans[plan.co], pos = sunpack("<s4", answer, pos + 1)
+          end
         end
       end
     end
     local plan = plans[co]
-    if type(plan) == "string" then return nil, plan end
-    if type(plan.pcs) ~= "table" then return nil, tostring(plan.pcs) end
-    return CF.build(plan, plan.pcs, probe)
+    if type(plan) ~= "table" then return nil, plan end
+    return CF.build(plan, probe)
   end
 
   -- Roots.
