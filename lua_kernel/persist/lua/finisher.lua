@@ -20,12 +20,33 @@
 --               default proto.maxstacksize
 --       opts    { links = {[reg] = {f = closure, n = upvalue index}},
 --                 tbc = {reg, ...},       -- active to-be-closed registers
---                 interpret = function(callee) -> boolean }
+--                 interpret = function(callee, fr) -> true | function | nil,
+--                 caller = the finisher frame that calls this one }
 --               `links` says a register is an open upvalue shared with
---               `f`'s upvalue `n` (see "Open upvalues" below).
+--               `f`'s upvalue `n` (see "Open upvalues" below). `interpret`
+--               sees each function the frame calls (a callable object's
+--               `__call` chain resolved, as luaD_tryfuncTM; its __close
+--               metamethods too): true runs it in a finisher frame of its
+--               own (a tail call reuses the calling frame, so tail recursion
+--               does not grow the C stack), a function is called in its
+--               place, falsy calls it natively.
 --   F.call(f, ...) -> results...   run a whole Lua function from its first
---       instruction (conformance entry).
+--       instruction
+--   F.call_hooked(interpret, f, ...) -> results...   the same with a hook
+--   F.conformance(f, ...) -> results...   conformance mode (below)
+--   F.proto_of(f) -> proto;  F.is_lua(f) -> boolean
 --   F.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
+--
+-- Conformance mode runs f with every Lua function it reaches interpreted:
+-- Lua functions it calls (directly, by `__call`, or as __close), the
+-- functions pcall/xpcall call (f and the message handler, inside the real
+-- pcall/xpcall, so error catching stays native), coroutine bodies
+-- (coroutine.create/wrap), table.sort comparators, string.gsub
+-- replacement functions and load readers; `error(msg, level)` counts levels
+-- over finisher frames. What stays native: metamethods other than __call
+-- and __close (the native operator calls them), __gc, __tostring, __pairs,
+-- hooks, `require` loaders, and anything a native function calls.
+-- Tests: tests/test_conformance.py runs the official test suite this way.
 --
 -- Open upvalues. Registers are slots of a plain table, but a closure made by
 -- OP_CLOSURE that captures register r must share the variable with the frame.
@@ -40,37 +61,54 @@
 -- Errors. The whole dispatch runs under one pcall. A native error raised by
 -- an operator in this file carries this file's position ("finisher.lua:NN:")
 -- and a variable name from this file; both are rewritten: the position
--- becomes the interpreted frame's `short_src:line:` and the variable info
--- " (local 'x')" is dropped (the native text would name the interpreted
--- variable; that is not reconstructed yet). Errors from callees and
--- metamethods pass through untouched; `error(msg, 2)` in a callee points at
--- the interpreted line, as natively. On error, pending to-be-closed variables
--- are closed with the error object, in reverse order, as natively.
+-- becomes the interpreted frame's `short_src:line:`, and the variable info
+-- is recomputed from the bytecode as ldebug.c does (" (global 'x')",
+-- " (field 'y')", " (method 'm')", ...). A C function's argument error
+-- names it after the interpreted call ("bad argument #1 to 'rep'", "calling
+-- 'rep' on bad self"), not after this file's `fn(...)`. Errors from callees
+-- and metamethods pass through untouched; `error(msg, 2)` in a native callee
+-- points at the interpreted line, as natively. On error, pending
+-- to-be-closed variables are closed with the error object, in reverse
+-- order, when a pcall in the thread catches it; an error that kills a
+-- coroutine leaves them to coroutine.close, as natively (which also closes
+-- the pending ones of a suspended coroutine).
 --
--- Known differences: OP_NEWTABLE/OP_SETLIST cannot presize a table from Lua,
--- so `#t` of a constructor with holes ({...} with nils) may pick another
--- border than native (both are valid borders); `pairs` order of such tables
--- may differ likewise. Error variable info (" (global 'f')") is dropped.
+-- Tables. OP_NEWTABLE and OP_SETLIST run natively (tiny functions made of
+-- the instruction), so array sizes, `#` of constructors with holes and
+-- `next` order are native.
+--
+-- Known differences: error messages of a native function that positions
+-- them at level 2 or more from a native caller (pcall(error, "x", 2)) name
+-- this file; an xpcall message handler runs after the interpreted frames
+-- between the error and the xpcall have closed their to-be-closed
+-- variables (natively, before); the debug library (stack levels, getinfo,
+-- hooks, tracebacks) sees the finisher's own functions.
 
 local B = ...
 
+-- Everything global is taken once, here: interpreted code may replace or
+-- remove globals.
 local debug_getupvalue, debug_setupvalue = debug.getupvalue, debug.setupvalue
 local debug_upvaluejoin, debug_getinfo = debug.upvaluejoin, debug.getinfo
-local debug_getmetatable = debug.getmetatable
-local select, type, error, pcall, load = select, type, error, pcall, load
+local debug_getmetatable, debug_getregistry = debug.getmetatable, debug.getregistry
+local select, type, error, pcall, xpcall, load = select, type, error, pcall, xpcall, load
 local rawset, rawget, rawequal, setmetatable = rawset, rawget, rawequal, setmetatable
-local tonumber, tostring = tonumber, tostring
+local next, ipairs, assert = next, ipairs, assert
+local tonumber = tonumber
 local math_type, math_tointeger, math_floor, math_ceil, math_ult =
   math.type, math.tointeger, math.floor, math.ceil, math.ult
 local maxinteger, mininteger = math.maxinteger, math.mininteger
-local table_unpack, table_pack = table.unpack, table.pack
+local table_unpack, table_pack, table_sort = table.unpack, table.pack, table.sort
+local string_dump, string_format, string_find, string_gsub, string_match, string_sub =
+  string.dump, string.format, string.find, string.gsub, string.match, string.sub
+local coroutine_create, coroutine_wrap, coroutine_running =
+  coroutine.create, coroutine.wrap, coroutine.running
 local decode, OP, line_of = B.decode, B.OP, B.line_of
 
 local F = {}
 
 local MY_SRC = debug_getinfo(1, "S").short_src
 local OFFSET_sC = 127                 -- MAXARG_C >> 1
-local MAXARG_C1 = 256                 -- MAXARG_C + 1
 
 -- ------------------------------------------------------------ caches ---
 
@@ -90,6 +128,29 @@ end
 
 -- Loadable chunk per child prototype (B.write once).
 local chunks = setmetatable({}, {__mode = "k"})
+
+-- Prototypes per closure function (string.dump is per prototype, but a
+-- closure is the key we have), and each prototype's short_src.
+local protos = setmetatable({}, {__mode = "k"})
+local short_srcs = setmetatable({}, {__mode = "k"})
+local function proto_of(f)
+  local p = protos[f]
+  if not p then
+    p = B.read(string_dump(f))
+    protos[f] = p
+  end
+  return p
+end
+F.proto_of = proto_of
+
+local function short_src_of(f, proto)
+  local s = short_srcs[proto]
+  if not s then
+    s = debug_getinfo(f, "S").short_src
+    short_srcs[proto] = s
+  end
+  return s
+end
 
 -- ------------------------------------------------------------ helpers ---
 
@@ -132,7 +193,7 @@ end
 
 local function make_registers(regs, links)
   local boxes = {}
-  for r, link in pairs(links or {}) do
+  for r, link in next, links or {} do
     boxes[r] = link
     rawset(regs, r, nil)
   end
@@ -153,7 +214,8 @@ end
 -- ------------------------------------------------------------ frames ---
 
 -- A frame: {cl, p, R, boxes, K, varargs, pc, cur, top, tbc = {reg...},
--- interpret, done, ret}.
+-- dec, interpret, short_src, done, ret, caller}; `caller` is the finisher
+-- frame whose call started this one (nil: started by native code).
 
 local function getupval(fr, idx)           -- idx 0-based, as in the bytecode
   local _, v = debug_getupvalue(fr.cl, idx + 1)
@@ -173,7 +235,7 @@ end
 -- luaF_closeupval: unbox every register >= level.
 local function closeupvals(fr, level)
   local R, boxes = fr.R, fr.boxes
-  for r, box in pairs(boxes) do
+  for r, box in next, boxes do
     if r >= level then
       local v = boxget(box)
       boxes[r] = nil
@@ -184,7 +246,7 @@ end
 
 local function tbc_error(fr, reg, pc)
   local name = F.localname(fr.p, reg, pc) or "?"
-  error(string.format("variable '%s' got a non-closable value", name))
+  error(string_format("variable '%s' got a non-closable value", name))
 end
 
 -- luaF_newtbcupval
@@ -192,11 +254,24 @@ local function newtbc(fr, reg)
   local v = fr.R[reg]
   if v == nil or v == false then return end
   local mt = debug_getmetatable(v)
-  if mt == nil or mt.__close == nil then
+  if mt == nil or rawget(mt, "__close") == nil then
     tbc_error(fr, reg, fr.cur)
   end
   local t = fr.tbc
   t[#t + 1] = reg
+end
+
+local start               -- start(f, interpret, caller, args): run f in a new frame
+
+-- A __close metamethod is called from fr; with a hook, as fr's calls are.
+local function callclose(fr, tm, v, err)
+  local interpret = fr.interpret
+  if interpret and type(tm) == "function" then
+    local how = interpret(tm, fr)
+    if how == true then return start(tm, interpret, fr, table_pack(v, err)) end
+    if how then tm = how end
+  end
+  tm(v, err)
 end
 
 -- Call the pending to-be-closed variables >= level, last first (luaF_close).
@@ -208,12 +283,12 @@ local function closetbc(fr, level, haserr, err)
     t[#t] = nil
     local v = fr.R[reg]
     local mt = debug_getmetatable(v)
-    local tm = mt and mt.__close
+    local tm = mt and rawget(mt, "__close")
     if haserr then
-      local ok, e = pcall(tm, v, err)
+      local ok, e = pcall(callclose, fr, tm, v, err)
       if not ok then err = e end
     else
-      tm(v, nil)
+      callclose(fr, tm, v, nil)
     end
   end
   return err
@@ -224,11 +299,126 @@ local function close(fr, level)
   closetbc(fr, level, false)
 end
 
--- Call fn with R[a+1 .. last], results packed.
-local function call(fr, fn, a, last)
+-- F.run's own to-be-closed variable: coroutine.close of a suspended
+-- coroutine, or of one an error killed, closes the frame's pending
+-- variables (with the error), as natively; a failing __close passes its
+-- error to the ones below it.
+local GUARD = {__close = function(g, e)
+  local fr = g.fr
+  closeupvals(fr, 0)
+  if #fr.tbc == 0 then return end
+  if e == nil then
+    local ok, err = pcall(closetbc, fr, 0, false)
+    if ok then return end
+    e = err
+  end
+  error(closetbc(fr, 0, true, e), 0)
+end}
+
+-- ------------------------------------------------------ table sizes ---
+
+-- OP_NEWTABLE presizes the table and OP_SETLIST grows its array part at
+-- once (luaH_resize, luaH_resizearray); that decides `#` of a constructor
+-- with holes and the order of `next`, and Lua code cannot ask for it. So
+-- each runs natively, in a tiny function made of the instruction itself
+-- (its registers moved to 0), one per distinct instruction.
+local natives = {}
+local A_MASK, B_MASK = ~(0xFF << 7), ~(0xFF << 16)
+
+local function native_op(key, code, numparams)
+  local fn = natives[key]
+  if not fn then
+    local chunk = B.write({linedefined = 0, lastlinedefined = 0, numparams = numparams,
+      is_vararg = numparams > 0, maxstacksize = 2, code = code, k = {n = 0},
+      upvalues = {}, p = {}}, true)
+    fn = assert(load(chunk, "=?", "b"))
+    natives[key] = fn
+  end
+  return fn
+end
+
+-- NEWTABLE 0 B C k; EXTRAARG; RETURN1 0
+local function newtable_op(fr)
+  local d = fr.dec[fr.cur]
+  local w, x = fr.p.code[fr.cur] & A_MASK, fr.p.code[fr.cur + 1]
+  d.native = native_op((w << 32) | x, {w, x, OP.RETURN1}, 0)
+  return d.native
+end
+
+-- function(t, ...): VARARGPREP 1; VARARG 1 0 (all); SETLIST 0 0 C k;
+-- [EXTRAARG]; RETURN 0 1 2 (a vararg function's return)
+local function setlist_op(fr, k)
+  local d = fr.dec[fr.cur]
+  local w = fr.p.code[fr.cur] & A_MASK & B_MASK
+  local x = (k == 1) and fr.p.code[fr.cur + 1] or 0
+  local code = {OP.VARARGPREP | (1 << 7), OP.VARARG | (1 << 7), w}
+  if k == 1 then code[#code + 1] = x end
+  code[#code + 1] = OP.RETURN | (1 << 16) | (2 << 24)
+  d.native = native_op((w << 32) | x, code, 1)
+  return d.native
+end
+
+-- ------------------------------------------------------------- calls ---
+
+-- A new frame's registers and varargs from packed call arguments.
+local function arguments(proto, args)
+  local np = proto.numparams
+  local regs = {}
+  for j = 1, np do regs[j - 1] = args[j] end
+  local varargs = {n = 0}
+  if proto.is_vararg then
+    local n = args.n - np
+    if n < 0 then n = 0 end
+    varargs.n = n
+    for j = 1, n do varargs[j] = args[np + j] end
+  end
+  return regs, varargs
+end
+
+-- A tail call to an interpreted function: fr becomes its frame.
+local function enter(fr, f, args)
+  local proto = proto_of(f)
+  local regs, varargs = arguments(proto, args)
+  fr.cl, fr.p, fr.K, fr.dec = f, proto, proto.k, decode_proto(proto)
+  fr.R, fr.boxes = make_registers(regs)
+  fr.varargs, fr.pc, fr.cur, fr.top, fr.tbc = varargs, 1, 1, proto.maxstacksize, {}
+  fr.short_src = short_src_of(f, proto)
+end
+
+-- What a call reaches: each `__call` of a chain is called with the object
+-- inserted first (luaD_tryfuncTM). A non-callable value stays, for the
+-- native call to raise the error.
+local function callable(fn, args)
+  while type(fn) ~= "function" do
+    local mt = debug_getmetatable(fn)
+    local tm = mt and rawget(mt, "__call")
+    if tm == nil then break end
+    for j = args.n, 1, -1 do args[j + 1] = args[j] end
+    args[1], args.n = fn, args.n + 1
+    fn = tm
+  end
+  return fn, args
+end
+
+-- Call fn with R[a+1 .. last], results packed. With an interpret hook, a
+-- function the hook accepts runs in a finisher frame (a tail call: in fr
+-- itself, and nothing is returned); a function the hook returns is called
+-- in its place.
+local function call(fr, fn, a, last, tail)
   local interpret = fr.interpret
-  if interpret and type(fn) == "function" and interpret(fn) then
-    return table_pack(F.call_hooked(interpret, fn, table_unpack(fr.R, a + 1, last)))
+  if interpret then
+    local args
+    fn, args = callable(fn, table_pack(table_unpack(fr.R, a + 1, last)))
+    if type(fn) == "function" then
+      local how = interpret(fn, fr)
+      if how == true then
+        if tail then return enter(fr, fn, args) end
+        return table_pack(start(fn, interpret, fr, args))
+      elseif how then
+        fn = how
+      end
+    end
+    return table_pack(fn(table_unpack(args, 1, args.n)))
   end
   return table_pack(fn(table_unpack(fr.R, a + 1, last)))
 end
@@ -282,7 +472,7 @@ local function forint(v, ceil)
 end
 
 local function forerror(v, what)
-  error(string.format("bad 'for' %s (number expected, got %s)", what, objtypename(v)))
+  error(string_format("bad 'for' %s (number expected, got %s)", what, objtypename(v)))
 end
 
 -- forlimit: the integer limit, or nil to skip the loop.
@@ -408,6 +598,7 @@ local function closure(fr, bx)
       debug_upvaluejoin(f, j, fr.cl, uv.idx + 1)
     end
   end
+  protos[f] = child                      -- what proto_of(f) would read
   return f
 end
 
@@ -435,15 +626,28 @@ X[OP.LOADNIL] = function(fr, a, b)
 end
 X[OP.GETUPVAL] = function(fr, a, b) fr.R[a] = getupval(fr, b) end
 X[OP.SETUPVAL] = function(fr, a, b) debug_setupvalue(fr.cl, b + 1, fr.R[a]) end
-X[OP.GETTABUP] = function(fr, a, b, c) fr.R[a] = getupval(fr, b)[fr.K[c + 1]] end
+-- Every operand a native error may blame is a named variable here (`t`,
+-- `fn`, `x`, fields of fr.R): its varinfo marks the error as the
+-- operator's own, for rewrite() to name the interpreted operand instead.
+X[OP.GETTABUP] = function(fr, a, b, c)
+  local t = getupval(fr, b)
+  fr.R[a] = t[fr.K[c + 1]]
+end
 X[OP.GETTABLE] = function(fr, a, b, c) fr.R[a] = fr.R[b][fr.R[c]] end
 X[OP.GETI] = function(fr, a, b, c) fr.R[a] = fr.R[b][c] end
 X[OP.GETFIELD] = function(fr, a, b, c) fr.R[a] = fr.R[b][fr.K[c + 1]] end
-X[OP.SETTABUP] = function(fr, a, b, c, k) getupval(fr, a)[fr.K[b + 1]] = RK(fr, c, k) end
+X[OP.SETTABUP] = function(fr, a, b, c, k)
+  local t = getupval(fr, a)
+  t[fr.K[b + 1]] = RK(fr, c, k)
+end
 X[OP.SETTABLE] = function(fr, a, b, c, k) fr.R[a][fr.R[b]] = RK(fr, c, k) end
 X[OP.SETI] = function(fr, a, b, c, k) fr.R[a][b] = RK(fr, c, k) end
 X[OP.SETFIELD] = function(fr, a, b, c, k) fr.R[a][fr.K[b + 1]] = RK(fr, c, k) end
-X[OP.NEWTABLE] = function(fr, a) fr.R[a] = {}; fr.pc = fr.pc + 1 end  -- skip EXTRAARG
+X[OP.NEWTABLE] = function(fr, a)
+  local make = fr.dec[fr.cur].native or newtable_op(fr)
+  fr.R[a] = make()
+  fr.pc = fr.pc + 1                      -- skip EXTRAARG
+end
 X[OP.SELF] = function(fr, a, b, c, k)
   local R = fr.R
   local t = R[b]
@@ -523,9 +727,12 @@ X[OP.CALL] = function(fr, a, b, c)
 end
 X[OP.TAILCALL] = function(fr, a, b, c, k)
   local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
-  if k == 1 then close(fr, 0) end        -- never: tail calls need no close
-  fr.ret = call(fr, fr.R[a], a, last)
-  fr.done = true
+  if k == 1 then close(fr, 0) end        -- open upvalues (no tbc: no tail call)
+  local ret = call(fr, fr.R[a], a, last, true)
+  if ret then                            -- else fr runs the callee now
+    fr.ret = ret
+    fr.done = true
+  end
 end
 X[OP.RETURN] = function(fr, a, b, c, k)
   local n = (b ~= 0) and (b - 1) or (fr.top - a)
@@ -580,13 +787,9 @@ end
 X[OP.SETLIST] = function(fr, a, b, c, k)
   local R = fr.R
   local n = (b ~= 0) and b or (fr.top - a - 1)
-  local last = c
-  if k == 1 then
-    last = last + (fr.p.code[fr.pc] >> 7) * MAXARG_C1
-    fr.pc = fr.pc + 1
-  end
-  local t = R[a]
-  for j = 1, n do t[last + j] = R[a + j] end
+  local set = fr.dec[fr.cur].native or setlist_op(fr, k)
+  if k == 1 then fr.pc = fr.pc + 1 end  -- skip EXTRAARG
+  set(R[a], table_unpack(R, a + 1, a + n))
 end
 X[OP.CLOSURE] = function(fr, a, b, c, k, bx) fr.R[a] = closure(fr, bx) end
 X[OP.VARARG] = function(fr, a, b, c)
@@ -601,34 +804,323 @@ end
 X[OP.VARARGPREP] = function() end          -- varargs are already apart
 X[OP.EXTRAARG] = function() error("finisher: unexpected OP_EXTRAARG", 0) end
 
-for name, code in pairs(OP) do
+for name, code in next, OP do
   assert(X[code], "finisher: no handler for " .. name)
+end
+
+-- ----------------------------------------------------- error naming ---
+
+-- ldebug.c's symbolic execution (findsetreg, getobjname, funcnamefromcode),
+-- on 0-based pcs as in the C code: what a native error message says about
+-- the value it blames, " (global 'x')", " (local 't')", " (field 'y')".
+
+local SETS_NO_A = {}                      -- !testAMode: R[A] is not set
+for _, name in ipairs({"SETUPVAL", "SETTABUP", "SETTABLE", "SETI", "SETFIELD",
+    "MMBIN", "MMBINI", "MMBINK", "CLOSE", "TBC", "JMP", "EQ", "LT", "LE", "EQK",
+    "EQI", "LTI", "LEI", "GTI", "GEI", "TEST", "RETURN", "RETURN0", "RETURN1",
+    "TFORPREP", "TFORCALL", "SETLIST", "EXTRAARG"}) do
+  SETS_NO_A[OP[name]] = true
+end
+local MMBINS = {[OP.MMBIN] = true, [OP.MMBINI] = true, [OP.MMBINK] = true}
+
+-- ltm.c's event names, by TMS (the C of OP_MMBIN*), without "__".
+local TMNAME = {[0] = "index", "newindex", "gc", "mode", "len", "eq", "add", "sub",
+  "mul", "mod", "pow", "div", "idiv", "band", "bor", "bxor", "shl", "shr", "unm",
+  "bnot", "lt", "le", "concat", "call", "close"}
+local TM_OF = {
+  [OP.SELF] = 0, [OP.GETTABUP] = 0, [OP.GETTABLE] = 0, [OP.GETI] = 0, [OP.GETFIELD] = 0,
+  [OP.SETTABUP] = 1, [OP.SETTABLE] = 1, [OP.SETI] = 1, [OP.SETFIELD] = 1,
+  [OP.UNM] = 18, [OP.BNOT] = 19, [OP.LEN] = 4, [OP.CONCAT] = 22, [OP.EQ] = 5,
+  [OP.LT] = 20, [OP.LTI] = 20, [OP.GTI] = 20, [OP.LE] = 21, [OP.LEI] = 21,
+  [OP.GEI] = 21, [OP.CLOSE] = 24, [OP.RETURN] = 24,
+}
+
+local function findsetreg(p, lastpc, reg)
+  local dec = decode_proto(p)
+  if MMBINS[dec[lastpc + 1][1]] then lastpc = lastpc - 1 end  -- not executed
+  local setreg, jmptarget = -1, 0
+  for pc = 0, lastpc - 1 do
+    local d = dec[pc + 1]
+    local op, a = d[1], d[2]
+    local change
+    if op == OP.LOADNIL then
+      change = a <= reg and reg <= a + d[3]
+    elseif op == OP.TFORCALL then
+      change = reg >= a + 2
+    elseif op == OP.CALL or op == OP.TAILCALL then
+      change = reg >= a
+    elseif op == OP.JMP then
+      local dest = pc + 1 + d[8]
+      if dest <= lastpc and dest > jmptarget then jmptarget = dest end
+      change = false
+    else
+      change = not SETS_NO_A[op] and reg == a
+    end
+    if change then setreg = (pc < jmptarget) and -1 or pc end
+  end
+  return setreg
+end
+
+local function upvalname(p, uv)
+  local u = p.upvalues[uv + 1]
+  return u and u.name or "?"
+end
+
+local function kname(p, index)            -- -> kind, name
+  local v = p.k[index + 1]
+  if type(v) == "string" then return "constant", v end
+  return nil, "?"
+end
+
+-- -> kind, name, pc (the instruction that set reg, or -1)
+local function basicgetobjname(p, pc, reg)
+  local name = F.localname(p, reg, pc + 1)
+  if name then return "local", name, pc end
+  pc = findsetreg(p, pc, reg)
+  if pc ~= -1 then
+    local d = decode_proto(p)[pc + 1]
+    local op = d[1]
+    if op == OP.MOVE then
+      if d[3] < d[2] then return basicgetobjname(p, pc, d[3]) end
+    elseif op == OP.GETUPVAL then
+      return "upvalue", upvalname(p, d[3]), pc
+    elseif op == OP.LOADK then
+      local kind, kn = kname(p, d[6])
+      return kind, kn, pc
+    elseif op == OP.LOADKX then
+      local kind, kn = kname(p, p.code[pc + 2] >> 7)
+      return kind, kn, pc
+    end
+  end
+  return nil, nil, pc
+end
+
+local function rname(p, pc, c)
+  local kind, name = basicgetobjname(p, pc, c)
+  if kind ~= "constant" then return "?" end
+  return name
+end
+
+local function isEnv(p, pc, d, isup)
+  local name
+  if isup then
+    name = upvalname(p, d[3])
+  else
+    local kind, n = basicgetobjname(p, pc, d[3])
+    if kind == "local" or kind == "upvalue" then name = n end
+  end
+  return name == "_ENV" and "global" or "field"
+end
+
+local function getobjname(p, lastpc, reg)
+  local kind, name, pc = basicgetobjname(p, lastpc, reg)
+  if kind then return kind, name end
+  if pc ~= -1 then
+    local d = decode_proto(p)[pc + 1]
+    local op = d[1]
+    if op == OP.GETTABUP then
+      local _, k = kname(p, d[4])
+      return isEnv(p, pc, d, true), k
+    elseif op == OP.GETTABLE then
+      return isEnv(p, pc, d, false), rname(p, pc, d[4])
+    elseif op == OP.GETI then
+      return "field", "integer index"
+    elseif op == OP.GETFIELD then
+      local _, k = kname(p, d[4])
+      return isEnv(p, pc, d, false), k
+    elseif op == OP.SELF then
+      if d[5] == 1 then
+        local _, k = kname(p, d[4])
+        return "method", k
+      end
+      return "method", rname(p, pc, d[4])
+    end
+  end
+  return nil
+end
+
+local function funcnamefromcode(p, pc)
+  local d = decode_proto(p)[pc + 1]
+  local op = d[1]
+  if op == OP.CALL or op == OP.TAILCALL then return getobjname(p, pc, d[2]) end
+  if op == OP.TFORCALL then return "for iterator", "for iterator" end
+  local tm = TM_OF[op]
+  if MMBINS[op] then tm = d[4] end
+  if tm then return "metamethod", TMNAME[tm] end
+  return nil
+end
+
+local function varinfo(kind, name)
+  if kind == nil then return "" end
+  return " (" .. kind .. " '" .. name .. "')"
+end
+
+-- The pc natively current when the instruction at fr.cur fails: an
+-- arithmetic instruction fails in its OP_MMBIN*.
+local function errpc(fr)
+  local cur = fr.cur
+  local nx = fr.dec[cur + 1]
+  if nx and MMBINS[nx[1]] and not MMBINS[fr.dec[cur][1]] then return cur end
+  return cur - 1
+end
+
+local function isstr(v) return type(v) == "string" or type(v) == "number" end
+
+local function hasconcat(v)
+  local mt = debug_getmetatable(v)
+  return mt ~= nil and rawget(mt, "__concat") ~= nil
+end
+
+-- The register luaV_concat blames, replaying OP_CONCAT A B from the right
+-- (its registers are unchanged by a failure); nil when a __concat ran
+-- first (its result is unknown).
+local function concat_culprit(R, a, b)
+  local top = a + b - 1
+  for r = top - 1, a, -1 do
+    local x, right = R[r], (r == top - 1) and R[top] or ""
+    if not (isstr(x) and isstr(right)) then
+      if hasconcat(x) or hasconcat(right) then return nil end
+      return isstr(x) and r + 1 or r
+    end
+  end
+  return nil
+end
+
+-- varinfo for the operand a native error of the instruction at fr.cur
+-- blamed. `body` is the message, `fname` the finisher variable the native
+-- varinfo named (which operand it was, for arithmetic).
+local function blame(fr, body, fname)
+  local p, d = fr.p, fr.dec[fr.cur]
+  local op, a, b, c = d[1], d[2], d[3], d[4]
+  local pc = errpc(fr)
+  local reg
+  if string_find(body, "^attempt to call") then
+    local kind, name = funcnamefromcode(p, pc)
+    return varinfo(kind, name)
+  elseif string_find(body, "^attempt to index") then
+    if op == OP.GETTABUP then return varinfo("upvalue", upvalname(p, b)) end
+    if op == OP.SETTABUP then return varinfo("upvalue", upvalname(p, a)) end
+    if op == OP.SETTABLE or op == OP.SETI or op == OP.SETFIELD then
+      reg = a
+    elseif op == OP.GETTABLE or op == OP.GETI or op == OP.GETFIELD or op == OP.SELF then
+      reg = b
+    end
+  elseif op == OP.CONCAT then
+    reg = concat_culprit(fr.R, a, b)
+  elseif op == OP.UNM or op == OP.BNOT or op == OP.LEN then
+    reg = b
+  elseif pc ~= fr.cur - 1 then             -- arithmetic: `x op y` in ARITH
+    local mm = fr.dec[fr.cur + 1]
+    if mm[1] == OP.MMBIN then
+      reg = (fname == "x") and b or c
+    elseif (fname == "x") == (mm[5] == 0) then  -- the register, not the constant
+      reg = b
+    end
+  end
+  if reg == nil then return "" end
+  return varinfo(getobjname(p, pc, reg))
+end
+
+-- lauxlib's pushglobalfuncname: "string.rep", "print".
+local function findfield(t, fn, level)
+  if level == 0 or type(t) ~= "table" then return nil end
+  for k, v in next, t do
+    if type(k) == "string" then
+      if rawequal(v, fn) then return k end
+      local sub = findfield(v, fn, level - 1)
+      if sub then return k .. "." .. sub end
+    end
+  end
+  return nil
+end
+
+local function globalfuncname(fn)
+  local name = findfield(rawget(debug_getregistry(), "_LOADED"), fn, 2)
+  if name and string_sub(name, 1, 3) == "_G." then name = string_sub(name, 4) end
+  return name
+end
+
+-- luaL_argerror names a C function after its caller's call instruction:
+-- the finisher's `fn(...)`. Name it after the interpreted one.
+local function argerror(fr, n, tail)
+  local d = fr.dec[fr.cur]
+  local op = d[1]
+  if op ~= OP.CALL and op ~= OP.TAILCALL and op ~= OP.TFORCALL then return nil end
+  local kind, name = funcnamefromcode(fr.p, fr.cur - 1)
+  if kind == "method" then
+    n = n - 1
+    if n == 0 then return "calling '" .. name .. "' on bad self " .. tail end
+  elseif kind == nil then
+    local fn = fr.R[op == OP.TFORCALL and d[2] + 4 or d[2]]
+    name = globalfuncname(fn) or "?"
+  end
+  return "bad argument #" .. n .. " to '" .. name .. "' " .. tail
 end
 
 -- ------------------------------------------------------------ running ---
 
 local function execute(fr)
-  local dec = fr.dec
   while not fr.done do
     local pc = fr.pc
-    local d = dec[pc]
+    local d = fr.dec[pc]                 -- fr.dec: a tail call changes it
     fr.cur = pc
     fr.pc = pc + 1
     X[d[1]](fr, d[2], d[3], d[4], d[5], d[6], d[7], d[8])
   end
 end
 
-local PREFIX = "^" .. MY_SRC:gsub("%p", "%%%0") .. ":%d+: "
+local PREFIX = "^" .. string_gsub(MY_SRC, "%p", "%%%0") .. ":%d+: "
 
+-- Messages of luaG_runerror that operators and handlers here may raise.
+local VM_ERRORS = {"^attempt to ", "^number.* has no integer representation$",
+  "^table index is ", "^'for' ", "^bad 'for' ", "^variable '.*' got a non%-closable value$",
+  "^'__n?e?w?index' chain too long", "^string length overflow$", "stack overflow$"}
+
+-- An error raised in this file: a native operator's (its varinfo names a
+-- variable here) or a callee's whose position is here (error(m, 2), a C
+-- function's luaL_error). Give it the interpreted frame's position and,
+-- for the operator's, the interpreted operand's varinfo.
 local function rewrite(fr, e)
-  if type(e) ~= "string" or not e:find(PREFIX) then return e end
-  local rest = e:gsub(PREFIX, "", 1)
-  rest = rest:gsub(" %([%a ]+ '[^']*'%)$", "", 1)
-  local line = line_of(fr.p, fr.cur)
-  if fr.short_src and line then
-    return fr.short_src .. ":" .. line .. ": " .. rest
+  if type(e) ~= "string" or not string_find(e, PREFIX) then return e end
+  local rest = string_gsub(e, PREFIX, "", 1)
+  local body, fname = string_match(rest, "^(attempt to .-) %([%a ]+ '([^']*)'%)$")
+  local n, tail = string_match(rest, "^bad argument #(%d+) to 'fn' (.*)$")
+  if body then
+    rest = body .. blame(fr, body, fname)
+  elseif n then
+    rest = argerror(fr, tonumber(n), tail) or rest
+  else
+    fname = string_match(rest, "^number %([%a ]+ '([^']*)'%) has no integer representation$")
+    if fname then
+      rest = "number" .. blame(fr, "", fname) .. " has no integer representation"
+    end
   end
-  return "?: " .. rest
+  local line = line_of(fr.p, fr.cur)
+  if line then return fr.short_src .. ":" .. line .. ": " .. rest end
+  -- No line information (stripped): luaG_runerror writes line -1,
+  -- luaL_where (a callee's error) nothing.
+  for _, pattern in ipairs(VM_ERRORS) do
+    if string_find(rest, pattern) then return fr.short_src .. ":-1: " .. rest end
+  end
+  return rest
+end
+
+-- Is an error raised in finish() caught in this thread (a pcall or xpcall
+-- other than F.run's own; the host's lua_pcall under the main thread)?
+-- Natively an uncaught error kills a coroutine without closing its
+-- variables; coroutine.close closes them later (GUARD).
+local function caught()
+  if select(2, coroutine_running()) then return true end
+  local level = 3                        -- finish's caller
+  while true do
+    local info = debug_getinfo(level, "f")
+    if info == nil then return false end
+    local f = info.func
+    if (f == pcall or f == xpcall) and debug_getinfo(level - 1, "f").func ~= execute then
+      return true
+    end
+    level = level + 1
+  end
 end
 
 local function finish(fr, ok, e)
@@ -637,8 +1129,10 @@ local function finish(fr, ok, e)
     return table_unpack(ret, 1, ret.n)
   end
   e = rewrite(fr, e)
-  closeupvals(fr, 0)
-  e = closetbc(fr, 0, true, e)
+  if caught() then
+    closeupvals(fr, 0)
+    e = closetbc(fr, 0, true, e)
+  end
   error(e, 0)
 end
 
@@ -652,52 +1146,124 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     varargs = varargs or {n = 0}, pc = pc, cur = pc,
     top = top or proto.maxstacksize, tbc = tbc,
     dec = decode_proto(proto), interpret = opts.interpret,
-    short_src = debug_getinfo(cl, "S").short_src,
+    short_src = short_src_of(cl, proto), caller = opts.caller,
   }
+  local guard <close> = setmetatable({fr = fr}, GUARD)
   return finish(fr, pcall(execute, fr))
 end
 
--- Prototypes per closure function (string.dump is per prototype, but a
--- closure is the key we have).
-local protos = setmetatable({}, {__mode = "k"})
-local function proto_of(f)
-  local p = protos[f]
-  if not p then
-    p = B.read(string.dump(f))
-    protos[f] = p
-  end
-  return p
-end
-F.proto_of = proto_of
-
-local function start(f, interpret, ...)
+function start(f, interpret, caller, args)
   local proto = proto_of(f)
-  local args = table_pack(...)
-  local np = proto.numparams
-  local regs = {}
-  for j = 1, np do regs[j - 1] = args[j] end
-  local varargs = {n = 0}
-  if proto.is_vararg then
-    local n = args.n - np
-    if n < 0 then n = 0 end
-    varargs.n = n
-    for j = 1, n do varargs[j] = args[np + j] end
-  end
-  return F.run(f, proto, 1, regs, varargs, nil, {interpret = interpret})
+  local regs, varargs = arguments(proto, args)
+  return F.run(f, proto, 1, regs, varargs, nil, {interpret = interpret, caller = caller})
 end
 
 function F.call(f, ...)
-  return start(f, nil, ...)
+  return start(f, nil, nil, table_pack(...))
 end
 
--- Conformance mode: `interpret(callee)` decides whether a Lua callee is
--- interpreted too (default: every Lua function).
+-- `interpret(callee, fr)` decides whether a Lua callee is interpreted too
+-- (true), or names a function to call in its place.
 function F.call_hooked(interpret, f, ...)
-  return start(f, interpret, ...)
+  return start(f, interpret, nil, table_pack(...))
 end
 
-function F.is_lua(f)
-  return type(f) == "function" and debug_getinfo(f, "S").what ~= "C"
+local lua_functions = setmetatable({}, {__mode = "k"})
+local function is_lua(f)
+  if type(f) ~= "function" then return false end
+  local yes = lua_functions[f]
+  if yes == nil then
+    yes = debug_getinfo(f, "S").what ~= "C"
+    lua_functions[f] = yes
+  end
+  return yes
+end
+F.is_lua = is_lua
+
+-- ------------------------------------------------------- conformance ---
+
+local conform                              -- the hook of F.conformance
+
+-- A function for C code to call back that runs f interpreted.
+local function interpreted(f)
+  if not is_lua(f) then return f end
+  return function(...) return start(f, conform, nil, table_pack(...)) end
+end
+
+-- C functions that call back an argument: its index.
+local CALLBACK = {[coroutine_create] = 1, [coroutine_wrap] = 1, [table_sort] = 2,
+  [string_gsub] = 3, [load] = 1}
+
+-- In place of such a function called by interpreted code: not a tail call,
+-- so that its argument errors name `fn`, which rewrite() corrects.
+local function calling_back(fn, i)
+  return function(...)
+    local args = table_pack(...)
+    args[i] = interpreted(args[i])
+    local r = table_pack(fn(table_unpack(args, 1, args.n)))
+    return table_unpack(r, 1, r.n)
+  end
+end
+
+-- What pcall/xpcall call for f: f interpreted, or f with its callback
+-- interpreted, called by pcall again so that its errors are as when
+-- called by pcall (no position; named by pushglobalfuncname).
+local function protected(f, ...)
+  local i = CALLBACK[f]
+  if i == nil then return start(f, conform, nil, table_pack(...)) end
+  local args = table_pack(...)
+  args[i] = interpreted(args[i])
+  local r = table_pack(pcall(f, table_unpack(args, 1, args.n)))
+  if not r[1] then error(r[2], 0) end
+  return table_unpack(r, 2, r.n)
+end
+
+local function reaches(f) return is_lua(f) or CALLBACK[f] ~= nil end
+
+-- luaL_where for finisher frames: level 1 is fr, then its callers; past a
+-- frame started by native code the caller is native (no position).
+local function where(fr, level)
+  for _ = 2, level do
+    fr = fr.caller
+    if fr == nil then return "" end
+  end
+  local line = line_of(fr.p, fr.cur)
+  if line == nil then return "" end
+  return fr.short_src .. ":" .. line .. ": "
+end
+
+local REPLACE = {
+  [pcall] = function(...)
+    if reaches((...)) then return pcall(protected, ...) end
+    return pcall(...)
+  end,
+  [xpcall] = function(...)
+    local f, msgh = ...
+    if reaches(f) and type(msgh) == "function" then
+      return xpcall(protected, interpreted(msgh), f, select(3, ...))
+    end
+    return xpcall(...)
+  end,
+}
+for fn, i in next, CALLBACK do REPLACE[fn] = calling_back(fn, i) end
+
+function conform(fn, fr)
+  if is_lua(fn) then return true end
+  if rawequal(fn, error) then
+    return function(...)
+      local msg, level = ...
+      level = math_tointeger(level == nil and 1 or level)   -- luaL_optinteger
+      if type(msg) ~= "string" or level == nil then return error(...) end
+      if level > 0 then msg = where(fr, level) .. msg end
+      error(msg, 0)
+    end
+  end
+  return REPLACE[fn]
+end
+
+-- Run f with every Lua function it reaches interpreted (see the header).
+function F.conformance(f, ...)
+  return start(f, conform, nil, table_pack(...))
 end
 
 return F
