@@ -381,6 +381,31 @@ end)
 R(mm)
 """, "R(mm, 'F')", "R(mm, 'A')", "R(mm, 'B')", "R(mm, 'C')", "R(mm, false); R(mm, 'H'); R(mm)")
 
+scenario("coroutine_close_closes_restored_frames", """
+local function closer(name)
+  return setmetatable({}, {__close = function(o, e) L("closed " .. name, e) end})
+end
+cc1 = coroutine.create(function()
+  local a <close> = closer("a1")
+  local b <close> = closer("b1")
+  coroutine.yield(1)
+  return 2
+end)
+R(cc1)
+cc2 = coroutine.create(function()
+  local a <close> = closer("a2")
+  local function inner()
+    local c <close> = closer("c2")
+    coroutine.yield("i1")
+    coroutine.yield("i2")
+  end
+  inner()
+  return 3
+end)
+R(cc2)
+""", "L(coroutine.close(cc1)); L(coroutine.status(cc1)); R(cc2); L(coroutine.close(cc2)); "
+     "L(coroutine.status(cc2)); L(pcall(coroutine.close))")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):

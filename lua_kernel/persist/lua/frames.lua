@@ -1,9 +1,10 @@
 -- Suspended coroutines: their call stacks as plain data, and back.
 --
 -- Loaded once per Lua state by persist/state.py, before any user code, with
--- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua) and `permanent`,
+-- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua), `permanent`,
 -- the serializer's lookup of the standard environment as it was at start
--- (state.lua's M.permanent). Returns CF:
+-- (state.lua's M.permanent), and `kernel`, lua/session.lua's module (its
+-- before_close table). Returns CF:
 --
 --   CF.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
@@ -50,7 +51,7 @@
 -- finisher's own frame tables, the native frames above them, and the frames
 -- still waiting in `rec`.
 
-local B, F, FP, permanent = ...
+local B, F, FP, permanent, kernel = ...
 
 local function original(name, current)
   local v = permanent and permanent(name)
@@ -465,13 +466,38 @@ end
 ---------------------------------------------------------------------------
 local restored = setmetatable({}, { __mode = "k" })   -- thread -> record, until resumed
 
-function CF.pending(co) return restored[co] end
-function CF.adopt(co, rec) restored[co] = rec end
-
 local function value_of(fr, r, R)
   local link = fr.links and fr.links[r]
   if link then return select(2, getupvalue(link.f, link.n)) end
   return R[r]
+end
+
+-- What coroutine.close does to the pending to-be-closed variables of the
+-- frames still waiting in a record (frames from+1 .. n, innermost first,
+-- each frame's last first): call each __close; an error replaces the one
+-- passed on. Returns true, or false and the error.
+local function close_waiting(rec, from)
+  local ok, err = true, nil
+  for k = from + 1, rec.n do
+    local fr = rec[k]
+    local tbc = fr.tbc
+    if tbc then
+      for i = #tbc, 1, -1 do
+        local r = tbc[i]
+        local v = value_of(fr, r, { [r] = fr[r + 1] })
+        local mt = getmetatable(v)
+        local good, e = pcall(mt.__close, v, err)
+        if not good then ok, err = false, e end
+      end
+    end
+  end
+  return ok, err
+end
+
+function CF.pending(co) return restored[co] end
+function CF.adopt(co, rec)
+  restored[co] = rec
+  kernel.before_close[co] = function() return close_waiting(rec, 0) end
 end
 
 -- Put the results of frame fr's pending instruction in place (luaV_finishOp);
@@ -575,11 +601,27 @@ function finish_upto(st, k, ...)
   return run_frame(st, k, finish_upto(st, k - 1, ...))
 end
 
+-- coroutine.close of a suspended restored coroutine closes the variables of
+-- the frames still waiting in its record (the frames above them, native or
+-- finisher, are closed first by Lua itself); after an error has passed
+-- through them (unwind) or once all have run, there is nothing left.
+local GUARD = { __close = function(g, e)
+  local st = g.st
+  if e == nil and not st.done then
+    local ok, err = close_waiting(st.rec, st.running)
+    if not ok then error(err, 0) end
+  end
+end }
+
 -- Not a tail call: this level stays on the stack, and a capture finds `st`
 -- in it.
 function resume_restored(st, ...)
-  restored[corunning()] = nil
+  local co = corunning()
+  restored[co] = nil
+  kernel.before_close[co] = nil
+  local guard <close> = setmetatable({ st = st }, GUARD)
   local r = pack(finish_upto(st, st.rec.n, ...))
+  st.done = true
   return unpack(r, 1, r.n)
 end
 
