@@ -193,9 +193,9 @@ class Persistence:
     def restore_report(session: Session) -> str:
         info = session.restored_from
         c = info.counts
-        parts = [f"{c.get(k, 0):,} {label}" for k, label in (
-            ("tables", "tables"), ("functions", "functions"), ("threads", "coroutines"))
-            if c.get(k)]
+        parts = [f"{c[k]:,} {one if c[k] == 1 else many}" for k, one, many in (
+            ("tables", "table", "tables"), ("functions", "function", "functions"),
+            ("threads", "coroutine", "coroutines")) if c.get(k)]
         took = getattr(session, "restore_seconds", 0) * 1000
         text = (f"Restored the Lua state saved {when(info.created)} ({ago(info.created)}): "
                 f"{', '.join(parts) or 'no tables or functions'}; "

@@ -147,6 +147,7 @@ def test_persistence_notebook_carries_on_in_a_second_kernel(monkeypatch):
     first = cell_with(part2, "deposit(5), balance()")
     assert "Restored the Lua state saved" in stdout(first)
     assert results(first)[0]["text/plain"] == "125\t125"
+    assert results(cell_with(part2, "fib(), fib(), fib()"))[0]["text/plain"] == "5\t8\t13"
     assert results(cell_with(part2, "inventory.self == inventory"))[0]["text/plain"] == \
         'true\t"Point(3, 4)"'
     assert "apples = 2" in results(cell_with(part2, "inventory.apples - 1"))[0]["text/plain"]
