@@ -406,6 +406,42 @@ R(cc2)
 """, "L(coroutine.close(cc1)); L(coroutine.status(cc1)); R(cc2); L(coroutine.close(cc2)); "
      "L(coroutine.status(cc2)); L(pcall(coroutine.close))")
 
+scenario("pairs_loop_started_after_restore", """
+tbl = {}
+for i = 1, 30 do tbl["key" .. i] = i end
+seen2 = {}
+pl = coroutine.create(function(t)
+  coroutine.yield("start")
+  for k in pairs(t) do
+    t[k] = nil
+    seen2[#seen2 + 1] = k
+    coroutine.yield(k)
+  end
+  return "done"
+end)
+R(pl, tbl)
+""", """
+for _ = 1, 4 do coroutine.resume(pl) end
+expected2 = {}
+local k = seen2[#seen2]
+while true do
+  k = next(tbl, k)
+  if k == nil then break end
+  expected2[#expected2 + 1] = k
+end
+L("remaining", #expected2)
+""", """
+local got = {}
+while true do
+  local ok, k = coroutine.resume(pl)
+  if k == "done" or not ok then L("end", ok, k); break end
+  got[#got + 1] = k
+end
+local same = #got == #expected2
+for i = 1, #expected2 do if got[i] ~= expected2[i] then same = false end end
+L("visited", #got, "same order", same, "left", next(tbl))
+""")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):

@@ -428,6 +428,7 @@ local function finisher_frame(item)
     fr.tbc = {}
     for i, r in ipairs(x.tbc) do fr.tbc[i] = r end
   end
+  freeze_next_loops(analyse(x.p), fr, x.cur - 1)
   if item.r then fr.cat = item.r - 1 end
   return fr
 end
