@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -550,3 +551,29 @@ def test_probed_registers_get_their_values_back():
     assert run(s, "local a, b = f(); return a, tostring(b)", "b") == before
     assert run(s, "return coroutine.resume(co, 4)", "c") == (True, 5)
     assert run(s, "return (f())", "d") == (5,)
+
+
+def test_a_restored_frame_looping_forever_can_be_interrupted():
+    """The finisher runs restored frames in Lua, so Ctrl-C stops them too; the
+    session lives on and the coroutine is dead, as natively."""
+    import threading
+
+    from lua_kernel import LuaInterrupt
+
+    s = Session()
+    run(s, """
+    spin = coroutine.create(function()
+      local n = coroutine.yield("ready")
+      while true do n = n + 1 end
+    end)
+    coroutine.resume(spin)
+    """, "setup")
+    restored = Session.restore(s.snapshot())
+    timer = threading.Timer(0.3, restored.interrupt)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(LuaInterrupt):
+        restored.execute("coroutine.resume(spin, 0)")
+    timer.join()
+    assert time.monotonic() - started < 5
+    assert restored.execute("return coroutine.status(spin), 1 + 1") == ("dead", 2)
