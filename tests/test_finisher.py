@@ -155,6 +155,25 @@ CASES = {
         for i = math.maxinteger, math.maxinteger - 10, -7 do out[#out + 1] = i end
         return table.unpack(out)
       end""",
+    # extreme steps: FORLOOP tells integer loops from float ones by the step
+    "numeric_for_steps": """return function()
+        local out = {}
+        local mi, ma = math.mininteger, math.maxinteger
+        for i = ma, mi, mi do out[#out + 1] = i end
+        for i = 0, mi, mi do out[#out + 1] = i end
+        for i = mi, ma, ma do out[#out + 1] = i end
+        for i = -1, ma, ma do out[#out + 1] = i end
+        for i = 0, -3, -1 do out[#out + 1] = i end
+        for i = 0, 2^64, 2^63 do out[#out + 1] = i end
+        for i = 0, -2^64, -2^63 do out[#out + 1] = i end
+        for i = 0, 1e301, 1e300 do out[#out + 1] = i end
+        for i = 0, 8192, 4096.0 do out[#out + 1] = i end
+        for i = 1, 0, -0.5 do out[#out + 1] = i end
+        for i = 0, 1, 1e-300 do out[#out + 1] = i; if #out > 40 then break end end
+        for i = 0.0, 3 do out[#out + 1] = i end
+        for i = 0, math.huge, -1 do out[#out + 1] = "never" end
+        return table.unpack(out)
+      end""",
     "for_errors": """return function(what)
         if what == 1 then for i = "a", 2 do end
         elseif what == 2 then for i = 1, 2, 0 do end
@@ -469,6 +488,32 @@ def test_run_from_mid_pc(check):
     end""")
     B = load_lua(lua, "persist/lua/bytecode.lua")
     assert f(F, B) == 75
+
+
+def test_run_from_loop_instructions(check):
+    # Resume at a backward OP_JMP and at an OP_FORLOOP (integer and float
+    # loops, their control registers as lvm.c leaves them).
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F, B)
+      local function at(f, name, regs)
+        local p = B.read(string.dump(f))
+        for pc, i in ipairs(p.code) do
+          local op, _, _, _, _, _, _, _, sj = B.decode(i)
+          if B.OPNAMES[op] == name and (name ~= "JMP" or sj < 0) then
+            return F.run(f, p, pc, regs, {n = 0})
+          end
+        end
+      end
+      local function w(n) local s = 0; while n > 0 do s = s + n; n = n - 1 end return s end
+      local function fi() local s = 0; for i = 1, 3 do s = s + i end return s end
+      local function ff() local s = 0; for i = 1.0, 3 do s = s + i end return s end
+      -- s, then the loop's index, count (integer) or limit (float), step, i
+      return at(w, "JMP", {[0] = 3, 10}), at(fi, "FORLOOP", {[0] = 1, 1, 2, 1, 1}),
+             at(ff, "FORLOOP", {[0] = 1.0, 1.0, 3.0, 1.0, 1.0})
+    end""")
+    B = load_lua(lua, "persist/lua/bytecode.lua")
+    r = f(F, B)
+    assert r == (16, 6, 6.0) and type(r[1]) is int and type(r[2]) is float
 
 
 def test_interpret_hook(check):

@@ -54,9 +54,14 @@
 -- the upvalue of a tiny closure (`newbox`); the child's upvalue is joined to
 -- it with debug.upvaluejoin, and so is every later capture of r. While boxed,
 -- the raw slot R[r] is nil and R's metatable routes reads and writes of r to
--- the box (so unboxed registers cost nothing extra). OP_CLOSE / OP_RETURN
--- close the box: its value goes back into the raw slot and the box is
--- dropped (the closures keep the cell, as after luaF_closeupval).
+-- the box; R has that metatable only while some register is boxed. OP_CLOSE
+-- / OP_RETURN close the box: its value goes back into the raw slot and the
+-- box is dropped (the closures keep the cell, as after luaF_closeupval).
+--
+-- Speed. Each prototype is compiled once into one closure per instruction
+-- (see "opcodes"): operands, constants and successors are upvalues, and an
+-- instruction continues with the next by a tail call, so there is no decoding
+-- and no dispatch table at run time.
 --
 -- Errors. The whole dispatch runs under one pcall. A native error raised by
 -- an operator in this file carries this file's position ("finisher.lua:NN:")
@@ -126,6 +131,37 @@ local function decode_proto(proto)
   return d
 end
 
+-- Compiled prototypes: ops[pc] is the instruction at pc as a closure (see
+-- "opcodes"). The compilers C[op] run from the last instruction back, so
+-- that an op can hold a later successor as an upvalue; `succ(t)` gives the
+-- closure that continues at t (for an earlier t, one that looks it up).
+local C = {}
+local compiled = setmetatable({}, {__mode = "k"})
+local function ops_of(proto)
+  local ops = compiled[proto]
+  if ops then return ops end
+  local dec = decode_proto(proto)
+  ops = {}
+  for pc = 1, #dec do ops[pc] = false end  -- (an array part)
+  local back = {}
+  local function succ(t)
+    local op = ops[t]
+    if op then return op end
+    op = back[t]
+    if not op then
+      op = function(fr, R) return ops[t](fr, R) end
+      back[t] = op
+    end
+    return op
+  end
+  for pc = #dec, 1, -1 do
+    local d = dec[pc]
+    ops[pc] = C[d[1]](proto, pc, d[2], d[3], d[4], d[5], d, succ, ops)
+  end
+  compiled[proto] = ops
+  return ops
+end
+
 -- Loadable chunk per child prototype (B.write once).
 local chunks = setmetatable({}, {__mode = "k"})
 
@@ -184,20 +220,17 @@ local function newbox(v)
   return {f = get, n = 1}
 end
 
--- Registers: a plain 0-based table whose boxed slots are raw nils that the
--- metatable routes to their box.
 local function boxget(box)
   local _, v = debug_getupvalue(box.f, box.n)
   return v
 end
 
-local function make_registers(regs, links)
-  local boxes = {}
-  for r, link in next, links or {} do
-    boxes[r] = link
-    rawset(regs, r, nil)
-  end
-  setmetatable(regs, {
+-- Registers: a plain 0-based table whose boxed slots are raw nils that a
+-- metatable routes to their box. The metatable is there only while some
+-- register is boxed: otherwise its __index/__newindex would run for every
+-- read of a nil register and every write to one.
+local function route(R, boxes)
+  setmetatable(R, {
     __index = function(_, r)
       local box = boxes[r]
       if box then return boxget(box) end
@@ -208,26 +241,34 @@ local function make_registers(regs, links)
       if box then debug_setupvalue(box.f, box.n, v) else rawset(t, r, v) end
     end,
   })
+end
+
+local function make_registers(regs, links)
+  local boxes = {}
+  for r, link in next, links or {} do
+    boxes[r] = link
+    rawset(regs, r, nil)
+  end
+  if next(boxes) ~= nil then route(regs, boxes) end
   return regs, boxes
 end
 
 -- ------------------------------------------------------------ frames ---
 
--- A frame: {cl, p, R, boxes, K, varargs, pc, cur, top, tbc = {reg...},
--- dec, interpret, short_src, done, ret, caller}; `caller` is the finisher
+-- A frame: {cl, p, R, boxes, varargs, pc, cur, top, tbc = {reg...}, dec,
+-- ops, interpret, short_src, done, ret, caller}; `pc` is where execute()
+-- starts, `cur` the instruction being executed; `caller` is the finisher
 -- frame whose call started this one (nil: started by native code).
 
-local function getupval(fr, idx)           -- idx 0-based, as in the bytecode
-  local _, v = debug_getupvalue(fr.cl, idx + 1)
-  return v
-end
-
 local function box_of(fr, r)
-  local box = fr.boxes[r]
+  local boxes = fr.boxes
+  local box = boxes[r]
   if not box then
-    box = newbox(rawget(fr.R, r))
-    rawset(fr.R, r, nil)
-    fr.boxes[r] = box
+    local R = fr.R
+    if next(boxes) == nil then route(R, boxes) end
+    box = newbox(rawget(R, r))
+    rawset(R, r, nil)
+    boxes[r] = box
   end
   return box
 end
@@ -235,6 +276,7 @@ end
 -- luaF_closeupval: unbox every register >= level.
 local function closeupvals(fr, level)
   local R, boxes = fr.R, fr.boxes
+  if next(boxes) == nil then return end
   for r, box in next, boxes do
     if r >= level then
       local v = boxget(box)
@@ -242,6 +284,7 @@ local function closeupvals(fr, level)
       rawset(R, r, v)
     end
   end
+  if next(boxes) == nil then setmetatable(R, nil) end
 end
 
 local function tbc_error(fr, reg, pc)
@@ -337,25 +380,21 @@ local function native_op(key, code, numparams)
   return fn
 end
 
--- NEWTABLE 0 B C k; EXTRAARG; RETURN1 0
-local function newtable_op(fr)
-  local d = fr.dec[fr.cur]
-  local w, x = fr.p.code[fr.cur] & A_MASK, fr.p.code[fr.cur + 1]
-  d.native = native_op((w << 32) | x, {w, x, OP.RETURN1}, 0)
-  return d.native
+-- NEWTABLE 0 B C k; EXTRAARG; RETURN1 0 (p.code[pc] is the NEWTABLE)
+local function newtable_op(p, pc)
+  local w, x = p.code[pc] & A_MASK, p.code[pc + 1]
+  return native_op((w << 32) | x, {w, x, OP.RETURN1}, 0)
 end
 
 -- function(t, ...): VARARGPREP 1; VARARG 1 0 (all); SETLIST 0 0 C k;
 -- [EXTRAARG]; RETURN 0 1 2 (a vararg function's return)
-local function setlist_op(fr, k)
-  local d = fr.dec[fr.cur]
-  local w = fr.p.code[fr.cur] & A_MASK & B_MASK
-  local x = (k == 1) and fr.p.code[fr.cur + 1] or 0
+local function setlist_op(p, pc, k)
+  local w = p.code[pc] & A_MASK & B_MASK
+  local x = (k == 1) and p.code[pc + 1] or 0
   local code = {OP.VARARGPREP | (1 << 7), OP.VARARG | (1 << 7), w}
   if k == 1 then code[#code + 1] = x end
   code[#code + 1] = OP.RETURN | (1 << 16) | (2 << 24)
-  d.native = native_op((w << 32) | x, code, 1)
-  return d.native
+  return native_op((w << 32) | x, code, 1)
 end
 
 -- ------------------------------------------------------------- calls ---
@@ -379,7 +418,7 @@ end
 local function enter(fr, f, args)
   local proto = proto_of(f)
   local regs, varargs = arguments(proto, args)
-  fr.cl, fr.p, fr.K, fr.dec = f, proto, proto.k, decode_proto(proto)
+  fr.cl, fr.p, fr.dec, fr.ops = f, proto, decode_proto(proto), ops_of(proto)
   fr.R, fr.boxes = make_registers(regs)
   fr.varargs, fr.pc, fr.cur, fr.top, fr.tbc = varargs, 1, 1, proto.maxstacksize, {}
   fr.short_src = short_src_of(f, proto)
@@ -432,16 +471,6 @@ local function setresults(fr, a, r, wanted)
     fr.top = a + wanted
   end
   for j = 1, wanted do R[a + j - 1] = r[j] end
-end
-
--- docondjump: if cond ~= k then skip the next instruction (a JMP), else do it.
-local function condjump(fr, cond, k)
-  local pc = fr.pc
-  if cond ~= (k == 1) then
-    fr.pc = pc + 1
-  else
-    fr.pc = pc + fr.dec[pc][8] + 1
-  end
 end
 
 -- Unsigned division a / b (lua_Unsigned), b ~= 0.
@@ -498,8 +527,7 @@ local function forlimit(init, lim, step)
 end
 
 -- forprep: true to skip the loop.
-local function forprep(fr, a)
-  local R = fr.R
+local function forprep(R, a)
   local init, plimit, pstep = R[a], R[a + 1], R[a + 2]
   if math_type(init) == "integer" and math_type(pstep) == "integer" then
     local step = pstep
@@ -531,8 +559,7 @@ local function forprep(fr, a)
   return false
 end
 
-local function floatforloop(fr, a)
-  local R = fr.R
+local function floatforloop(R, a)
   local step, limit = R[a + 2], R[a + 1]
   local idx = R[a] + step
   if (0 < step) and (idx <= limit) or (not (0 < step)) and (limit <= idx) then
@@ -540,46 +567,6 @@ local function floatforloop(fr, a)
     return true
   end
   return false
-end
-
--- Native operators by tag-method event (ltm.h TMS order: ADD is 6).
-local ARITH = {
-  [6] = function(x, y) return x + y end,   [7] = function(x, y) return x - y end,
-  [8] = function(x, y) return x * y end,   [9] = function(x, y) return x % y end,
-  [10] = function(x, y) return x ^ y end,  [11] = function(x, y) return x / y end,
-  [12] = function(x, y) return x // y end, [13] = function(x, y) return x & y end,
-  [14] = function(x, y) return x | y end,  [15] = function(x, y) return x ~ y end,
-  [16] = function(x, y) return x << y end, [17] = function(x, y) return x >> y end,
-}
-
--- An arithmetic op with an immediate or constant operand: do what its
--- following OP_MMBINI/OP_MMBINK describes (event, original operand, flip),
--- which is the source-level operation (`x - 1` is ADDI -1 + MMBINI 1 SUB;
--- `2 * x` is MULK + MMBINK flipped), then skip the MMBIN*.
-local function arith_imm(fr, a, b)
-  local pc = fr.pc
-  local m = fr.dec[pc]
-  local op, mb, mc, mk = m[1], m[3], m[4], m[5]
-  local imm
-  if op == OP.MMBINI then imm = mb - OFFSET_sC else imm = fr.K[mb + 1] end
-  local x = fr.R[b]
-  if mk == 1 then
-    fr.R[a] = ARITH[mc](imm, x)
-  else
-    fr.R[a] = ARITH[mc](x, imm)
-  end
-  fr.pc = pc + 1
-end
-
--- A register-register arithmetic op; skip the following OP_MMBIN.
-local function arith(fr, a, x, y, f)
-  fr.R[a] = f(x, y)
-  fr.pc = fr.pc + 1
-end
-
-local function RK(fr, c, k)
-  if k == 1 then return fr.K[c + 1] end
-  return fr.R[c]
 end
 
 local function closure(fr, bx)
@@ -604,208 +591,718 @@ end
 
 -- ------------------------------------------------------------ opcodes ---
 
--- One handler per opcode, lopcodes.h order: h(fr, a, b, c, k, bx, sbx, sj).
--- fr.pc is the next instruction (savedpc).
-local X = {}
+-- Each instruction runs as a closure made for it, its operands, constants
+-- and successors held as upvalues: op(fr, R) (R = fr.R) does the
+-- instruction and continues with the next one by a tail call, so that a
+-- frame runs in a single call from execute() until it returns or a tail
+-- call replaces it. An op that may raise an error or call anything (a
+-- callee or a metamethod, which may yield) first sets fr.cur to its own
+-- index, for error naming and frames.lua; the others (moves, loads, jumps,
+-- tests, loop steps) skip that store.
+-- C[opcode](p, pc, a, b, c, k, d, succ, ops) -> op, for the instruction at
+-- p.code[pc] (d: decoded, bx = d[6], sbx = d[7], sj = d[8]; succ and ops
+-- as in ops_of).
 
-X[OP.MOVE] = function(fr, a, b) fr.R[a] = fr.R[b] end
-X[OP.LOADI] = function(fr, a, b, c, k, bx, sbx) fr.R[a] = sbx end
-X[OP.LOADF] = function(fr, a, b, c, k, bx, sbx) fr.R[a] = sbx + 0.0 end
-X[OP.LOADK] = function(fr, a, b, c, k, bx) fr.R[a] = fr.K[bx + 1] end
-X[OP.LOADKX] = function(fr, a)
-  local ax = fr.p.code[fr.pc] >> 7      -- the following OP_EXTRAARG
-  fr.R[a] = fr.K[ax + 1]
-  fr.pc = fr.pc + 1
+local function setter(a, v, nx) return function(fr, R) R[a] = v; return nx(fr, R) end end
+
+C[OP.MOVE] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R) R[a] = R[b]; return nx(fr, R) end
 end
-X[OP.LOADFALSE] = function(fr, a) fr.R[a] = false end
-X[OP.LFALSESKIP] = function(fr, a) fr.R[a] = false; fr.pc = fr.pc + 1 end
-X[OP.LOADTRUE] = function(fr, a) fr.R[a] = true end
-X[OP.LOADNIL] = function(fr, a, b)
-  local R = fr.R
-  for r = a, a + b do R[r] = nil end
+C[OP.LOADI] = function(_, pc, a, b, c, k, d, S) return setter(a, d[7], S(pc + 1)) end
+C[OP.LOADF] = function(_, pc, a, b, c, k, d, S) return setter(a, d[7] + 0.0, S(pc + 1)) end
+C[OP.LOADK] = function(p, pc, a, b, c, k, d, S) return setter(a, p.k[d[6] + 1], S(pc + 1)) end
+C[OP.LOADKX] = function(p, pc, a, b, c, k, d, S)   -- Ax of the following OP_EXTRAARG
+  return setter(a, p.k[(p.code[pc + 1] >> 7) + 1], S(pc + 2))
 end
-X[OP.GETUPVAL] = function(fr, a, b) fr.R[a] = getupval(fr, b) end
-X[OP.SETUPVAL] = function(fr, a, b) debug_setupvalue(fr.cl, b + 1, fr.R[a]) end
+C[OP.LOADFALSE] = function(_, pc, a, b, c, k, d, S) return setter(a, false, S(pc + 1)) end
+C[OP.LFALSESKIP] = function(_, pc, a, b, c, k, d, S) return setter(a, false, S(pc + 2)) end
+C[OP.LOADTRUE] = function(_, pc, a, b, c, k, d, S) return setter(a, true, S(pc + 1)) end
+C[OP.LOADNIL] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R)
+    for r = a, a + b do R[r] = nil end
+    return nx(fr, R)
+  end
+end
+C[OP.GETUPVAL] = function(_, pc, a, b, c, k, d, S)
+  local n, nx = b + 1, S(pc + 1)
+  return function(fr, R)
+    local _, v = debug_getupvalue(fr.cl, n)
+    R[a] = v
+    return nx(fr, R)
+  end
+end
+C[OP.SETUPVAL] = function(_, pc, a, b, c, k, d, S)
+  local n, nx = b + 1, S(pc + 1)
+  return function(fr, R)
+    debug_setupvalue(fr.cl, n, R[a])
+    return nx(fr, R)
+  end
+end
 -- Every operand a native error may blame is a named variable here (`t`,
--- `fn`, `x`, fields of fr.R): its varinfo marks the error as the
--- operator's own, for rewrite() to name the interpreted operand instead.
-X[OP.GETTABUP] = function(fr, a, b, c)
-  local t = getupval(fr, b)
-  fr.R[a] = t[fr.K[c + 1]]
+-- `fn`, `x`, `y`, `v`): its varinfo marks the error as the operator's own,
+-- for rewrite() to name the interpreted operand instead.
+C[OP.GETTABUP] = function(p, pc, a, b, c, k, d, S)
+  local n, key, nx = b + 1, p.k[c + 1], S(pc + 1)
+  return function(fr, R)
+    fr.cur = pc
+    local _, t = debug_getupvalue(fr.cl, n)
+    R[a] = t[key]
+    return nx(fr, R)
+  end
 end
-X[OP.GETTABLE] = function(fr, a, b, c) fr.R[a] = fr.R[b][fr.R[c]] end
-X[OP.GETI] = function(fr, a, b, c) fr.R[a] = fr.R[b][c] end
-X[OP.GETFIELD] = function(fr, a, b, c) fr.R[a] = fr.R[b][fr.K[c + 1]] end
-X[OP.SETTABUP] = function(fr, a, b, c, k)
-  local t = getupval(fr, a)
-  t[fr.K[b + 1]] = RK(fr, c, k)
+C[OP.GETTABLE] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R)
+    fr.cur = pc
+    local t = R[b]
+    R[a] = t[R[c]]
+    return nx(fr, R)
+  end
 end
-X[OP.SETTABLE] = function(fr, a, b, c, k) fr.R[a][fr.R[b]] = RK(fr, c, k) end
-X[OP.SETI] = function(fr, a, b, c, k) fr.R[a][b] = RK(fr, c, k) end
-X[OP.SETFIELD] = function(fr, a, b, c, k) fr.R[a][fr.K[b + 1]] = RK(fr, c, k) end
-X[OP.NEWTABLE] = function(fr, a)
-  local make = fr.dec[fr.cur].native or newtable_op(fr)
-  fr.R[a] = make()
-  fr.pc = fr.pc + 1                      -- skip EXTRAARG
+-- GETI (key C) and GETFIELD (key K[C])
+local function getkey(key, pc, a, b, nx)
+  return function(fr, R)
+    fr.cur = pc
+    local t = R[b]
+    R[a] = t[key]
+    return nx(fr, R)
+  end
 end
-X[OP.SELF] = function(fr, a, b, c, k)
-  local R = fr.R
-  local t = R[b]
-  R[a + 1] = t
-  R[a] = t[RK(fr, c, k)]
+C[OP.GETI] = function(_, pc, a, b, c, k, d, S) return getkey(c, pc, a, b, S(pc + 1)) end
+C[OP.GETFIELD] = function(p, pc, a, b, c, k, d, S) return getkey(p.k[c + 1], pc, a, b, S(pc + 1)) end
+-- The stores: the value is R[C], or the constant K[C] when k is set.
+C[OP.SETTABUP] = function(p, pc, a, b, c, k, d, S)
+  local n, key, nx = a + 1, p.k[b + 1], S(pc + 1)
+  if k == 1 then
+    local v = p.k[c + 1]
+    return function(fr, R)
+      fr.cur = pc
+      local _, t = debug_getupvalue(fr.cl, n)
+      t[key] = v
+      return nx(fr, R)
+    end
+  end
+  return function(fr, R)
+    fr.cur = pc
+    local _, t = debug_getupvalue(fr.cl, n)
+    t[key] = R[c]
+    return nx(fr, R)
+  end
 end
-X[OP.ADDI] = function(fr, a, b) arith_imm(fr, a, b) end
-X[OP.ADDK] = function(fr, a, b) arith_imm(fr, a, b) end
-X[OP.SUBK] = X[OP.ADDK]
-X[OP.MULK] = X[OP.ADDK]
-X[OP.MODK] = X[OP.ADDK]
-X[OP.POWK] = X[OP.ADDK]
-X[OP.DIVK] = X[OP.ADDK]
-X[OP.IDIVK] = X[OP.ADDK]
-X[OP.BANDK] = X[OP.ADDK]
-X[OP.BORK] = X[OP.ADDK]
-X[OP.BXORK] = X[OP.ADDK]
-X[OP.SHRI] = X[OP.ADDI]
-X[OP.SHLI] = X[OP.ADDI]
-X[OP.ADD] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[6]) end
-X[OP.SUB] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[7]) end
-X[OP.MUL] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[8]) end
-X[OP.MOD] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[9]) end
-X[OP.POW] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[10]) end
-X[OP.DIV] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[11]) end
-X[OP.IDIV] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[12]) end
-X[OP.BAND] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[13]) end
-X[OP.BOR] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[14]) end
-X[OP.BXOR] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[15]) end
-X[OP.SHL] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[16]) end
-X[OP.SHR] = function(fr, a, b, c) arith(fr, a, fr.R[b], fr.R[c], ARITH[17]) end
--- The arithmetic ops above already ran any metamethod natively and skipped
--- these; reached only by a jump, which the compiler never emits.
-X[OP.MMBIN] = function() end
-X[OP.MMBINI] = X[OP.MMBIN]
-X[OP.MMBINK] = X[OP.MMBIN]
-X[OP.UNM] = function(fr, a, b) fr.R[a] = -fr.R[b] end
-X[OP.BNOT] = function(fr, a, b) fr.R[a] = ~fr.R[b] end
-X[OP.NOT] = function(fr, a, b) fr.R[a] = not fr.R[b] end
-X[OP.LEN] = function(fr, a, b) fr.R[a] = #fr.R[b] end
-X[OP.CONCAT] = function(fr, a, b)        -- right to left, as luaV_concat
-  local R = fr.R
-  local v = R[a + b - 1]
-  for r = a + b - 2, a, -1 do v = R[r] .. v end
-  R[a] = v
+C[OP.SETTABLE] = function(p, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  if k == 1 then
+    local v = p.k[c + 1]
+    return function(fr, R)
+      fr.cur = pc
+      local t = R[a]
+      t[R[b]] = v
+      return nx(fr, R)
+    end
+  end
+  return function(fr, R)
+    fr.cur = pc
+    local t = R[a]
+    t[R[b]] = R[c]
+    return nx(fr, R)
+  end
 end
-X[OP.CLOSE] = function(fr, a) close(fr, a) end
-X[OP.TBC] = function(fr, a) newtbc(fr, a) end
-X[OP.JMP] = function(fr, a, b, c, k, bx, sbx, sj) fr.pc = fr.pc + sj end
-X[OP.EQ] = function(fr, a, b, c, k) condjump(fr, fr.R[a] == fr.R[b], k) end
-X[OP.LT] = function(fr, a, b, c, k) condjump(fr, fr.R[a] < fr.R[b], k) end
-X[OP.LE] = function(fr, a, b, c, k) condjump(fr, fr.R[a] <= fr.R[b], k) end
-X[OP.EQK] = function(fr, a, b, c, k) condjump(fr, rawequal(fr.R[a], fr.K[b + 1]), k) end
+-- SETI (key B) and SETFIELD (key K[B])
+local function setkey(p, pc, a, key, c, k, nx)
+  if k == 1 then
+    local v = p.k[c + 1]
+    return function(fr, R)
+      fr.cur = pc
+      local t = R[a]
+      t[key] = v
+      return nx(fr, R)
+    end
+  end
+  return function(fr, R)
+    fr.cur = pc
+    local t = R[a]
+    t[key] = R[c]
+    return nx(fr, R)
+  end
+end
+C[OP.SETI] = function(p, pc, a, b, c, k, d, S) return setkey(p, pc, a, b, c, k, S(pc + 1)) end
+C[OP.SETFIELD] = function(p, pc, a, b, c, k, d, S)
+  return setkey(p, pc, a, p.k[b + 1], c, k, S(pc + 1))
+end
+C[OP.NEWTABLE] = function(p, pc, a, b, c, k, d, S)
+  local nx, make = S(pc + 2)                -- past the EXTRAARG
+  return function(fr, R)
+    make = make or newtable_op(p, pc)
+    R[a] = make()
+    return nx(fr, R)
+  end
+end
+C[OP.SELF] = function(p, pc, a, b, c, k, d, S)
+  local a1, nx = a + 1, S(pc + 1)
+  if k == 1 then
+    local key = p.k[c + 1]
+    return function(fr, R)
+      fr.cur = pc
+      local t = R[b]
+      R[a1] = t
+      R[a] = t[key]
+      return nx(fr, R)
+    end
+  end
+  return function(fr, R)
+    fr.cur = pc
+    local t = R[b]
+    R[a1] = t
+    R[a] = t[R[c]]
+    return nx(fr, R)
+  end
+end
+
+-- Arithmetic: each op does what its following OP_MMBIN* describes (event,
+-- operands, flip), which is the source-level operation (`x - 1` is ADDI -1
+-- + MMBINI 1 SUB; `2 * x` is MULK + MMBINK flipped), so that a metamethod
+-- is called natively as by the MMBIN*; then it goes past the MMBIN*. By
+-- event (ltm.h TMS order: ADD is 6), x op y for: registers B and C;
+-- register B and a constant y; a constant x and register B. blame() tells
+-- the operands apart by the name (x or y) a native error gives.
+local ARITH_RR = {
+  [6] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x + y; return nx(fr, R) end
+  end,
+  [7] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x - y; return nx(fr, R) end
+  end,
+  [8] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x * y; return nx(fr, R) end
+  end,
+  [9] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x % y; return nx(fr, R) end
+  end,
+  [10] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x ^ y; return nx(fr, R) end
+  end,
+  [11] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x / y; return nx(fr, R) end
+  end,
+  [12] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x // y; return nx(fr, R) end
+  end,
+  [13] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x & y; return nx(fr, R) end
+  end,
+  [14] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x | y; return nx(fr, R) end
+  end,
+  [15] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x ~ y; return nx(fr, R) end
+  end,
+  [16] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x << y; return nx(fr, R) end
+  end,
+  [17] = function(a, b, c, pc, nx)
+    return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x >> y; return nx(fr, R) end
+  end,
+}
+local ARITH_RK = {
+  [6] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x + y; return nx(fr, R) end
+  end,
+  [7] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x - y; return nx(fr, R) end
+  end,
+  [8] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x * y; return nx(fr, R) end
+  end,
+  [9] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x % y; return nx(fr, R) end
+  end,
+  [10] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x ^ y; return nx(fr, R) end
+  end,
+  [11] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x / y; return nx(fr, R) end
+  end,
+  [12] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x // y; return nx(fr, R) end
+  end,
+  [13] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x & y; return nx(fr, R) end
+  end,
+  [14] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x | y; return nx(fr, R) end
+  end,
+  [15] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x ~ y; return nx(fr, R) end
+  end,
+  [16] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x << y; return nx(fr, R) end
+  end,
+  [17] = function(a, b, y, pc, nx)
+    return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = x >> y; return nx(fr, R) end
+  end,
+}
+local ARITH_KR = {
+  [6] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x + y; return nx(fr, R) end
+  end,
+  [7] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x - y; return nx(fr, R) end
+  end,
+  [8] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x * y; return nx(fr, R) end
+  end,
+  [9] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x % y; return nx(fr, R) end
+  end,
+  [10] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x ^ y; return nx(fr, R) end
+  end,
+  [11] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x / y; return nx(fr, R) end
+  end,
+  [12] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x // y; return nx(fr, R) end
+  end,
+  [13] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x & y; return nx(fr, R) end
+  end,
+  [14] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x | y; return nx(fr, R) end
+  end,
+  [15] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x ~ y; return nx(fr, R) end
+  end,
+  [16] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x << y; return nx(fr, R) end
+  end,
+  [17] = function(a, b, x, pc, nx)
+    return function(fr, R) fr.cur = pc; local y = R[b]; R[a] = x >> y; return nx(fr, R) end
+  end,
+}
+
+-- An op with an immediate or constant operand: the source-level one is the
+-- MMBINI's sB or the MMBINK's K[B].
+local function arith_k(p, pc, a, b, c, k, d, S)
+  local m = decode_proto(p)[pc + 1]
+  local v = (m[1] == OP.MMBINI) and m[3] - OFFSET_sC or p.k[m[3] + 1]
+  if m[5] == 1 then return ARITH_KR[m[4]](a, b, v, pc, S(pc + 2)) end
+  return ARITH_RK[m[4]](a, b, v, pc, S(pc + 2))
+end
+local function arith_rr(p, pc, a, b, c, k, d, S)
+  return ARITH_RR[decode_proto(p)[pc + 1][4]](a, b, c, pc, S(pc + 2))
+end
+for _, name in ipairs({"ADDI", "ADDK", "SUBK", "MULK", "MODK", "POWK", "DIVK", "IDIVK",
+    "BANDK", "BORK", "BXORK", "SHRI", "SHLI"}) do
+  C[OP[name]] = arith_k
+end
+for _, name in ipairs({"ADD", "SUB", "MUL", "MOD", "POW", "DIV", "IDIV", "BAND", "BOR",
+    "BXOR", "SHL", "SHR"}) do
+  C[OP[name]] = arith_rr
+end
+-- No-ops: the arithmetic ops above already ran any metamethod natively and
+-- went past these (reached only by a jump, which the compiler never emits);
+-- OP_VARARGPREP's varargs are already apart.
+local function nop(_, pc, a, b, c, k, d, S) return S(pc + 1) end
+C[OP.MMBIN] = nop
+C[OP.MMBINI] = nop
+C[OP.MMBINK] = nop
+C[OP.VARARGPREP] = nop
+C[OP.UNM] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = -x; return nx(fr, R) end
+end
+C[OP.BNOT] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = ~x; return nx(fr, R) end
+end
+C[OP.NOT] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R) R[a] = not R[b]; return nx(fr, R) end
+end
+C[OP.LEN] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = #x; return nx(fr, R) end
+end
+-- Right to left, as luaV_concat; frames.lua reads `r` (the register whose
+-- concatenation is pending) and `v` at this level.
+C[OP.CONCAT] = function(_, pc, a, b, c, k, d, S)
+  local top, nx = a + b - 1, S(pc + 1)
+  return function(fr, R)
+    fr.cur = pc
+    local v = R[top]
+    for r = top - 1, a, -1 do v = R[r] .. v end
+    R[a] = v
+    return nx(fr, R)
+  end
+end
+C[OP.CLOSE] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R)
+    fr.cur = pc
+    close(fr, a)
+    return nx(fr, R)
+  end
+end
+C[OP.TBC] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R)
+    fr.cur = pc
+    newtbc(fr, a)
+    return nx(fr, R)
+  end
+end
+C[OP.JMP] = function(_, pc, a, b, c, k, d, S) return S(pc + 1 + d[8]) end   -- its target
+
+-- A test and its following OP_JMP (docondjump): `yes` continues where the
+-- condition holding leads, `no` where it failing does; the jump is taken
+-- when the condition equals k, else skipped.
+local function targets(p, pc, k, S)
+  local jump, past = S(pc + 2 + decode_proto(p)[pc + 1][8]), S(pc + 2)
+  if k == 1 then return jump, past end
+  return past, jump
+end
+-- Comparisons that may call a metamethod.
+C[OP.EQ] = function(p, pc, a, b, c, k, d, S)
+  local yes, no = targets(p, pc, k, S)
+  return function(fr, R)
+    fr.cur = pc
+    if R[a] == R[b] then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
+C[OP.LT] = function(p, pc, a, b, c, k, d, S)
+  local yes, no = targets(p, pc, k, S)
+  return function(fr, R)
+    fr.cur = pc
+    if R[a] < R[b] then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
+C[OP.LE] = function(p, pc, a, b, c, k, d, S)
+  local yes, no = targets(p, pc, k, S)
+  return function(fr, R)
+    fr.cur = pc
+    if R[a] <= R[b] then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
 local function imm(b, c)                 -- sB, a float when C (isf) is set
   b = b - OFFSET_sC
   if c ~= 0 then return b + 0.0 end
   return b
 end
-X[OP.EQI] = function(fr, a, b, c, k) condjump(fr, fr.R[a] == imm(b, c), k) end
-X[OP.LTI] = function(fr, a, b, c, k) condjump(fr, fr.R[a] < imm(b, c), k) end
-X[OP.LEI] = function(fr, a, b, c, k) condjump(fr, fr.R[a] <= imm(b, c), k) end
-X[OP.GTI] = function(fr, a, b, c, k) condjump(fr, fr.R[a] > imm(b, c), k) end
-X[OP.GEI] = function(fr, a, b, c, k) condjump(fr, fr.R[a] >= imm(b, c), k) end
-X[OP.TEST] = function(fr, a, b, c, k) condjump(fr, not not fr.R[a], k) end
-X[OP.TESTSET] = function(fr, a, b, c, k)
-  local v = fr.R[b]
-  if (not v) == (k == 1) then
-    fr.pc = fr.pc + 1
-  else
-    fr.R[a] = v
-    fr.pc = fr.pc + fr.dec[fr.pc][8] + 1
+C[OP.LTI] = function(p, pc, a, b, c, k, d, S)
+  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+  return function(fr, R)
+    fr.cur = pc
+    if R[a] < v then return yes(fr, R) end
+    return no(fr, R)
   end
 end
-X[OP.CALL] = function(fr, a, b, c)
-  local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
-  setresults(fr, a, call(fr, fr.R[a], a, last), c - 1)
+C[OP.LEI] = function(p, pc, a, b, c, k, d, S)
+  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+  return function(fr, R)
+    fr.cur = pc
+    if R[a] <= v then return yes(fr, R) end
+    return no(fr, R)
+  end
 end
-X[OP.TAILCALL] = function(fr, a, b, c, k)
-  local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
-  if k == 1 then close(fr, 0) end        -- open upvalues (no tbc: no tail call)
-  local ret = call(fr, fr.R[a], a, last, true)
-  if ret then                            -- else fr runs the callee now
+C[OP.GTI] = function(p, pc, a, b, c, k, d, S)
+  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+  return function(fr, R)
+    fr.cur = pc
+    if R[a] > v then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
+C[OP.GEI] = function(p, pc, a, b, c, k, d, S)
+  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+  return function(fr, R)
+    fr.cur = pc
+    if R[a] >= v then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
+-- Equality with a constant or an immediate (never a table or a userdata,
+-- so no __eq: raw equality) and truth tests call nothing.
+C[OP.EQK] = function(p, pc, a, b, c, k, d, S)
+  local v, yes, no = p.k[b + 1], targets(p, pc, k, S)
+  return function(fr, R)
+    if R[a] == v then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
+C[OP.EQI] = function(p, pc, a, b, c, k, d, S)
+  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+  return function(fr, R)
+    if R[a] == v then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
+C[OP.TEST] = function(p, pc, a, b, c, k, d, S)
+  local yes, no = targets(p, pc, k, S)
+  return function(fr, R)
+    if R[a] then return yes(fr, R) end
+    return no(fr, R)
+  end
+end
+-- TESTSET: when R[B] as a boolean is k, R[A] := R[B] and jump; else skip
+-- the jump.
+C[OP.TESTSET] = function(p, pc, a, b, c, k, d, S)
+  local yes, no = targets(p, pc, k, S)
+  if k == 1 then
+    return function(fr, R)
+      local v = R[b]
+      if v then R[a] = v; return yes(fr, R) end
+      return no(fr, R)
+    end
+  end
+  return function(fr, R)
+    local v = R[b]
+    if v then return yes(fr, R) end
+    R[a] = v
+    return no(fr, R)
+  end
+end
+
+-- Calls. Without an interpret hook, a call of up to 3 arguments and up to
+-- 1 result (most calls) calls fn directly; the others go through call()
+-- and setresults(). `fn` is the callee's name for rewrite().
+local function fastcall(a, nargs, nres, pc, general, nx)
+  local a1, a2, a3 = a + 1, a + 2, a + 3
+  if nres == 0 then
+    if nargs == 0 then
+      return function(fr, R)
+        fr.cur = pc
+        if fr.interpret then return general(fr, R) end
+        local fn = R[a]
+        fn()
+        return nx(fr, R)
+      end
+    elseif nargs == 1 then
+      return function(fr, R)
+        fr.cur = pc
+        if fr.interpret then return general(fr, R) end
+        local fn = R[a]
+        fn(R[a1])
+        return nx(fr, R)
+      end
+    elseif nargs == 2 then
+      return function(fr, R)
+        fr.cur = pc
+        if fr.interpret then return general(fr, R) end
+        local fn = R[a]
+        fn(R[a1], R[a2])
+        return nx(fr, R)
+      end
+    end
+    return function(fr, R)
+      fr.cur = pc
+      if fr.interpret then return general(fr, R) end
+      local fn = R[a]
+      fn(R[a1], R[a2], R[a3])
+      return nx(fr, R)
+    end
+  end
+  if nargs == 0 then
+    return function(fr, R)
+      fr.cur = pc
+      if fr.interpret then return general(fr, R) end
+      local fn = R[a]
+      R[a] = fn()
+      return nx(fr, R)
+    end
+  elseif nargs == 1 then
+    return function(fr, R)
+      fr.cur = pc
+      if fr.interpret then return general(fr, R) end
+      local fn = R[a]
+      R[a] = fn(R[a1])
+      return nx(fr, R)
+    end
+  elseif nargs == 2 then
+    return function(fr, R)
+      fr.cur = pc
+      if fr.interpret then return general(fr, R) end
+      local fn = R[a]
+      R[a] = fn(R[a1], R[a2])
+      return nx(fr, R)
+    end
+  end
+  return function(fr, R)
+    fr.cur = pc
+    if fr.interpret then return general(fr, R) end
+    local fn = R[a]
+    R[a] = fn(R[a1], R[a2], R[a3])
+    return nx(fr, R)
+  end
+end
+C[OP.CALL] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  local function general(fr, R)
+    fr.cur = pc
+    local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
+    setresults(fr, a, call(fr, R[a], a, last), c - 1)
+    return nx(fr, R)
+  end
+  if b >= 1 and b <= 4 and (c == 1 or c == 2) then
+    return fastcall(a, b - 1, c - 1, pc, general, nx)
+  end
+  return general
+end
+-- The frame ends here: execute() sees fr.done, or runs the callee that
+-- replaced it.
+C[OP.TAILCALL] = function(_, pc, a, b, c, k)
+  return function(fr, R)
+    fr.cur = pc
+    local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
+    if k == 1 then close(fr, 0) end      -- open upvalues (no tbc: no tail call)
+    local ret = call(fr, R[a], a, last, true)
+    if ret then                          -- else fr runs the callee now
+      fr.ret = ret
+      fr.done = true
+    end
+  end
+end
+C[OP.RETURN] = function(_, pc, a, b)
+  return function(fr, R)
+    fr.cur = pc
+    local n = (b ~= 0) and (b - 1) or (fr.top - a)
+    local ret = {n = n}
+    for j = 1, n do ret[j] = R[a + j - 1] end
+    close(fr, 0)
     fr.ret = ret
     fr.done = true
   end
 end
-X[OP.RETURN] = function(fr, a, b, c, k)
-  local n = (b ~= 0) and (b - 1) or (fr.top - a)
-  local R = fr.R
-  local ret = {n = n}
-  for j = 1, n do ret[j] = R[a + j - 1] end
-  close(fr, 0)
-  fr.ret = ret
-  fr.done = true
+C[OP.RETURN0] = function(_, pc)
+  return function(fr)
+    fr.cur = pc
+    close(fr, 0)
+    fr.ret = {n = 0}
+    fr.done = true
+  end
 end
-X[OP.RETURN0] = function(fr) close(fr, 0); fr.ret = {n = 0}; fr.done = true end
-X[OP.RETURN1] = function(fr, a)
-  local v = fr.R[a]
-  close(fr, 0)
-  fr.ret = {n = 1, v}
-  fr.done = true
+C[OP.RETURN1] = function(_, pc, a)
+  return function(fr, R)
+    fr.cur = pc
+    local v = R[a]
+    close(fr, 0)
+    fr.ret = {n = 1, v}
+    fr.done = true
+  end
 end
-X[OP.FORLOOP] = function(fr, a, b, c, k, bx)
-  local R = fr.R
-  if math_type(R[a + 2]) == "integer" then
-    local count = R[a + 1]
-    if count ~= 0 then                   -- unsigned count > 0
-      local idx = R[a] + R[a + 2]
-      R[a + 1] = count - 1
-      R[a], R[a + 3] = idx, idx
-      fr.pc = fr.pc - bx
+-- The loops look up their earlier target themselves (S would add a call).
+C[OP.FORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
+  local back, nx, a1, a2, a3 = pc + 1 - d[6], S(pc + 1), a + 1, a + 2, a + 3
+  return function(fr, R)
+    local step = R[a2]
+    -- An integer loop has an integer step (lvm.c checks its type). Told
+    -- without a call: integer addition wraps around, float addition does
+    -- not (the step is not zero, nor NaN in an integer loop).
+    if step > 0 and step + maxinteger < 0 or step < 0 and step + mininteger >= 0 then
+      local count = R[a1]
+      if count == 0 then return nx(fr, R) end   -- unsigned count > 0
+      local idx = R[a] + step
+      R[a1] = count - 1
+      R[a], R[a3] = idx, idx
+      return ops[back](fr, R)
     end
-  elseif floatforloop(fr, a) then
-    fr.pc = fr.pc - bx
+    if floatforloop(R, a) then return ops[back](fr, R) end
+    return nx(fr, R)
   end
 end
-X[OP.FORPREP] = function(fr, a, b, c, k, bx)
-  if forprep(fr, a) then fr.pc = fr.pc + bx + 1 end
-end
-X[OP.TFORPREP] = function(fr, a, b, c, k, bx)
-  newtbc(fr, a + 3)
-  fr.pc = fr.pc + bx                     -- to the OP_TFORCALL
-end
-X[OP.TFORCALL] = function(fr, a, b, c)
-  local R = fr.R
-  R[a + 4], R[a + 5], R[a + 6] = R[a], R[a + 1], R[a + 2]
-  setresults(fr, a + 4, call(fr, R[a + 4], a + 4, a + 6), c)
-end
-X[OP.TFORLOOP] = function(fr, a, b, c, k, bx)
-  local R = fr.R
-  local v = R[a + 4]
-  if v ~= nil then
-    R[a + 2] = v
-    fr.pc = fr.pc - bx
+C[OP.FORPREP] = function(_, pc, a, b, c, k, d, S)
+  local past, nx = S(pc + d[6] + 2), S(pc + 1)
+  return function(fr, R)
+    fr.cur = pc
+    if forprep(R, a) then return past(fr, R) end
+    return nx(fr, R)
   end
 end
-X[OP.SETLIST] = function(fr, a, b, c, k)
-  local R = fr.R
-  local n = (b ~= 0) and b or (fr.top - a - 1)
-  local set = fr.dec[fr.cur].native or setlist_op(fr, k)
-  if k == 1 then fr.pc = fr.pc + 1 end  -- skip EXTRAARG
-  set(R[a], table_unpack(R, a + 1, a + n))
-end
-X[OP.CLOSURE] = function(fr, a, b, c, k, bx) fr.R[a] = closure(fr, bx) end
-X[OP.VARARG] = function(fr, a, b, c)
-  local R, va = fr.R, fr.varargs
-  local n = c - 1
-  if n < 0 then
-    n = va.n
-    fr.top = a + n
+C[OP.TFORPREP] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1 + d[6])              -- the OP_TFORCALL
+  return function(fr, R)
+    fr.cur = pc
+    newtbc(fr, a + 3)
+    return nx(fr, R)
   end
-  for j = 1, n do R[a + j - 1] = va[j] end   -- va[j] is nil past va.n
 end
-X[OP.VARARGPREP] = function() end          -- varargs are already apart
-X[OP.EXTRAARG] = function() error("finisher: unexpected OP_EXTRAARG", 0) end
+C[OP.TFORCALL] = function(_, pc, a, b, c, k, d, S)
+  local nx, a1, a2, a4, a5, a6 = S(pc + 1), a + 1, a + 2, a + 4, a + 5, a + 6
+  local function general(fr, R)
+    fr.cur = pc
+    R[a4], R[a5], R[a6] = R[a], R[a1], R[a2]
+    setresults(fr, a4, call(fr, R[a4], a4, a6), c)
+    return nx(fr, R)
+  end
+  if c == 1 then
+    return function(fr, R)
+      fr.cur = pc
+      if fr.interpret then return general(fr, R) end
+      local fn, s, ctl = R[a], R[a1], R[a2]
+      R[a4], R[a5], R[a6] = fn, s, ctl
+      R[a4] = fn(s, ctl)
+      return nx(fr, R)
+    end
+  elseif c == 2 then
+    return function(fr, R)
+      fr.cur = pc
+      if fr.interpret then return general(fr, R) end
+      local fn, s, ctl = R[a], R[a1], R[a2]
+      R[a4], R[a5], R[a6] = fn, s, ctl
+      R[a4], R[a5] = fn(s, ctl)
+      return nx(fr, R)
+    end
+  end
+  return general
+end
+C[OP.TFORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
+  local back, nx, a2, a4 = pc + 1 - d[6], S(pc + 1), a + 2, a + 4
+  return function(fr, R)
+    local v = R[a4]
+    if v == nil then return nx(fr, R) end
+    R[a2] = v
+    return ops[back](fr, R)
+  end
+end
+C[OP.SETLIST] = function(p, pc, a, b, c, k, d, S)
+  local nx = S((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
+  local set
+  return function(fr, R)
+    set = set or setlist_op(p, pc, k)
+    local n = (b ~= 0) and b or (fr.top - a - 1)
+    set(R[a], table_unpack(R, a + 1, a + n))
+    return nx(fr, R)
+  end
+end
+C[OP.CLOSURE] = function(_, pc, a, b, c, k, d, S)
+  local bx, nx = d[6], S(pc + 1)
+  return function(fr, R)
+    R[a] = closure(fr, bx)
+    return nx(fr, R)
+  end
+end
+C[OP.VARARG] = function(_, pc, a, b, c, k, d, S)
+  local nx = S(pc + 1)
+  return function(fr, R)
+    local va, n = fr.varargs, c - 1
+    if n < 0 then
+      n = va.n
+      fr.top = a + n
+    end
+    for j = 1, n do R[a + j - 1] = va[j] end   -- va[j] is nil past va.n
+    return nx(fr, R)
+  end
+end
+C[OP.EXTRAARG] = function()
+  return function() error("finisher: unexpected OP_EXTRAARG", 0) end
+end
 
 for name, code in next, OP do
-  assert(X[code], "finisher: no handler for " .. name)
+  assert(C[code], "finisher: no compiler for " .. name)
 end
 
 -- ----------------------------------------------------- error naming ---
@@ -1059,14 +1556,11 @@ end
 
 -- ------------------------------------------------------------ running ---
 
+-- Runs frame fr: an op continues with the next by a tail call, so this
+-- returns when the frame returned (fr.done), or when a tail call made fr the
+-- callee's frame (fr.ops, fr.R, fr.pc are new).
 local function execute(fr)
-  while not fr.done do
-    local pc = fr.pc
-    local d = fr.dec[pc]                 -- fr.dec: a tail call changes it
-    fr.cur = pc
-    fr.pc = pc + 1
-    X[d[1]](fr, d[2], d[3], d[4], d[5], d[6], d[7], d[8])
-  end
+  repeat fr.ops[fr.pc](fr, fr.R) until fr.done
 end
 
 local PREFIX = "^" .. string_gsub(MY_SRC, "%p", "%%%0") .. ":%d+: "
@@ -1142,10 +1636,10 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
   local tbc = {}
   for j, r in ipairs(opts.tbc or {}) do tbc[j] = r end
   local fr = {
-    cl = cl, p = proto, R = R, boxes = boxes, K = proto.k,
+    cl = cl, p = proto, R = R, boxes = boxes,
     varargs = varargs or {n = 0}, pc = pc, cur = pc,
     top = top or proto.maxstacksize, tbc = tbc,
-    dec = decode_proto(proto), interpret = opts.interpret,
+    dec = decode_proto(proto), ops = ops_of(proto), interpret = opts.interpret,
     short_src = short_src_of(cl, proto), caller = opts.caller,
   }
   local guard <close> = setmetatable({fr = fr}, GUARD)

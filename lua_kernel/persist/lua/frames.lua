@@ -199,6 +199,12 @@ end
 -- pops each variable before calling its __close; the ones above it are
 -- closed already).
 local function pending_tbc(p, an, fr, pc0, op, a, closing)
+  if an.sites[1] == nil then
+    if closing ~= nil then
+      return nil, "cannot tell which to-be-closed variable is being closed"
+    end
+    return nil
+  end
   local found = {}
   for _, s in ipairs(an.sites) do
     if s.t < pc0 then
@@ -387,25 +393,24 @@ local function native_frame(plan, level, pc, probe)
   local fr = lv.regs                     -- the frame record is built in place
   for r = nregs + 1, lv.nslots do fr[r] = nil end
   fr.n, fr.f, fr.cur, fr.va = nregs, f, pc, lv.va
-  local function where() return sformat("%s:%d", lv.src, lv.line) end
   local closing
   if op == OP.CONCAT then
     fr.cat = nregs - 3
   elseif op == OP.CLOSE or op == OP.RETURN then
     if op == OP.RETURN and b == 0 then
       return nil, "it is suspended in a __close while returning a variable number " ..
-        "of values (" .. where() .. ")"
+        "of values (" .. sformat("%s:%d", lv.src, lv.line) .. ")"
     end
     local callee = t[level - 1]
     closing = callee.regs and callee.regs[1]
   elseif not (op == OP.CALL or op == OP.TAILCALL or op == OP.TFORCALL or MMBINS[op]
       or TORA[op] or COMPARE[op] or SETS[op]) then
     return nil, sformat("it is suspended in an instruction (%s at %s) that cannot be continued",
-      OPNAMES[op] or "?", where())
+      OPNAMES[op] or "?", sformat("%s:%d", lv.src, lv.line))
   end
   local an = analyse(p)
   local tbc, why = pending_tbc(p, an, fr, pc - 1, op, a, closing)
-  if why then return nil, why .. " (" .. where() .. ")" end
+  if why then return nil, sformat("%s (%s:%d)", why, lv.src, lv.line) end
   fr.tbc = tbc
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
