@@ -381,7 +381,7 @@ local function copy_va(va)
   return out
 end
 
-local function native_frame(plan, level, pc, probe)
+local function native_frame(plan, level, pc, probes)
   local t = plan.table
   local lv = t[level]
   local f = lv.func
@@ -414,7 +414,7 @@ local function native_frame(plan, level, pc, probe)
   fr.tbc = tbc
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
-    if r < nregs then probe(plan.co, level, r, fr) end
+    if r < nregs then probes[#probes + 1] = { level, r, fr } end
   end
   return fr
 end
@@ -440,12 +440,12 @@ end
 
 function CF.build(plan, probe)
   local pcs = plan.pcs
-  local rec, n = {}, 0
+  local rec, n, probes = {}, 0, {}
   for _, item in ipairs(plan.items) do
     if item.lua then
       local pc = pcs[item.lua]
       if pc == nil then return nil, "no saved pc for a frame" end
-      local fr, why = native_frame(plan, item.lua, pc, probe)
+      local fr, why = native_frame(plan, item.lua, pc, probes)
       if fr == nil then return nil, why end
       n = n + 1
       rec[n] = fr
@@ -464,6 +464,8 @@ function CF.build(plan, probe)
     end
   end
   rec.n = n
+  -- only a record that will be written has its registers probed
+  for _, x in ipairs(probes) do probe(plan.co, x[1], x[2], x[3]) end
   return rec
 end
 

@@ -1219,7 +1219,6 @@ local function apply(body, unpickle_at)
       end
     end
   end
-
   local function ready(c)   -- the object a T code names exists (or never will)
     if c & 7 ~= T_OBJ then return true end
     local r = pending[c >> 3]
@@ -1232,7 +1231,9 @@ local function apply(body, unpickle_at)
   -- A suspended coroutine continues its record (a table, filled in (5)).
   local function frames_of(rec)
     local r = value_of(rec[3])
-    if type(r) ~= "table" then error("a suspended coroutine without frames", 0) end
+    if type(r) ~= "table" then
+      error("a suspended coroutine without frames: " .. tostring(rec.where), 0)
+    end
     return r
   end
   local progress = true
@@ -1430,10 +1431,11 @@ local function apply(body, unpickle_at)
   for j = 0, nlinks - 1 do
     local frame = val(X[xl + 1 + 3 * j])
     local reg, owner = X[xl + 2 + 3 * j], X[xl + 3 + 3 * j]
-    local f = owner and O[owner >> 8]
-    if type(frame) ~= "table" or mtype(reg) ~= "integer" or K[owner >> 8] ~= K_LFUNC then
+    if type(frame) ~= "table" or mtype(reg) ~= "integer" or mtype(owner) ~= "integer"
+        or K[owner >> 8] ~= K_LFUNC then
       error("bad open upvalue record", 0)
     end
+    local f = O[owner >> 8]
     local links = rawget(frame, "links")
     if links == nil then
       links = {}
