@@ -490,7 +490,11 @@ def test_a_frame_that_cannot_be_continued_is_refused_by_path():
     issues, restored = _saved_and_restored("""
     keep = {answer = 42}
     local function closer()
-      return setmetatable({}, {__close = function() coroutine.yield("closing") end})
+      return setmetatable({}, {__close = function()
+        local v = 41
+        keepf = function() v = v + 1; return v end   -- shares a register of a refused stack
+        coroutine.yield("closing")
+      end})
     end
     holder = {rz = coroutine.create(function()
       local x <close> = closer()
@@ -501,7 +505,7 @@ def test_a_frame_that_cannot_be_continued_is_refused_by_path():
     assert [i.path for i in issues] == ["_G.holder.rz"]
     assert "returning a variable number of values" in issues[0].reason
     assert "setup:" in issues[0].reason
-    assert run(restored, "return keep.answer, holder.rz", "check") == (42, None)
+    assert run(restored, "return keep.answer, holder.rz, keepf()", "check") == (42, None, 42)
     assert [i.path for i in restored.restore_issues] == ["_G.holder.rz"]
 
 
