@@ -694,3 +694,29 @@ def test_counts_describe_the_state():
 def test_issue_is_readable():
     assert str(Issue("_G.conn", "socket object cannot be pickled")) == \
         "_G.conn: socket object cannot be pickled"
+
+
+def _as_version_1(body: bytes) -> bytes:
+    """The same body as the issue-3 kernel wrote it: format version 1, whose
+    roots section ends after the Python record (no open-upvalue list)."""
+    import struct
+    pos, sections = 12, []
+    for _ in range(8):
+        (n,) = struct.unpack_from("<q", body, pos)
+        sections.append(body[pos + 8:pos + 8 + n])
+        pos += 8 + n
+    x = sections[-1]
+    (count,) = struct.unpack_from("<q", x, 0)
+    assert count < 4096 and x[8] in (4, 8)      # one chunk
+    width = x[8]
+    assert int.from_bytes(x[-width:], "little") == 0   # no open upvalues
+    sections[-1] = struct.pack("<q", count - 1) + x[8:-width]
+    out = body[:8] + struct.pack("<I", 1)
+    return out + b"".join(struct.pack("<q", len(s)) + s for s in sections)
+
+
+def test_bodies_of_format_version_1_are_still_read(tmp_path):
+    body, issues, _ = capture("kept = {1, 2, {three = 3}} function f(x) return x * 2 end")
+    assert issues == [] and body[8:12] == b"\x02\x00\x00\x00"
+    out = restore_elsewhere(_as_version_1(body), [[0, "return kept[3].three, f(21)"]], tmp_path)
+    assert out == {"results": [[3, 42]], "issues": []}
