@@ -10,6 +10,12 @@ prototype it points into, from this process's memory through
 a crash, using the struct layout of the Lua 5.4.8 that lupa bundles.
 
     pcs = saved_pcs(session, co)     # [FramePC(level, pc, line, method), ...]
+    answer = saved_pcs_many(session, batch, tables)   # snapshots: bytes in, out
+
+A snapshot (persist/lua/frames.lua) asks only about the frames whose own
+bytecode does not pin the pc down (see "inferred" below: when exactly one
+instruction fits, reading could only confirm it), for all the coroutines it
+has found so far in one call.
 
 Nothing read is believed unless the debug library agrees with it. The walk
 of the thread's CallInfo list must pair, level by level, with what
