@@ -14,8 +14,8 @@
 --       CF.packed(plan) is the record as bytes for framepeek.py)
 --   CF.build(plan, probe) -> record | nil, reason
 --       the coroutine's RECORD, once plan.pcs has every frame's pc
---       (framepeek.py's FramePC.pc); `probe(co, level, reg, frame)` is
---       called for every register of a native frame that a closure may
+--       (framepeek.py's FramePC.pc); `probe(co, level, reg, frame, value)`
+--       is called for every register of a native frame that a closure may
 --       share (an open upvalue), for the serializer's sentinel probing
 --   CF.pending(co)  -> record | nil    a restored coroutine not resumed yet
 --   CF.revive(rec)  -> body           the function for coroutine.create or
@@ -26,15 +26,17 @@
 --   { n = N, [1] = innermost frame, ..., [N] = outermost frame }
 -- and a frame is one of
 --   { c = "pcall" }  |  { c = "xpcall", h = message handler }
---   { R[0], R[1], ..., R[n - 1] (frame[r + 1] is register r), n = registers,
---     f = closure, cur = the pending instruction (1-based index into the
---     prototype's code), and where needed: va = varargs {n = k, ...},
+--   { closure, cur, n, R[0], R[1], ..., R[n - 1] } (cur: the pending
+--     instruction, a 1-based index into the prototype's code; n: the number
+--     of registers; frame[R0 + r] is register r), and where needed:
+--     va = varargs {n = k, ...},
 --     tbc = {registers of the pending to-be-closed variables, ascending},
 --     top = for the finisher's B = 0 users, cat = last register still to
 --     concatenate (a pending OP_CONCAT), links = {[r] = {f = closure,
 --     n = upvalue index}} (registers that are open upvalues; the serializer
 --     adds the ones it finds by probing) }
--- (one table per frame: a snapshot may hold thousands of frames)
+-- (one table per frame, all in its array part but for the rare fields: a
+-- snapshot may hold thousands of frames, and arrays are the cheap part)
 -- The innermost frame waits on coroutine.yield: resuming delivers the resume
 -- values as the results of its pending instruction. Each frame's results
 -- are delivered to the pending instruction of the frame below it, as
@@ -70,6 +72,7 @@ local type, select, error = original("type", type), original("select", select),
   original("error", error)
 local sformat = original("string.format", string.format)
 local unpack, pack = original("table.unpack", table.unpack), original("table.pack", table.pack)
+local tmove = original("table.move", table.move)
 local tsort = original("table.sort", table.sort)
 local KXPCALL = original("xpcall", xpcall)   -- the kernel's xpcall (a Lua function)
 local PCALL = pcall
@@ -78,6 +81,8 @@ local OP, OPNAMES, decode = B.OP, B.OPNAMES, B.decode
 local proto_of = F.proto_of
 
 local CF = {}
+
+local FN, CUR, NREGS, R0 = 1, 2, 3, 4     -- a Lua frame record's slots
 
 local MY_SRC = getinfo(1, "S").short_src
 local FIN_SRC = getinfo(F.run, "S").short_src
@@ -217,7 +222,7 @@ local function pending_tbc(p, an, fr, pc0, op, a, closing)
         -- the block this OP_CLOSE ends: its variables are still in the list
         live = not reused(p, an, s.reg, s.t, pc0)
       end
-      if live and closable(fr[s.reg + 1]) then found[s.reg] = true end
+      if live and closable(fr[R0 + s.reg]) then found[s.reg] = true end
     end
   end
   local list = {}
@@ -226,7 +231,7 @@ local function pending_tbc(p, an, fr, pc0, op, a, closing)
   if closing ~= nil then
     local top
     for i = #list, 1, -1 do
-      if rawequal(fr[list[i] + 1], closing) then top = i; break end
+      if rawequal(fr[R0 + list[i]], closing) then top = i; break end
     end
     if top == nil then
       return nil, "cannot tell which to-be-closed variable is being closed"
@@ -258,8 +263,8 @@ end
 
 local function freeze_next_loops(an, fr, pc0)
   for _, l in ipairs(an.loops) do
-    if l.t < pc0 and pc0 <= l.last and rawequal(fr[l.a + 1], next) then
-      local t, k = fr[l.a + 2], fr[l.a + 3]
+    if l.t < pc0 and pc0 <= l.last and rawequal(fr[R0 + l.a], next) then
+      local t, k = fr[R0 + l.a + 1], fr[R0 + l.a + 2]
       local keys, n = {}, 0
       local ok = pcall(function()
         local kk = k
@@ -270,7 +275,7 @@ local function freeze_next_loops(an, fr, pc0)
           keys[n] = kk
         end
       end)
-      if ok then fr[l.a + 1] = remaining(keys, n) end
+      if ok then fr[R0 + l.a] = remaining(keys, n) end
     end
   end
 end
@@ -390,9 +395,8 @@ local function native_frame(plan, level, pc, probes)
   if ins == nil then return nil, "bad saved pc" end
   local op, a, b = decode(ins)
   local nregs = lv.nslots - t[level - 1].shift
-  local fr = lv.regs                     -- the frame record is built in place
-  for r = nregs + 1, lv.nslots do fr[r] = nil end
-  fr.n, fr.f, fr.cur, fr.va = nregs, f, pc, lv.va
+  local fr = { f, pc, nregs, va = lv.va }
+  tmove(lv.regs, 1, nregs, R0, fr)
   local closing
   if op == OP.CONCAT then
     fr.cat = nregs - 3
@@ -414,7 +418,7 @@ local function native_frame(plan, level, pc, probes)
   fr.tbc = tbc
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
-    if r < nregs then probes[#probes + 1] = { level, r, fr } end
+    if r < nregs then probes[#probes + 1] = { level, r, fr, fr[R0 + r] } end
   end
   return fr
 end
@@ -422,8 +426,8 @@ end
 local function finisher_frame(item)
   local x = item.fin
   local n = x.p.maxstacksize
-  local fr = { n = n, f = x.cl, cur = x.cur, top = x.top }
-  for r = 0, n - 1 do fr[r + 1] = rawget(x.R, r) end
+  local fr = { x.cl, x.cur, n, top = x.top }
+  for r = 0, n - 1 do fr[R0 + r] = rawget(x.R, r) end
   if x.varargs.n > 0 then fr.va = copy_va(x.varargs) end
   if next(x.boxes) then
     fr.links = {}
@@ -465,7 +469,7 @@ function CF.build(plan, probe)
   end
   rec.n = n
   -- only a record that will be written has its registers probed
-  for _, x in ipairs(probes) do probe(plan.co, x[1], x[2], x[3]) end
+  for _, x in ipairs(probes) do probe(plan.co, x[1], x[2], x[3], x[4]) end
   return rec
 end
 
@@ -492,7 +496,7 @@ local function close_waiting(rec, from)
     if tbc then
       for i = #tbc, 1, -1 do
         local r = tbc[i]
-        local v = value_of(fr, r, { [r] = fr[r + 1] })
+        local v = value_of(fr, r, { [r] = fr[R0 + r] })
         local mt = getmetatable(v)
         local good, e = pcall(mt.__close, v, err)
         if not good then ok, err = false, e end
@@ -512,7 +516,7 @@ end
 -- returns the pc to continue from and the new top, or nil and the frame's
 -- own results (a pending tail call).
 local function deliver(fr, p, R, ...)
-  local cur = fr.cur
+  local cur = fr[CUR]
   local op, a, _, c, k = decode(p.code[cur])
   if op == OP.CALL then
     local n = select("#", ...)
@@ -555,20 +559,21 @@ end
 
 local function registers(fr)
   local R = {}
-  for r = 0, fr.n - 1 do R[r] = fr[r + 1] end
+  for r = 0, fr[NREGS] - 1 do R[r] = fr[R0 + r] end
   return R
 end
 
 local function run_frame(st, k, ...)
   local fr = st.rec[k]
-  local p = proto_of(fr.f)
+  local f = fr[FN]
+  local p = proto_of(f)
   local R = registers(fr)
   st.busy = "is being finished"
   local pc, top = deliver(fr, p, R, ...)
   st.busy = nil
   st.running = k
   if pc == nil then return unpack(top, 1, top.n) end
-  return F.run(fr.f, p, pc, R, copy_va(fr.va), top, { links = fr.links, tbc = fr.tbc })
+  return F.run(f, p, pc, R, copy_va(fr.va), top, { links = fr.links, tbc = fr.tbc })
 end
 
 -- An error from the frames above passes through frame k: its pending

@@ -328,12 +328,12 @@ end
 -- the list to put back.
 local SENT, PROBED, nprobed = {}, {}, 0
 
-local function probe(co, level, reg, frame)
+local function probe(co, level, reg, frame, value)
   local s = {}
-  SENT[s] = { frame = frame, reg = reg, value = frame[reg + 1] }
+  SENT[s] = { frame = frame, reg = reg, value = value }
   setlocal(co, level, reg + 1, s)
   nprobed = nprobed + 1
-  PROBED[nprobed] = { co, level, reg + 1, frame[reg + 1] }
+  PROBED[nprobed] = { co, level, reg + 1, value }
 end
 
 local function unprobe()
