@@ -62,7 +62,7 @@ def attach(session):
     finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)
     peek = load_lua(lua, framepeek.LUA_FILE, module.permanent, bytecode)
     session._framepeek = (lua, peek)
-    frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, module.permanent, lua_side)
+    frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
     return module
 

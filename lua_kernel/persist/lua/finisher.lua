@@ -766,7 +766,10 @@ end
 -- is called natively as by the MMBIN*; then it goes past the MMBIN*. By
 -- event (ltm.h TMS order: ADD is 6), x op y for: registers B and C;
 -- register B and a constant y; a constant x and register B. blame() tells
--- the operands apart by the name (x or y) a native error gives.
+-- the operands apart by the name (x or y) a native error gives. One
+-- factory per operator on purpose: the operator must be literal in the
+-- closure (a function per operator would double the cost of every
+-- arithmetic instruction), and its errors must be raised in this file.
 local ARITH_RR = {
   [6] = function(a, b, c, pc, nx)
     return function(fr, R) fr.cur = pc; local x, y = R[b], R[c]; R[a] = x + y; return nx(fr, R) end

@@ -14,6 +14,8 @@
 --   M.proto(f)      -> f's prototype as bytecode.lua reads it from
 --                      string.dump (with debug info) | nil, reason
 --   M.samples()     -> suspended coroutines with known pcs, for the self-check
+--   M.original(name, current) -> the library function `name` as it was
+--                      before user code ran (`current` if there is no such)
 --
 -- A record describes a suspended coroutine, level by level as debug.getinfo
 -- numbers them (level 0 is always `coroutine.yield`):
@@ -49,6 +51,7 @@ local type = original("type", type)
 local rawequal = original("rawequal", rawequal)
 
 local M = {}
+M.original = original
 
 -- What getinfo says of a function itself ("S", "u"), asked once per function.
 local fninfo = setmetatable({}, { __mode = "k" })

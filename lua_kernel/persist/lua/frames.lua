@@ -1,10 +1,9 @@
 -- Suspended coroutines: their call stacks as plain data, and back.
 --
 -- Loaded once per Lua state by persist/state.py, before any user code, with
--- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua), `permanent`,
--- the serializer's lookup of the standard environment as it was at start
--- (state.lua's M.permanent), and `kernel`, lua/session.lua's module (its
--- before_close table). Returns CF:
+-- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua, whose `original`
+-- gives library functions as they were before user code ran) and `kernel`,
+-- lua/session.lua's module (its before_close table). Returns CF:
 --
 --   CF.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
@@ -53,13 +52,8 @@
 -- finisher's own frame tables, the native frames above them, and the frames
 -- still waiting in `rec`.
 
-local B, F, FP, permanent, kernel = ...
-
-local function original(name, current)
-  local v = permanent and permanent(name)
-  if v == nil then v = current end
-  return v
-end
+local B, F, FP, kernel = ...
+local original = FP.original
 
 local getinfo = original("debug.getinfo", debug.getinfo)
 local getlocal = original("debug.getlocal", debug.getlocal)
