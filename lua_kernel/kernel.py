@@ -307,10 +307,15 @@ class LuaKernel(Kernel):
         except Exception as e:  # noqa: BLE001 - shutting down regardless
             self.log.warning("could not save the Lua state at shutdown: %s", e)
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._shut_down = True
         return {"status": "ok", "restart": restart}
 
     def _on_sigterm(self, signum, frame):
-        """Save, then exit: a running cell is interrupted first."""
+        """Save, then exit: a running cell is interrupted first. After a
+        shutdown request (which saved already; a kernel manager may still
+        send SIGTERM) there is nothing left to save."""
+        if getattr(self, "_shut_down", False):
+            sys.exit(0)
         self.lua_session.interrupt()
         try:
             self._worker.submit(self.persistence.shutdown, self.lua_session, self._extras(),
