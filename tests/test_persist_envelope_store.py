@@ -136,9 +136,9 @@ def test_delete_one_or_all(store):
 
 
 def test_restart_mark_is_taken_once(store):
-    store.mark_restart("nb")
-    assert store.take_restart_mark("nb") is True
-    assert store.take_restart_mark("nb") is False
+    store.mark("nb", "restart", "why")
+    assert store.take_mark("nb", "restart") == "why"
+    assert store.take_mark("nb", "restart") is None
 
 
 def test_a_write_killed_midway_leaves_the_previous_snapshot(tmp_path):
