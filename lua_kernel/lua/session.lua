@@ -48,6 +48,7 @@ local cell_handler           -- defined below; the hook must not fire inside it
 local flush                  -- defined below
 
 local busy = false           -- the output buffer is being changed
+local rehook                 -- defined below: the thread's registration, mask as set
 
 local function hook()
   -- While the output buffer is half-updated, neither flush nor raise: a count
@@ -56,7 +57,7 @@ local function hook()
   if not interrupting then
     -- A tail-flush tick: disarm first, then look at the flag, so an interrupt
     -- armed concurrently is never lost (Python sets the flag, then arms).
-    sethook(hook, "", 0)
+    rehook(corunning())
     if not host.interrupted() then
       flush()
       return
@@ -77,6 +78,73 @@ local function hook()
   error(INTERRUPTED, 0)
 end
 M.hook = hook
+
+---------------------------------------------------------------------------
+-- A user's own debug hook. Python arms interrupts through lua_sethook, and
+-- Lua's C hook then calls the Lua function registered for the thread, so
+-- that function must stay ours. debug.sethook registers a chain instead:
+-- count events the user did not ask for (or any, once interrupted) go to
+-- the interrupt hook, the rest to the user's hook, which keeps running.
+-- debug.gethook answers with what the user set; clearing the user's hook
+-- registers ours again (natively it would be gone, and interrupts with it).
+---------------------------------------------------------------------------
+local user_hooks = setmetatable({}, { __mode = "k" })   -- thread -> {chain, mask, count, f}
+
+local function chain(f, count)
+  return function(event, line)
+    if event == "count" and (count == 0 or host.interrupted()) then
+      return hook(event, line)
+    end
+    return f(event, line)
+  end
+end
+
+rehook = function(co)
+  local u = user_hooks[co]
+  if u then
+    sethook(co, u[1], u[2], u[3])
+  else
+    sethook(co, hook, "", 0)
+  end
+end
+
+local function check_sethook(...) sethook(...) end   -- not a tail call: keeps the name
+
+function debug.sethook(...)
+  local co, f, mask, count
+  if type((...)) == "thread" then co, f, mask, count = ... else
+    co = corunning()
+    f, mask, count = ...
+  end
+  -- the original's argument checks and messages, at the caller's position
+  local ok, err = pcall(check_sethook, ...)
+  if not ok then error(sgsub(err, "^[^\n]-:%d+: ", "", 1), 2) end
+  if f == nil then
+    user_hooks[co] = nil
+  else
+    count = math.tointeger(count) or 0
+    local m = (sfind(mask, "c", 1, true) and "c" or "") .. (sfind(mask, "r", 1, true)
+      and "r" or "") .. (sfind(mask, "l", 1, true) and "l" or "")
+    user_hooks[co] = { chain(f, count), m, count, f }
+  end
+  rehook(co)
+end
+
+function debug.gethook(co)
+  local u = user_hooks[co or corunning()]
+  if u then return u[4], u[2], u[3] end
+  if co ~= nil then return gethook(co) end
+  return gethook()
+end
+
+-- After a cell: an interrupt replaced the registrations of the threads it
+-- stopped; the users' hooks come back. Python disarms the main thread after
+-- every call (the kernel's own Lua, capture and display, runs hook-free), so
+-- a user's hook on the main thread is registered again as each cell starts.
+local function rehook_users()
+  for co in pairs(user_hooks) do rehook(co) end
+end
+local main_thread = corunning()
 
 -- An error raised by a hook runs the active message handler with hooks off
 -- (ldo.c), so a user's xpcall handler that loops could never be interrupted
@@ -613,7 +681,9 @@ end
 function M.run(f, ...)
   interrupting, unwinding, interrupt_where, last_error = false, false, nil, nil
   busy = false
+  if user_hooks[main_thread] then rehook(main_thread) end
   local r = pack(xpcall(f, cell_handler, ...))
+  if interrupting then rehook_users() end
   flush()
   if r[1] then
     return true, r.n - 1, unpack(r, 2, r.n)
