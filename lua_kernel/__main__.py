@@ -52,7 +52,7 @@ def _snapshots(args) -> int:
         return 0
     if args.action == "show":
         path = Path(args.key)
-        if path.is_file() and args.name is None:
+        if args.name is None and path.is_file() and _is_snapshot_file(path):
             data = path.read_bytes()
         else:
             found = store.load(args.key, args.name)
@@ -71,6 +71,14 @@ def _snapshots(args) -> int:
     n = store.delete(args.key, args.name)
     print(f"Deleted {n} snapshot{'s' if n != 1 else ''} of {args.key}.")
     return 0
+
+
+def _is_snapshot_file(path) -> bool:
+    """A snapshot file, as opposed to a notebook (whose path is its key)."""
+    from .persist.snapshot import MAGIC
+
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
 
 
 def _kernel(args, rest) -> int:

@@ -9,11 +9,14 @@ from jupyter_client.manager import start_new_kernel
 
 
 @contextmanager
-def running_kernel(**env):
-    """Start the installed `lua` kernel; yield (manager, client)."""
+def running_kernel(stderr=None, **env):
+    """Start the installed `lua` kernel; yield (manager, client). `stderr`: a
+    file for the kernel process's log."""
     import os
 
     kw = {"env": {**os.environ, **env}} if env else {}
+    if stderr is not None:
+        kw["stderr"] = stderr
     km, kc = start_new_kernel(kernel_name="lua", startup_timeout=60, **kw)
     try:
         yield km, kc
