@@ -455,7 +455,6 @@ class LuaKernel(Kernel):
             if not p.active:
                 raise MagicError(f"%session: {p.why_inactive()}")
             before = p.take_over()
-            p.protecting = False
             self.magics.out(f"This kernel now saves session '{p.key}' (it was held by "
                             f"{before}, which stops saving at its next save).")
         elif arg:

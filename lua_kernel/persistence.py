@@ -130,7 +130,7 @@ class Persistence:
         if not self.active:
             return
         if self.lease is not None:
-            self.lease.release()
+            self.lease.end()                # another key now: let the old one go
         self.lease, self.read_only = self.store.lease(self.key), None
         try:
             holder = self.lease.acquire()
@@ -487,4 +487,4 @@ class Persistence:
             self._closed = True
         self._writer.shutdown(wait=True)
         if self.lease is not None:
-            self.lease.release()
+            self.lease.end()

@@ -347,9 +347,13 @@ class Lease:
         Raises OSError when the store cannot be written."""
         if self.store._local:
             lock = self._open_lock()
+            other = self.holder()
             if not _try_lock(lock):
                 lock.close()
-                return self.holder() or {"pid": "?", "host": "?", "since": 0}
+                return other or {"pid": "?", "host": "?", "since": 0}
+            if other and other.get("id") != self.id and _alive_here(other):
+                lock.close()        # a kernel that took over and waits for the lock
+                return other
             self._lock = lock
         else:
             other = self.holder()
@@ -414,6 +418,15 @@ class Lease:
         else:
             lock.close()
 
+    def end(self) -> None:
+        """A kernel that shuts down: the record goes, then the lock."""
+        try:
+            if self.mine():
+                self.store._remove(self._path)
+        except OSError:
+            pass
+        self.release()
+
     def release(self) -> None:
         self.held = False
         if self._renewer is not None:
@@ -421,6 +434,22 @@ class Lease:
         if self._lock is not None:
             self._lock.close()          # closing the descriptor releases the lock
             self._lock = None
+
+
+def _alive_here(record: dict) -> bool:
+    """The record's process runs on this machine (the lock is free while a
+    kernel that took over waits for the old holder to let it go)."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    if record["pid"] == os.getpid():
+        return True
+    try:
+        os.kill(record["pid"], 0)
+        return True
+    except PermissionError:
+        return True
+    except OSError:
+        return False
 
 
 def _try_lock(f) -> bool:
