@@ -42,6 +42,9 @@ def main() -> int:
               f"lost {sum(c.lost for c in cs):>4}  "
               f"kernels losing cells {sum(c.lost > 0 for c in cs):>3}  "
               f"inconsistent {sum(not c.consistent for c in cs):>3}")
+    for i, c in enumerate(cycles):
+        if c.lost or not c.consistent:
+            print(f"  kill {i + 1}: {c}")
     lost = sum(c.lost for c in cycles)
     print(f"total: {len(cycles)} kills, {sum(c.acked for c in cycles)} acknowledged cells, "
           f"{lost} lost, {sum(not c.consistent for c in cycles)} inconsistent states, "

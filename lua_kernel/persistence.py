@@ -4,7 +4,7 @@
   notebook's path), else the path in a VS Code cell id, else `%session NAME`.
   Without a key nothing is saved or restored automatically.
 - The durability contract: a cell's state is committed before its reply.
-  A small state (one whose last save took under COMMIT_LIMIT) is captured,
+  A small state (one whose recent saves took under COMMIT_LIMIT) is captured,
   sealed and handed to the OS in the Lua thread before the reply goes out,
   so a kernel killed at any moment comes back with every acknowledged cell;
   the fsync that protects against a machine crash follows in the writer
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 import threading
 import time
 import urllib.parse
@@ -40,7 +41,9 @@ BEFORE_RESTART = "before-restart"
 BEFORE_RESET = "before-reset"
 RESTART_MARK = "restart"        # the last kernel was restarted on purpose
 ENDED_MARK = "ended"            # the last kernel ended itself (an interrupt that never landed)
-COMMIT_LIMIT = 0.03             # seconds: states this quick to save commit before the reply
+COMMIT_LIMIT = 0.05             # seconds: states this quick to save commit before the reply
+RECENT_SAVES = 5                # ... judged by the quickest of the last few saves, so that
+                                # a busy machine does not make a small state look big
 
 _log = logging.getLogger("lua_kernel.persistence")
 
@@ -100,7 +103,7 @@ class Persistence:
         self.save_issues: list = []           # what the last save could not keep
         self.failure: tuple[str, float] | None = None   # (what went wrong, since)
         self._told: list[str] = []            # messages for the next cell's stderr
-        self.last_save_seconds = 0.0
+        self._save_times: deque[float] = deque([0.0], maxlen=RECENT_SAVES)
         self.restore_seconds = 0.0
         # cell generations: every cell bumps `cells`; `saved` is the newest on disk
         self.cells = 0
@@ -116,6 +119,14 @@ class Persistence:
     @property
     def active(self) -> bool:
         return self.store is not None and self.key is not None
+
+    @property
+    def save_seconds(self) -> float:
+        """How long a save of this state takes: the quickest recent one (a
+        busy machine slows single saves down), unless the last one was
+        clearly big (a cell made the state big just now)."""
+        last = self._save_times[-1]
+        return last if last >= 10 * COMMIT_LIMIT else min(self._save_times)
 
     @property
     def writable(self) -> bool:
@@ -215,7 +226,7 @@ class Persistence:
         self.cells += 1
         if not (self.writable and self.autosave):
             return
-        if self.last_save_seconds >= COMMIT_LIMIT or self._in_flight:
+        if self.save_seconds >= COMMIT_LIMIT or self._in_flight:
             if self.request_capture is not None:
                 self.request_capture()
             return
@@ -229,7 +240,7 @@ class Persistence:
         except Exception as e:  # noqa: BLE001 - told, never fatal
             self._failed(e, "autosave")
             return
-        self.last_save_seconds = time.perf_counter() - t0
+        self._save_times.append(time.perf_counter() - t0)
         self.save_issues = issues
         self._succeeded(entry, self.cells)
         self._submit(self._settle, entry, big=False)
@@ -292,7 +303,7 @@ class Persistence:
         except Exception as e:  # noqa: BLE001
             self._failed(e, "autosave")
             return
-        self.last_save_seconds = time.perf_counter() - t0
+        self._save_times.append(time.perf_counter() - t0)
         self.save_issues = issues
         self._succeeded(entry, generation)
 

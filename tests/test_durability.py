@@ -308,3 +308,48 @@ def test_snapshots_show_takes_a_notebook_path_as_its_key(notebook, tmp_path, mon
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"notebook:  {notebook}" in out.stdout
+
+
+# -- the commit policy, without a kernel (the test thread plays the Lua thread) -----
+
+def make_persistence(tmp_path, notebook):
+    from lua_kernel import Session
+    from lua_kernel.persistence import Persistence
+
+    return Session(), Persistence(notebook, Store(str(tmp_path / "snaps")))
+
+
+def newest_count(p, notebook) -> int:
+    from lua_kernel.persist.snapshot import info_of
+
+    entries = p.store.list(notebook)
+    return info_of(p.store.read(entries[-1])).kernel["n"] if entries else -1
+
+
+def test_a_small_state_is_on_disk_when_after_cell_returns(tmp_path, notebook):
+    session, p = make_persistence(tmp_path, notebook)
+    p.open()
+    for n in range(1, 4):
+        session.execute(f"n = {n}")
+        p.after_cell(session, {"n": n})
+        assert newest_count(p, notebook) == n          # no waiting
+    p.close()
+
+
+def test_a_big_state_is_saved_after_the_reply_newest_last(tmp_path, notebook):
+    session, p = make_persistence(tmp_path, notebook)
+    asked = []
+    p.request_capture = lambda: asked.append(True)
+    p.open()
+    p._save_times.append(1.0)                          # as if saving took a second
+    for n in range(1, 6):
+        session.execute(f"n = {n}")
+        p.after_cell(session, {"n": n})
+        assert newest_count(p, notebook) < n           # not before the reply
+    assert len(asked) == 5
+    while asked:                                       # the Lua thread, between cells
+        asked.pop()
+        p.capture_due(session, {"n": 5})
+        p.wait()
+    assert newest_count(p, notebook) == 5 and p.saved == p.cells == 5
+    p.close()
