@@ -126,7 +126,7 @@ def bench_datasets(reps: int) -> list[dict]:
         t_capture = median_time(s.capture, reps)
         data = s.snapshot()
         t_snapshot = median_time(s.snapshot, reps)
-        t_restore = median_time(lambda: Session.restore(data), reps)
+        t_restore = median_time(lambda data=data: Session.restore(data), reps)
         r = Session.restore(data)
         assert r.execute("#data")[0] == s.execute("#data")[0], name
         rows.append({"data": name, "deep_copy": t_copy, "capture": t_capture,
@@ -230,7 +230,7 @@ def main() -> int:
           f"{'snap/copy':>9} {'rest/copy':>9} {'size':>10}", file=report)
     for r in data_rows:
         # a deep copy shares strings (they are values): no baseline to speak of
-        ratio = (lambda t: f"{t / r['deep_copy']:>9.2f}") if r["deep_copy"] > 1e-3 \
+        ratio = (lambda t, r=r: f"{t / r['deep_copy']:>9.2f}") if r["deep_copy"] > 1e-3 \
             else (lambda t: f"{'n/a':>9}")
         print(f"{r['data']:<44} {r['deep_copy'] * 1e3:>7.1f}ms {r['capture'] * 1e3:>7.1f}ms "
               f"{r['snapshot'] * 1e3:>7.1f}ms {r['restore'] * 1e3:>7.1f}ms "

@@ -22,7 +22,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-import crash_cycle  # noqa: E402
+import crash_cycle
 
 
 def main() -> int:

@@ -317,8 +317,9 @@ class Lease:
     `lease.lock`, which the OS releases when the process dies: a crashed
     kernel never leaves its notebook held. The lock is taken on a read-only
     descriptor, so holding it keeps no file open for writing (a disk can
-    still be remounted read-only under a running kernel). An object store has no such lock, so the record carries
-    an expiry that the holder renews while it lives.
+    still be remounted read-only under a running kernel). An object store
+    has no such lock, so the record carries an expiry that the holder renews
+    while it lives.
     """
 
     TTL = 60.0          # seconds a remote lease lasts without renewal
