@@ -293,8 +293,11 @@ class LuaKernel(Kernel):
     def _error_reply(self, e: LuaError, silent: bool) -> dict:
         evalue = clean(e.message)
         traceback = [f"{ANSI_RED}{e.ename}{ANSI_RESET}: {evalue}"]
-        if e.traceback:
-            traceback += clean(e.traceback).split("\n")
+        frames = [f for f in clean(e.traceback).split("\n")[1:] if f.strip()]
+        if frames:
+            # as IPython shows it: the cell's own line first, the error last
+            traceback = (["Traceback (most recent call last):"]
+                         + ["  " + f.strip() for f in reversed(frames)] + traceback)
         content = {"ename": e.ename, "evalue": evalue, "traceback": traceback}
         if not silent:
             self._iopub("error", content)

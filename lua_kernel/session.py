@@ -159,7 +159,8 @@ class Session:
     def _make_interrupter(self) -> native.Interrupter | None:
         if not native.Interrupter.supported():
             return None
-        probe = load_lua(self.lua, "interrupt_probe.lua", self._lua_side.hook)
+        probe = load_lua(self.lua, "interrupt_probe.lua", self._lua_side.hook,
+                         self._lua_side.sethook)
         main = native.parse_address(probe.main)
         # The hook is registered with a huge count only so that lua_gethook
         # tells us the address of Lua's C hook; then it is disarmed.
@@ -217,7 +218,7 @@ class Session:
         if fn is None:
             raise LuaSyntaxError(show)
         values = self.call(fn)
-        if show and values and all(self._lua_side.is_stream(v) for v in values):
+        if not values or all(self._lua_side.is_stream(v) for v in values):
             show = False
         return CellResult(values, show)
 

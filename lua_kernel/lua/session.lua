@@ -78,6 +78,7 @@ local function hook()
   error(INTERRUPTED, 0)
 end
 M.hook = hook
+M.sethook = sethook          -- the original, for interrupt_probe.lua
 
 ---------------------------------------------------------------------------
 -- A user's own debug hook. Python arms interrupts through lua_sethook, and
@@ -593,6 +594,18 @@ local function trailing_semicolon(code)
   return smatch(code, ";%s*$") ~= nil
 end
 
+-- A cell's values are returned through an identity function, never by
+-- `return <expr>` itself: `return f()` is a tail call, and a traceback from
+-- inside f would lose the cell's own line ("(...tail calls...)"). As an
+-- argument, f() is an ordinary call from the cell. The closing parenthesis
+-- goes on a line of its own (the cell may end in a comment); line numbers
+-- stay the same.
+local RETURN, CLOSE = "return (function(...) return ... end)(", "\n)"
+
+local function returning(exprs)   -- the quieting `;` cannot stand in an argument list
+  return RETURN .. sgsub(exprs, ";%s*$", "") .. CLOSE
+end
+
 -- `return` before one of the last lines: the cell's value is its final
 -- expression (or call) after some statements. Line numbers stay the same.
 -- Both halves must stand on their own: the tail an expression list, the head
@@ -605,24 +618,27 @@ local function return_last(code, chunkname)
     local s = starts[i]
     local head, tail = ssub(code, 1, s - 1), ssub(code, s)
     if load("return " .. tail, "=tail", "t") and load(head, "=head", "t") then
-      local g = load(head .. "return " .. tail, chunkname, "t")
+      local g = load(head .. returning(tail), chunkname, "t")
       if g then return g end
     end
   end
 end
 
+-- (function, show): show is false when a trailing `;` keeps the values quiet.
+-- A chunk's own `return` values show too, as the `lua` REPL prints them.
 function M.compile(code, chunkname)
   local show = not trailing_semicolon(code)
-  local f = load("return " .. code, chunkname, "t")
-  if f then return f, show end
-  local err
-  f, err = load(code, chunkname, "t")
+  if load("return " .. code, "=expr", "t") then
+    local f = load(returning(code), chunkname, "t")
+    if f then return f, show end
+  end
+  local f, err = load(code, chunkname, "t")
   -- A cell ending in an expression (not a statement on its own), or in a
   -- call, shows that value; a call is the only statement that is also an
   -- expression, so this cannot change what valid code does.
   local g = return_last(code, chunkname)
   if g then return g, show end
-  if f then return f, false end
+  if f then return f, show end
   return nil, err
 end
 
