@@ -31,7 +31,7 @@ import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from .persist.snapshot import SnapshotError, info_of
+from .persist.snapshot import SnapshotError, info_of, load_secret
 from .persist.store import Entry, Store
 from .session import Session, format_bytes, seal
 
@@ -114,6 +114,7 @@ class Persistence:
         self._in_flight = 0                   # big-state writes queued or running
         self._newest_write = 0
         self.skipped: list[str] = []          # snapshots the last restore passed over
+        self._secret: bytes | None = None
         self._closed = False
 
     @property
@@ -235,7 +236,7 @@ class Persistence:
             body, issues, counts = session.capture()
             if not self._may_write():
                 return
-            data = seal(body, counts, notebook=self.key, kernel=kernel)
+            data = self._seal(body, counts, kernel)
             entry = self.store.save(self.key, data, durable=False, prune=False)
         except Exception as e:  # noqa: BLE001 - told, never fatal
             self._failed(e, "autosave")
@@ -260,6 +261,13 @@ class Persistence:
             self._failed(e, "autosave")
             return
         self._submit(self._write_big, body, counts, issues, kernel, generation, t0, big=True)
+
+    def _seal(self, body: bytes, counts: dict, kernel: dict) -> bytes:
+        """Sign with the user's secret, read once per kernel (finding and
+        reading the key file cost 0.3 ms, on every cell's request path)."""
+        if self._secret is None:
+            self._secret = load_secret()
+        return seal(body, counts, notebook=self.key, kernel=kernel, key=self._secret)
 
     def _submit(self, fn, *args, big: bool) -> None:
         """Hand work to the writer thread. Big-state writes are counted: while
@@ -298,7 +306,7 @@ class Persistence:
         try:
             if not self._may_write():
                 return
-            data = seal(body, counts, notebook=self.key, kernel=kernel)
+            data = self._seal(body, counts, kernel)
             entry = self.store.save(self.key, data)
         except Exception as e:  # noqa: BLE001
             self._failed(e, "autosave")
@@ -319,8 +327,7 @@ class Persistence:
         if not self._may_write():
             raise SnapshotError(f"this kernel does not save: {self.read_only}")
         try:
-            entry = self.store.save(self.key, seal(body, counts, notebook=self.key,
-                                                   kernel=kernel), name)
+            entry = self.store.save(self.key, self._seal(body, counts, kernel), name)
         except OSError as e:
             self._failed(e, f"%save {name or ''}".strip())
             raise SnapshotError(f"could not write to {self.store.describe()}: "

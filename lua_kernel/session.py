@@ -377,12 +377,15 @@ class Session:
         self.display(*self.format(value))
 
 
-def seal(body: bytes, counts: dict, *, notebook: str = "", kernel: dict | None = None) -> bytes:
-    """Compress and sign a body from Session.capture()."""
+def seal(body: bytes, counts: dict, *, notebook: str = "", kernel: dict | None = None,
+         key: bytes | None = None) -> bytes:
+    """Compress and sign a body from Session.capture() (with the user's
+    secret, or `key`)."""
     counts = dict(counts)
     seconds = counts.pop("seconds", None)
     return envelope.seal(body, notebook=notebook, lua_version=native.lua_release(),
-                         counts=counts, timings={"serialize": seconds}, kernel=kernel)
+                         counts=counts, timings={"serialize": seconds}, kernel=kernel,
+                         key=key)
 
 
 # kind -> (MIME type, text/plain fallback; None means the data itself)
