@@ -144,6 +144,14 @@ def test_a_store_made_read_only_is_told_and_the_state_kept(notebook, tmpfs):
         assert value(kc, "x") == '"before"'
         _, msgs = execute(kc, "%session")
         assert "This kernel saves nothing" in stdout_of(msgs)
+    # a restart mark that cannot be removed does not keep the kernel from starting
+    remount(tmpfs, "rw")
+    Store(root).mark(notebook, "restart", "1")
+    remount(tmpfs, "ro")
+    with running_kernel(JPY_SESSION_NAME=notebook, LUA_KERNEL_SNAPSHOTS=root) as (km, kc):
+        _, msgs = execute(kc, "1 + 1")
+        assert "cannot be written" in stdout_of(msgs, "stderr")
+        assert value(kc, "x") == "nil"                 # restarted on purpose: fresh
     remount(tmpfs, "rw")
 
 
