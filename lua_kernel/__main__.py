@@ -82,6 +82,10 @@ def _is_snapshot_file(path) -> bool:
 
 
 def _kernel(args, rest) -> int:
+    # The Lua kernel has no debugger: keep ipykernel from importing debugpy,
+    # which would advertise a "debugger" feature we do not have and print a
+    # frozen-modules warning into `jupyter console` at every start.
+    sys.modules.setdefault("debugpy", None)
     from ipykernel.kernelapp import IPKernelApp
 
     from .kernel import LuaKernel

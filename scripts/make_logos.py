@@ -1,4 +1,4 @@
-"""Draw the kernel's logos: lua_kernel/resources/logo-{32x32,64x64}.png and logo-svg.svg.
+"""Draw the kernel's logos: kernelspec/lua/logo-{32x32,64x64}.png and logo-svg.svg.
 
 A navy planet with a bite taken out, and a small moon in orbit (a nod to the
 name: "Lua" is Portuguese for moon). Pure Python, anti-aliased by 4x4
@@ -8,7 +8,7 @@ import struct
 import zlib
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "lua_kernel" / "resources"
+OUT = Path(__file__).resolve().parent.parent / "kernelspec" / "lua"
 # (cx, cy, r) in a 64-unit square; colour or None (cut out)
 SHAPES = [
     ((28, 36, 24), (0x1F, 0x3B, 0x73)),   # planet

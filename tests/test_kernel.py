@@ -340,3 +340,10 @@ def test_memory_limit_turns_runaway_allocation_into_an_error():
         _, msgs = execute(kc, "1 + 1")
         assert only(msgs, "execute_result")["data"]["text/plain"] == "2"
         assert km.is_alive()
+
+
+def test_no_debugger_is_advertised_and_debugpy_stays_out(kc):
+    kc.kernel_info()
+    info = kc.get_shell_msg(timeout=10)["content"]
+    assert "debugger" not in info.get("supported_features", [])
+    assert info.get("debugger", False) is False
