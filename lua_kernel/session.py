@@ -22,7 +22,8 @@ from . import native
 from .persist import snapshot as envelope
 from .persist import state
 from .persist.snapshot import SnapshotError, SnapshotInfo
-from .runtime import is_lua_object, is_python_object, load_lua, new_runtime, to_bytes
+from .runtime import (is_lua_object, is_python_object, load_lua, module_paths, new_runtime,
+                      to_bytes)
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
@@ -149,6 +150,7 @@ class Session:
             "display_value": self._display_value,
         })
         self._lua_side = load_lua(self.lua, "session.lua", host)
+        self._lua_side.search_paths(*module_paths())
         self._repr = load_lua(self.lua, "repr.lua")
         self._repr.init(self.lua.globals())
         self._interrupter = self._make_interrupter()

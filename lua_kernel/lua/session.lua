@@ -642,6 +642,12 @@ function M.compile(code, chunkname)
   return nil, err
 end
 
+-- Where require looks: Python's runtime.module_paths around Lua's defaults.
+function M.search_paths(before, after, cbefore, cafter)
+  package.path = before .. ";" .. package.path .. ";" .. after
+  package.cpath = cbefore .. ";" .. package.cpath .. ";" .. cafter
+end
+
 -- io.write returns its file: a cell ending in io.write(...) shows nothing.
 function M.is_stream(v)
   return v == stdout or v == stderr
