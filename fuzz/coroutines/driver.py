@@ -137,7 +137,8 @@ def shape(line: str | None, n: int = 3) -> str:
         return "<none>"
     words = []
     for w in line.split(" ")[:n]:
-        w = re.sub(r"^(setup|step\d+|prelude|.*\.lua):\d+:$", "@:", w)
+        w = re.sub(r"^(setup|step\d+|prelude):\d+:$", "@:", w)
+        w = re.sub(r"^.*?([\w.]+\.lua):\d+:$", r"\1:N:", w)
         w = re.sub(r"^([a-z]+)\d+$", r"\1", w)
         if not re.fullmatch(r"-?(0\.0|nan|inf)", w):
             w = re.sub(r"-?\d+(\.\d+)?(e[+-]?\d+)?", "N", w)
@@ -173,7 +174,10 @@ def signature(a: str | None, b: str | None) -> str:
         kind = shape(b, 1) if wb[0] in ("R", "close", "status", "chunk") else "other"
         return f"{shape(a)} => {kind if b is not None else shape(b)}"
     n = next((i for i, (x, y) in enumerate(zip(wa, wb)) if x != y), min(len(wa), len(wb)))
-    return f"{shape(a, n + 1)} => {shape(b, n + 1)}"
+    sa, sb = shape(a, n + 1), shape(b, n + 1)
+    if sa == sb:
+        sb += " [another line]" if sa.endswith("@:") else " [another value]"
+    return f"{sa} => {sb}"
 
 
 def first_difference(a: list[str], b: list[str]) -> int | None:

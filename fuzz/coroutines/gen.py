@@ -158,20 +158,30 @@ class Gen:
         return [f"L('{f}', {f}({self.rng.randint(1, 4)}, 0))"]
 
     def f_deep(self, depth):
+        """~100 frames, some with a <close> variable; or ~190, each with one."""
         f = self.name("deep")
-        closes = self.rng.random() < 0.3
         self.helpers += [f"local function {f}(d)",
                          f"  if d == 0 then return {self.yield_(f)} end"]
-        if closes:
+        closes, frames = self.rng.random(), self.rng.randint(90, 110)
+        if closes < 0.25:
             self.helpers += [f"  local c <close> = d % 20 == 0 and C('{f} ' .. d) or nil"]
+        elif closes < 0.4:
+            self.helpers += ["  local c <close> = Q()"]
+            self.actions += ["L('quiet', quiet)"]
+            frames = self.rng.randint(180, 200)
         self.helpers += [f"  local r = {f}(d - 1)", "  return r", "end"]
-        return [f"L('{f}', {f}({self.rng.randint(90, 110)}))"]
+        return [f"L('{f}', {f}({frames}))"]
 
     def f_level2(self, depth):
-        f = self.name("th")
-        self.helpers += [f"local function {f}(m) error('{f} ' .. S(m), 2) end"]
-        v = self.name("v")
-        return [f"local {v} = {self.yield_(v)}", f"if type({v}) ~= 'number' then {f}({v}) end"]
+        """error(msg, 2): from a fresh call, or from a frame that yielded first."""
+        f, v = self.name("th"), self.name("v")
+        check = f"if type({v}) ~= 'number' then error('{f} ' .. S({v}), 2) end"
+        if self.rng.random() < 0.5:
+            self.helpers += [f"local function {f}({v}) {check} end"]
+            return [f"local {v} = {self.yield_(v)}", f"{f}({v})"]
+        self.helpers += [f"local function {f}()", f"  local {v} = {self.yield_(f)}",
+                         f"  {check}", f"  return {v}", "end"]
+        return [f"L('{f}', {f}())"]
 
     def f_error(self, depth):
         return [f"error({self.pick(ERROR_VALUES)})"]
@@ -228,11 +238,19 @@ class Gen:
                 *self.inner(depth), f"  ::{lab}::", "end"]
 
     def f_close(self, depth):
+        """A <close> variable (maybe yielding in __close, maybe a second one,
+        maybe a local after it), its block maybe ending in an error; mostly
+        in a do-block, else in the enclosing block (closed by its return)."""
         c = self.name("c")
-        yields = "true" if self.rng.random() < 0.4 else "false"
-        after = [f"  local {c}x = {self.value()}"] if self.rng.random() < 0.5 else []
-        return ["do", f"  local {c} <close> = C('{c}', {yields})", *after,
-                *self.inner(depth), "end"]
+        lines = [f"local {c} <close> = C('{c}', {self.rng.random() < 0.4 and 'true' or 'false'})"]
+        if self.rng.random() < 0.25:
+            lines += [f"local {c}b <close> = C('{c}b', {self.rng.random() < 0.4 and 'true' or 'false'})"]
+        if self.rng.random() < 0.5:
+            lines += [f"local {c}x = {self.value()}"]
+        lines += self.block(depth + 1, most=2)
+        if self.rng.random() < 0.25:
+            lines += [f"error({self.pick(ERROR_VALUES)})"]
+        return lines if self.rng.random() < 0.3 else ["do", *indent(lines), "end"]
 
     def f_pcall(self, depth):
         p = self.name("p")
@@ -291,8 +309,8 @@ def generate(seed: int) -> Program:
                            "return coroutine.yield('last') , 'after'"])
         bodies += [f"co{c} = coroutine.create(function(arg)", *indent(body),
                    f"  {tail}", "end)"]
-        g.actions += [f"R(co{c}, VALUE)"] * 6 + [f"L('status', coroutine.status(co{c}))",
-                                                 f"L('close', coroutine.close(co{c}))"]
+        g.actions += [f"R(co{c}, VALUE)"] * 12 + [f"L('status', coroutine.status(co{c}))"] * 2 \
+            + [f"L('close', coroutine.close(co{c}))"]
     starts = [f"R(co{c}, {g.value()})" for c in range(1, g.ncos + 1)
               for _ in range(rng.randint(0, 3))]
     rng.shuffle(starts)

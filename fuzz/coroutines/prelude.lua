@@ -38,6 +38,11 @@ function C(name, yields)
   end})
 end
 
+-- Q(): a quiet to-be-closed value, counted in `quiet`.
+quiet = 0
+local counting = {__close = function() quiet = quiet + 1 end}
+function Q() return setmetatable({}, counting) end
+
 -- O(): an object whose every metamethod yields; the value it is resumed with
 -- is the metamethod's result.
 local function operand(x) return type(x) == "table" and "o" or show(x) end
