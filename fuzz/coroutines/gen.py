@@ -1,6 +1,7 @@
 """A seeded generator of small Lua 5.4 programs that suspend coroutines.
 
-A program is a `setup` chunk, which makes 1-3 coroutines (`co1`...) and
+A program is a `setup` chunk, which makes 1-3 coroutines (`co1`..., some
+made by coroutine.wrap) and
 resumes them part way, and `steps`, chunks that go on resuming them and
 calling what they share. Every event goes to the global `log` through the
 prelude's helpers (prelude.lua): L logs values, R resumes and logs, C makes
@@ -307,7 +308,8 @@ def generate(seed: int) -> Program:
         body = g.block(0, most=5)
         tail = rng.choice(["return 'end co%d'" % c, "return table.unpack({1, nil, 3})",
                            "return coroutine.yield('last') , 'after'"])
-        bodies += [f"co{c} = coroutine.create(function(arg)", *indent(body),
+        make = "coroutine.wrap" if rng.random() < 0.15 else "coroutine.create"
+        bodies += [f"co{c} = {make}(function(arg)", *indent(body),
                    f"  {tail}", "end)"]
         g.actions += [f"R(co{c}, VALUE)"] * 12 + [f"L('status', coroutine.status(co{c}))"] * 2 \
             + [f"L('close', coroutine.close(co{c}))"]

@@ -23,8 +23,9 @@ function L(...)
   log[#log + 1] = table.concat(t, " ")
 end
 
--- R(co, ...): resume and log what came back.
+-- R(co, ...): resume (or call, if coroutine.wrap made it) and log what came back.
 function R(co, ...)
+  if type(co) == "function" then return L("W", pcall(co, ...)) end
   if type(co) ~= "thread" then return L("R", "not a coroutine", type(co)) end
   L("R", coroutine.resume(co, ...))
 end
