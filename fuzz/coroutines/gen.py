@@ -1,15 +1,16 @@
 """A seeded generator of small Lua 5.4 programs that suspend coroutines.
 
 A program is a `setup` chunk, which makes 1-3 coroutines (`co1`..., some
-made by coroutine.wrap) and
-resumes them part way, and `steps`, chunks that go on resuming them and
-calling what they share. Every event goes to the global `log` through the
-prelude's helpers (prelude.lua): L logs values, R resumes and logs, C makes
-a to-be-closed value, O an object whose metamethods yield.
+made by coroutine.wrap) and resumes them part way, and `steps`, chunks that
+go on resuming them and calling what they share. Every event goes to the
+global `log` through the prelude's helpers (prelude.lua): L logs values, R
+resumes and logs, C makes a to-be-closed value, Q a quiet one, O an object
+whose metamethods yield.
 
-The body of a coroutine is a block of statements drawn from FEATURES, each a
-small method returning lines; compound features hold a nested block. A size
-budget keeps programs to some 20-80 lines. Every loop is bounded, and nothing
+The body of a coroutine is a block of statements drawn, by weight, from
+SIMPLE and COMPOUND (the tables at the end: tune the mix there), each a small
+`f_` method returning lines; a compound one holds a nested block. A size
+budget keeps programs to some 20-80 lines (helpers and steps add some). Every loop is bounded, and nothing
 logged depends on `pairs` order (tables are walked with order-free sums) or
 on addresses.
 """
