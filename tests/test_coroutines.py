@@ -581,3 +581,24 @@ def test_a_restored_frame_looping_forever_can_be_interrupted():
     timer.join()
     assert time.monotonic() - started < 5
     assert restored.execute("return coroutine.status(spin), 1 + 1") == ("dead", 2)
+
+
+# -- the finisher's differences from native runs, found by the fuzzer (issue 8) --
+# Each continues a restored frame into the behaviour named.
+_BEFORE_ISSUE_8 = set(SCENARIOS)
+
+scenario("float_loop_from_negative_zero_after_restore", """
+fz = coroutine.create(function(z)
+  coroutine.yield("before")
+  local out = {}
+  for i = -0.0, 1 do out[#out + 1] = tostring(i) end
+  for i = z, -1, -0.5 do out[#out + 1] = tostring(i) end
+  return table.concat(out, " ")
+end)
+R(fz, -0.0)
+""", "R(fz)")
+
+
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in _BEFORE_ISSUE_8])
+def test_finisher_scenario_matches_native_run(outcomes, name):
+    test_scenario_matches_native_run(outcomes, name)

@@ -174,6 +174,23 @@ CASES = {
         for i = 0, math.huge, -1 do out[#out + 1] = "never" end
         return table.unpack(out)
       end""",
+    # regression: a float loop from -0.0 started at +0.0 (forprep copied
+    # the initial value with `+ 0.0`); setfltvalue keeps the sign
+    "numeric_for_negative_zero": """return function(z)
+        local out = {}
+        for i = -0.0, 1 do out[#out + 1] = i end
+        for i = z, -1, -0.5 do out[#out + 1] = i end
+        for i = -0.0, 0.0, 0.25 do out[#out + 1] = i end
+        for i = "-0.0", 0 do out[#out + 1] = i end
+        for i = 0, -0.0 do out[#out + 1] = i end
+        for i = 0.0, -0.0, -1 do out[#out + 1] = i end
+        for i = math.mininteger, math.mininteger, -1 do out[#out + 1] = i end
+        for i = math.maxinteger, math.maxinteger, math.mininteger do out[#out + 1] = i end
+        for i = 1, 0 / 0 do out[#out + 1] = "never" end
+        for i = -(0 / 0), 1 do out[#out + 1] = "never" end
+        for i = 1, 2, 0 / 0 do out[#out + 1] = "never" end
+        return table.unpack(out)
+      end, -0.0""",
     "for_errors": """return function(what)
         if what == 1 then for i = "a", 2 do end
         elseif what == 2 then for i = 1, 2, 0 do end

@@ -553,8 +553,13 @@ local function forprep(R, a)
     if (0 < step) and (limit < finit) or (not (0 < step)) and (finit < limit) then
       return true
     end
-    R[a + 1], R[a + 2] = limit + 0.0, step + 0.0
-    R[a], R[a + 3] = finit + 0.0, finit + 0.0
+    -- setfltvalue: an integer converts, a float is copied as is (`+ 0.0`
+    -- would turn -0.0 into 0.0)
+    if math_type(limit) == "integer" then limit = limit + 0.0 end
+    if math_type(step) == "integer" then step = step + 0.0 end
+    if math_type(finit) == "integer" then finit = finit + 0.0 end
+    R[a + 1], R[a + 2] = limit, step
+    R[a], R[a + 3] = finit, finit
   end
   return false
 end
