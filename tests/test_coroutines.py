@@ -598,6 +598,17 @@ end)
 R(fz, -0.0)
 """, "R(fz)")
 
+# The rest of a concatenation after a restored __concat yield runs in the
+# finisher: its errors are positioned and named as natively (they named
+# frames.lua, without variable info), and a second __concat may yield again.
+scenario("concatenation_after_a_restored_concat_yield", """
+ycat = setmetatable({}, {__concat = function(a, b) return coroutine.yield("in __concat") end})
+c1 = coroutine.create(function() return undefined_x .. "s" .. ycat end)
+c2 = coroutine.create(function() local a = "x"; return ycat .. a .. ycat end)
+c3 = coroutine.create(function() local t = {}; return "p" .. t .. ycat end)
+R(c1); R(c2); R(c3)
+""", "R(c1, 'r'); R(c2, 'r1'); R(c3, 'r')", "R(c2, 'r2')")
+
 
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in _BEFORE_ISSUE_8])
 def test_finisher_scenario_matches_native_run(outcomes, name):

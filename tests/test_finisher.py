@@ -384,6 +384,14 @@ ERROR_CASES = {
     "concat_middle": "return function() local t = {}; return 'a' .. t.x .. 'b' end",
     "concat_last": "return function() local a = {}; return 'x' .. a end",
     "concat_first": "return function() local t = {}; return t.y .. 'z' end",
+    # regression: a nil last operand lost its name (an `x and nil or ""`
+    # slip), and after a __concat ran a later error had no variable info
+    "concat_last_global": "return function() return 'a' .. 'b' .. undefined_x end",
+    "concat_last_local_nil": "return function() local a, b = 1; return a .. b end",
+    "concat_after_metamethod": """local mt = {__concat = function() return 'c' end}
+      return function() local o = setmetatable({}, mt); return undefined_x .. 's' .. o end""",
+    "concat_metamethod_result_blamed": """local mt = {__concat = function() return {} end}
+      return function() local o = setmetatable({}, mt); return 'p' .. 's' .. o end""",
     "arg_method": "return function() return ('x'):rep() end",
     "arg_field": "return function() return string.rep() end",
     "arg_local": "return function() local s = string.rep; return s() end",

@@ -21,7 +21,10 @@
 --       opts    { links = {[reg] = {f = closure, n = upvalue index}},
 --                 tbc = {reg, ...},       -- active to-be-closed registers
 --                 interpret = function(callee, fr) -> true | function | nil,
---                 caller = the finisher frame that calls this one }
+--                 caller = the finisher frame that calls this one,
+--                 cat = last register still to concatenate: pc is an
+--                 OP_CONCAT whose __concat metamethod returned, its result
+--                 in R[cat + 1] (luaV_finishOp) }
 --               `links` says a register is an open upvalue shared with
 --               `f`'s upvalue `n` (see "Open upvalues" below). `interpret`
 --               sees each function the frame calls (a callable object's
@@ -933,17 +936,24 @@ C[OP.LEN] = function(_, pc, a, b, c, k, d, S)
   local nx = S(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = #x; return nx(fr, R) end
 end
--- Right to left, as luaV_concat; frames.lua reads `r` (the register whose
--- concatenation is pending) and `v` at this level.
-C[OP.CONCAT] = function(_, pc, a, b, c, k, d, S)
-  local top, nx = a + b - 1, S(pc + 1)
+-- Right to left, as luaV_concat: R[a] := R[a] .. ... .. R[last + 1].
+-- frames.lua reads `r` (the register whose concatenation is pending) at
+-- this level; `fr.catr` is it too, for blame() (an error may come after a
+-- __concat ran, whose result is known only here).
+local function concat_op(pc, a, last, nx)
   return function(fr, R)
     fr.cur = pc
-    local v = R[top]
-    for r = top - 1, a, -1 do v = R[r] .. v end
+    local v = R[last + 1]
+    for r = last, a, -1 do
+      fr.catr = r
+      v = R[r] .. v
+    end
     R[a] = v
     return nx(fr, R)
   end
+end
+C[OP.CONCAT] = function(_, pc, a, b, c, k, d, S)
+  return concat_op(pc, a, a + b - 2, S(pc + 1))
 end
 C[OP.CLOSE] = function(_, pc, a, b, c, k, d, S)
   local nx = S(pc + 1)
@@ -1469,28 +1479,6 @@ local function errpc(fr)
   return cur - 1
 end
 
-local function isstr(v) return type(v) == "string" or type(v) == "number" end
-
-local function hasconcat(v)
-  local mt = debug_getmetatable(v)
-  return mt ~= nil and rawget(mt, "__concat") ~= nil
-end
-
--- The register luaV_concat blames, replaying OP_CONCAT A B from the right
--- (its registers are unchanged by a failure); nil when a __concat ran
--- first (its result is unknown).
-local function concat_culprit(R, a, b)
-  local top = a + b - 1
-  for r = top - 1, a, -1 do
-    local x, right = R[r], (r == top - 1) and R[top] or ""
-    if not (isstr(x) and isstr(right)) then
-      if hasconcat(x) or hasconcat(right) then return nil end
-      return isstr(x) and r + 1 or r
-    end
-  end
-  return nil
-end
-
 -- varinfo for the operand a native error of the instruction at fr.cur
 -- blamed. `body` is the message, `fname` the finisher variable the native
 -- varinfo named (which operand it was, for arithmetic).
@@ -1511,7 +1499,9 @@ local function blame(fr, body, fname)
       reg = b
     end
   elseif op == OP.CONCAT then
-    reg = concat_culprit(fr.R, a, b)
+    -- `R[r] .. v` failed (luaG_concaterror blames the right operand when the
+    -- left one is a string or a number): v is what natively is in R[r + 1]
+    reg = (fname == "v") and fr.catr + 1 or fr.catr
   elseif op == OP.UNM or op == OP.BNOT or op == OP.LEN then
     reg = b
   elseif pc ~= fr.cur - 1 then             -- arithmetic: `x op y` in ARITH
@@ -1650,6 +1640,14 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     dec = decode_proto(proto), ops = ops_of(proto), interpret = opts.interpret,
     short_src = short_src_of(cl, proto), caller = opts.caller,
   }
+  local cat = opts.cat
+  if cat then
+    -- pc is an OP_CONCAT whose __concat ran (before a restore) and left its
+    -- result in R[cat + 1]: the rest of it, then on (luaV_finishOp)
+    local d = fr.dec[pc]
+    assert(d[1] == OP.CONCAT, "finisher: cat without a pending OP_CONCAT")
+    fr.ops, fr.pc = {[0] = concat_op(pc, d[2], cat, fr.ops[pc + 1])}, 0
+  end
   local guard <close> = setmetatable({fr = fr}, GUARD)
   return finish(fr, pcall(execute, fr))
 end
