@@ -609,6 +609,35 @@ c3 = coroutine.create(function() local t = {}; return "p" .. t .. ycat end)
 R(c1); R(c2); R(c3)
 """, "R(c1, 'r'); R(c2, 'r1'); R(c3, 'r')", "R(c2, 'r2')")
 
+# error(msg, level) and pcall(error, msg, level) in restored frames count
+# levels over the frames of the coroutine, as natively (they named the
+# frame's own line, or finisher.lua); a C level (pcall) or the coroutine's
+# base gives no position.
+scenario("error_levels_in_restored_frames", """
+local function inner()
+  local how = coroutine.yield("ready")
+  if how == 2 then error("e2", 2)
+  elseif how == 3 then error("e3", 3)
+  elseif how == 4 then error("e4", 4)
+  elseif how == "p" then error(select(2, pcall(error, "p2", 2)), 0)
+  elseif how == "g" then local function g() error("g3", 3) end; g()
+  end
+end
+local function mid() local r = inner(); return r end
+local function outer() local r = mid(); return r end
+local function tail() return mid() end
+local function protected() local ok, e = pcall(inner); error("caught: " .. e, 0) end
+lv = {}
+for _, how in ipairs({2, 3, 4, "p", "g"}) do
+  lv[how] = coroutine.create(outer); R(lv[how])
+end
+lv.t = coroutine.create(tail); R(lv.t)
+lv.pc = coroutine.create(protected); R(lv.pc)
+""", """
+for _, how in ipairs({2, 3, 4, "p", "g"}) do R(lv[how], how) end
+R(lv.t, 3); R(lv.pc, 2)
+""")
+
 
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in _BEFORE_ISSUE_8])
 def test_finisher_scenario_matches_native_run(outcomes, name):

@@ -399,6 +399,29 @@ ERROR_CASES = {
     "arg_for_iterator": "return function() for k in next, 1 do end end",
     "arg_global_name": "return function() return select(1, string.rep)() end",
     "arg_format": "return function() return string.format('%d', 'x') end",
+    # regression: levels counted the finisher's own functions: error(m, 2)
+    # named the frame's own line (natively its caller's, or nothing when the
+    # caller is a C function: here the harness's pcall), pcall(error, m, 2)
+    # named finisher.lua
+    "error_level2_caller_is_c": "return function() error('m', 2) end",
+    "error_level3_past_c": "return function() local function g() error('m', 3) end; g() end",
+    "error_level2_tail_called": "return function() error('m', 2); return 1 end",
+    "error_level2_native_callee": """local function g() error('m', 2) end
+      return function() g(); return 1 end""",
+    "error_level3_native_callee": """local function g() error('m', 3) end
+      return function() g(); return 1 end""",
+    "error_level2_native_tail_callee": """local function g() error('m', 2) end
+      return function() return g() end""",
+    "pcall_error_level2": "return function() error(select(2, pcall(error, 'm', 2)), 0) end",
+    "pcall_error_levels": """return function()
+        local t = {}
+        for l = 0, 3 do t[#t + 1] = select(2, pcall(error, 'm' .. l, l)) end
+        t[#t + 1] = select(2, xpcall(error, function(e) return 'h:' .. e end, 'x', 2))
+        t[#t + 1] = tostring(select(2, pcall(error)))
+        t[#t + 1] = select(2, pcall(error, 'n', '2'))
+        error(table.concat(t, ' | '), 0)
+      end""",
+    "error_bad_level": "return function() error('m', {}) end",
     # regression: no line information gave "?: " instead of "?:-1: "
     "stripped": "return load(string.dump(function() local t = {}; return t.x.y end, true))",
     "stripped_callee_error": "return load(string.dump(function() return ('x'):rep() end, true))",
@@ -674,3 +697,28 @@ def test_conformance_interprets_what_it_reaches(check):
                 ("call", "pcall", "handler", "wrap", "create", "sort", "gsub", "load", "__call", "__close")]
     assert f(F).split(";") == expected + ['__index=[string "<python>"]']
 
+
+
+def test_conformance_error_levels_count_c_levels(check):
+    # Regression: pcall(error, m, 2) named finisher.lua, and a frame that
+    # pcall (or table.sort, ...) started had no caller: levels past it gave
+    # no position. A C function is a level without a position.
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local out = {}
+        local function add(e) out[#out + 1] = e end
+        add(select(2, pcall(error, "a", 2)))
+        add(select(2, pcall(function() error("b", 3) end)))
+        add(select(2, pcall(function() error("c", 2) end)))
+        add(select(2, pcall(table.sort, {1, 2, 3}, function() error("d", 3) end)))
+        add(select(2, pcall(table.sort, {1, 2, 3}, function() error("e", 4) end)))
+        add(select(2, xpcall(error, function(m) return "h:" .. m end, "f", 2)))
+        add(select(3, pcall(pcall, error, "g", 3)))
+        return table.concat(out, " | ")
+      ]], "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    native, got = f(F)
+    assert native == "case:3: a | case:4: b | c | d | case:7: e | h:case:8: f | case:9: g"
+    assert got == native

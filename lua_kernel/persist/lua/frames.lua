@@ -565,7 +565,8 @@ local function run_frame(st, k, ...)
   st.busy = nil
   st.running = k
   if pc == nil then return unpack(top, 1, top.n) end
-  return F.run(f, p, pc, R, copy_va(fr.va), top, { links = fr.links, tbc = fr.tbc, cat = fr.cat })
+  return F.run(f, p, pc, R, copy_va(fr.va), top,
+    { links = fr.links, tbc = fr.tbc, cat = fr.cat, rec = st.rec, at = k })
 end
 
 -- An error from the frames above passes through frame k: its pending
