@@ -722,3 +722,24 @@ def test_conformance_error_levels_count_c_levels(check):
     native, got = f(F)
     assert native == "case:3: a | case:4: b | c | d | case:7: e | h:case:8: f | case:9: g"
     assert got == native
+
+
+def test_conformance_long_string_constants_are_one_string(check):
+    # Regression (literals.lua): a chunk's equal long-string constants are
+    # one string natively (the parser anchors them); the finisher read each
+    # as a string of its own, which string.format("%p") shows.
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local s1 <const> = "01234567890123456789012345678901234567890123456789"
+        local s3 = "01234567890123456789012345678901234567890123456789"
+        local function foo() return s1 end
+        local function foo2() return "01234567890123456789012345678901234567890123456789" end
+        local p = string.format("%p", s1)
+        return p == string.format("%p", s3), p == string.format("%p", foo()),
+               p == string.format("%p", foo2())
+      ]])
+      return table.pack(chunk()), table.pack(F.conformance(chunk))
+    end""")
+    native, got = f(F)
+    assert list(native.values()) == list(got.values()) == [True, True, True, 3]

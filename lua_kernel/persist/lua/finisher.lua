@@ -178,10 +178,27 @@ local chunks = setmetatable({}, {__mode = "k"})
 -- closure is the key we have), and each prototype's short_src.
 local protos = setmetatable({}, {__mode = "k"})
 local short_srcs = setmetatable({}, {__mode = "k"})
+-- A chunk's equal string constants are one string (the parser anchors
+-- them in one table, llex.c's luaX_newstring): long strings, which Lua
+-- does not intern, too, which string.format("%p") shows. So are they in a
+-- prototype read here, across its children.
+local function share_strings(p, seen)
+  local k = p.k
+  for j = 1, k.n or #k do
+    local v = k[j]
+    if type(v) == "string" then
+      local same = seen[v]
+      if same == nil then seen[v] = v else k[j] = same end
+    end
+  end
+  for _, child in ipairs(p.p) do share_strings(child, seen) end
+end
+
 local function proto_of(f)
   local p = protos[f]
   if not p then
     p = B.read(string_dump(f))
+    share_strings(p, {})
     protos[f] = p
   end
   return p
