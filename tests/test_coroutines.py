@@ -593,6 +593,7 @@ fz = coroutine.create(function(z)
   local out = {}
   for i = -0.0, 1 do out[#out + 1] = tostring(i) end
   for i = z, -1, -0.5 do out[#out + 1] = tostring(i) end
+  for i = math.maxinteger, math.maxinteger - 1, 0.5 do out[#out + 1] = tostring(i); break end
   return table.concat(out, " ")
 end)
 R(fz, -0.0)

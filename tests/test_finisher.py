@@ -191,6 +191,18 @@ CASES = {
         for i = 1, 2, 0 / 0 do out[#out + 1] = "never" end
         return table.unpack(out)
       end, -0.0""",
+    # regression: a float loop compared an integer initial value and limit
+    # as integers, natively they are floats first (2^63 - 1 and 2^63 - 2
+    # are both 2^63)
+    "numeric_for_float_compares_floats": """return function()
+        local out = {}
+        local mi, ma = math.mininteger, math.maxinteger
+        for i = ma, ma - 1, 0.5 do out[#out + 1] = i; if #out > 2 then break end end
+        for i = ma, 2^63, -2^53 do out[#out + 1] = i; if #out > 4 then break end end
+        for i = mi + 1, mi, -1.5 do out[#out + 1] = i; if #out > 6 then break end end
+        for i = 2^53 + 1, 2^53, 1.0 do out[#out + 1] = i; if #out > 8 then break end end
+        return table.unpack(out)
+      end""",
     "for_errors": """return function(what)
         if what == 1 then for i = "a", 2 do end
         elseif what == 2 then for i = 1, 2, 0 do end

@@ -592,15 +592,15 @@ local function forprep(R, a)
     if limit == nil then forerror(plimit, "limit") end
     if step == nil then forerror(pstep, "step") end
     if finit == nil then forerror(init, "initial value") end
+    -- tonumber gives floats (an integer converts; a float is copied as is:
+    -- `+ 0.0` would turn -0.0 into 0.0), compared as floats
+    if math_type(limit) == "integer" then limit = limit + 0.0 end
+    if math_type(step) == "integer" then step = step + 0.0 end
+    if math_type(finit) == "integer" then finit = finit + 0.0 end
     if step == 0 then error("'for' step is zero") end
     if (0 < step) and (limit < finit) or (not (0 < step)) and (finit < limit) then
       return true
     end
-    -- setfltvalue: an integer converts, a float is copied as is (`+ 0.0`
-    -- would turn -0.0 into 0.0)
-    if math_type(limit) == "integer" then limit = limit + 0.0 end
-    if math_type(step) == "integer" then step = step + 0.0 end
-    if math_type(finit) == "integer" then finit = finit + 0.0 end
     R[a + 1], R[a + 2] = limit, step
     R[a], R[a + 3] = finit, finit
   end
