@@ -99,11 +99,6 @@ SKIPS: dict[str, list[tuple[str, str | None, str]]] = {
          """testloadfile("# a comment\\nreturn 2 --[[require'debug'.getinfo(1).currentline]]", 2)""",
          CURLINE),
     ],
-    "big": [
-        ("""assert(not e and m:find("'newindex'"))""", """assert(not e --[[and m:find("'newindex'")]])""",
-         "a traceback by an xpcall message handler, which runs where the finisher "
-         "re-raises the error (a known difference)"),
-    ],
     "errors": [
         ('assert(tonumber(line) == debug.getinfo(1, "l").currentline - 2)', None, STACK),
     ],

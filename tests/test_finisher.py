@@ -755,3 +755,62 @@ def test_conformance_long_string_constants_are_one_string(check):
     end""")
     native, got = f(F)
     assert list(native.values()) == list(got.values()) == [True, True, True, 3]
+
+
+def test_conformance_message_handler_runs_at_the_error(check):
+    # Regression: an xpcall message handler ran where the finisher
+    # re-raised the error, after the interpreted frames in between had
+    # closed their to-be-closed variables (natively it runs at the error,
+    # once, and the variables close with what it returned).
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local log = {}
+        local function add(v) log[#log + 1] = tostring(v) end
+        local function var(name)
+          return setmetatable({}, {__close = function(_, e) add(name .. ":" .. tostring(e)) end})
+        end
+        local function h(e) add("handler:" .. tostring(e)); return "H" end
+        local function inner() local y <close> = var("y"); error("E", 0) end
+        add(select(2, xpcall(function() local x <close> = var("x"); inner() end, h)))
+        add(select(2, xpcall(function()
+          local t = setmetatable({}, {__newindex = function() error("hi") end})
+          t.x = 1
+        end, debug.traceback)):match("'newindex'"))
+        add(select(2, xpcall(function() pcall(error, "inner"); error("outer", 0) end, h)))
+        add(select(2, xpcall(function()
+          local z <close> = setmetatable({}, {__close = function() error("Z", 0) end})
+          error("E", 0)
+        end, h)))
+        return table.concat(log, " ")
+      ]], "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    native, got = f(F)
+    assert native == ("handler:E y:H x:H H 'newindex' handler:outer H "
+                      "handler:E handler:Z H")
+    assert got == native
+
+
+def test_conformance_failing_message_handler(check):
+    # A failing handler is called again with its own error; one that always
+    # fails ends in "error in error handling" (it used to be called again by
+    # every interpreted frame the error passed, which made cstack.lua's
+    # xpcall(loop, loop) take half a minute).
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local m = 0
+        local a, b = xpcall(function() error("x") end, function(e) error("y") end)
+        local c, d = xpcall(function() error("x") end, function(e)
+          m = m + 1
+          if m == 1 then error("y") end
+          return "ok:" .. tostring(e)
+        end)
+        return tostring(a) .. " " .. b .. " | " .. tostring(c) .. " " .. d .. " " .. m
+      ]], "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    native, got = f(F)
+    assert native == "false error in error handling | false ok:case:5: y 2"
+    assert got == native

@@ -90,12 +90,17 @@
 -- the instruction), so array sizes, `#` of constructors with holes and
 -- `next` order are native.
 --
+-- Message handlers: in conformance mode an interpreted xpcall's handler
+-- runs at the error, before to-be-closed variables close, and once (see
+-- HANDLED); a frame run by F.run without an xpcall above it in
+-- conformance mode (a restored frame) leaves handlers to its caller.
+--
 -- Known differences: a native function's luaL_where at a level that lands
 -- on this file's machinery other than an op or execute (see "levels"); an
--- xpcall message handler runs after the interpreted frames
--- between the error and the xpcall have closed their to-be-closed
--- variables (natively, before); the debug library (stack levels, getinfo,
--- hooks, tracebacks) sees the finisher's own functions.
+-- xpcall message handler of a restored coroutine runs after the
+-- interpreted frames between the error and the xpcall have closed their
+-- to-be-closed variables (natively, before); the debug library (stack
+-- levels, getinfo, hooks, tracebacks) sees the finisher's own functions.
 
 local B = ...
 
@@ -360,7 +365,15 @@ end
 
 -- Call the pending to-be-closed variables >= level, last first (luaF_close).
 -- With `err` (an error is propagating) a failing __close replaces it.
-local function closetbc(fr, level, haserr, err)
+-- (`msgh`: a message handler still active, which sees a __close's error
+-- unless an interpreted __close's frame did: HANDLED, below.)
+local HANDLED = {}
+local function handled(msgh, e)
+  if debug_getmetatable(e) == HANDLED then return e.v end
+  return msgh(e)
+end
+
+local function closetbc(fr, level, haserr, err, msgh)
   local t = fr.tbc
   while #t > 0 and t[#t] >= level do
     local reg = t[#t]
@@ -370,7 +383,10 @@ local function closetbc(fr, level, haserr, err)
     local tm = mt and rawget(mt, "__close")
     if haserr then
       local ok, e = pcall(callclose, fr, tm, v, err)
-      if not ok then err = e end
+      if not ok then
+        err = e
+        if msgh then err = handled(msgh, e) end
+      end
     else
       callclose(fr, tm, v, nil)
     end
@@ -1766,10 +1782,41 @@ local function caught()
   end
 end
 
+-- Message handlers (conformance mode: frames under an interpreted xpcall
+-- have `msgh`). Natively the handler runs where the error is raised,
+-- before to-be-closed variables close (ldebug.c luaG_errormsg), and once;
+-- so the frame's own pcall is an xpcall whose handler runs it there, and
+-- the error goes on as HANDLED {v = what the handler returned}, which the
+-- frames it passes through close their variables with and do not handle
+-- again; the xpcall replacement unwraps it.
+
+-- A handler that fails is called again with its own error, natively until
+-- the C stack overflows (LUAI_MAXCCALLS, 200), which ends in "error in
+-- error handling" (ldo.c luaE_checkcstack, luaD_seterrorobj).
+local function handler(fr)
+  return function(e)
+    if debug_getmetatable(e) == HANDLED then return e end
+    e = rewrite(fr, e)
+    for _ = 1, 200 do
+      local ok, v = pcall(fr.msgh, e)
+      if ok then return setmetatable({v = v}, HANDLED) end
+      e = v
+    end
+    return setmetatable({v = "error in error handling"}, HANDLED)
+  end
+end
+
 function finish(fr, ok, e)
   if ok then
     local ret = fr.ret
     return table_unpack(ret, 1, ret.n)
+  end
+  if debug_getmetatable(e) == HANDLED then
+    if caught() then
+      closeupvals(fr, 0)
+      e.v = closetbc(fr, 0, true, e.v, fr.msgh)
+    end
+    error(e, 0)
   end
   e = rewrite(fr, e)
   if caught() then
@@ -1790,7 +1837,7 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     top = top or proto.maxstacksize, tbc = tbc,
     dec = decode_proto(proto), ops = ops_of(proto), interpret = opts.interpret,
     short_src = short_src_of(cl, proto), caller = opts.caller,
-    rec = opts.rec, at = opts.at,
+    rec = opts.rec, at = opts.at, msgh = opts.caller and opts.caller.msgh,
   }
   local cat = opts.cat
   if cat then
@@ -1801,6 +1848,7 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     fr.ops, fr.pc = {[0] = concat_op(pc, d[2], cat, fr.ops[pc + 1])}, 0
   end
   local guard <close> = setmetatable({fr = fr}, GUARD)
+  if fr.msgh then return finish(fr, xpcall(execute, handler(fr), fr)) end
   return finish(fr, pcall(execute, fr))
 end
 
@@ -1871,6 +1919,17 @@ end
 
 local function reaches(f) return is_lua(f) or CALLBACK[f] ~= nil end
 
+-- xpcall's results from pcall(protected, ...): an error the frames handled
+-- is what the handler returned; one they did not (raised before any frame
+-- ran) is handled here.
+local function unhandled(msgh, ok, ...)
+  if ok then return ok, ... end
+  local e = ...
+  if debug_getmetatable(e) == HANDLED then return false, e.v end
+  local good, v = pcall(msgh, e)
+  return false, good and v or "error in error handling"
+end
+
 -- error, pcall and xpcall (see "Levels"); pcall/xpcall of a Lua function
 -- or of a function calling back run it interpreted.
 local LEVELED = {[error] = error_from}
@@ -1888,8 +1947,13 @@ LEVELED[xpcall] = function(x)
   return function(...)
     local f, msgh = ...
     if type(msgh) ~= "function" then return plain(...) end
-    if reaches(f) then return xpcall(protected, interpreted(msgh), clevel(x), f, select(3, ...)) end
-    return plain(f, interpreted(msgh), select(3, ...))
+    msgh = interpreted(msgh)
+    if is_lua(f) then         -- its frames run the handler (HANDLED)
+      return unhandled(msgh, pcall(protected, {c = true, caller = x, msgh = msgh}, f,
+        select(3, ...)))
+    end
+    if reaches(f) then return xpcall(protected, msgh, clevel(x), f, select(3, ...)) end
+    return plain(f, msgh, select(3, ...))
   end
 end
 local REPLACE = {}
