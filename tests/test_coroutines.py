@@ -639,6 +639,20 @@ for _, how in ipairs({2, 3, 4, "p", "g"}) do R(lv[how], how) end
 R(lv.t, 3); R(lv.pc, 2)
 """)
 
+# pcall and xpcall called by a restored frame (the finisher calls them
+# through its level-counting replacements) keep yields across them
+# capturable again.
+scenario("pcall_in_a_restored_frame_yields_and_is_captured_again", """
+pw = coroutine.create(function()
+  coroutine.yield("start")
+  local ok, v = pcall(function() return coroutine.yield("in pcall") + 1 end)
+  local ok2, e = pcall(error, "x", 2)
+  local ok3, v3 = xpcall(function() return coroutine.yield("in xpcall") * 2 end, debug.traceback)
+  return ok, v, ok2, e, ok3, v3
+end)
+R(pw)
+""", "R(pw)", "R(pw, 1)", "R(pw, 5)")
+
 
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in _BEFORE_ISSUE_8])
 def test_finisher_scenario_matches_native_run(outcomes, name):
