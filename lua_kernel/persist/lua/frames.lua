@@ -538,11 +538,9 @@ local function deliver(fr, p, R, ...)
   elseif COMPARE[op] then
     if (not not (...)) ~= (k == 1) then return cur + 2 end
     return cur + 1                 -- the OP_JMP
-  elseif op == OP.CONCAT then
-    local v = (...)
-    for r = fr.cat, a, -1 do v = R[r] .. v end
-    R[a] = v
-    return cur + 1
+  elseif op == OP.CONCAT then     -- the finisher concatenates the rest (opts.cat)
+    R[fr.cat + 1] = (...)
+    return cur
   elseif op == OP.CLOSE or op == OP.RETURN then
     return cur                     -- again, to close the remaining variables
   elseif SETS[op] then
@@ -567,7 +565,8 @@ local function run_frame(st, k, ...)
   st.busy = nil
   st.running = k
   if pc == nil then return unpack(top, 1, top.n) end
-  return F.run(f, p, pc, R, copy_va(fr.va), top, { links = fr.links, tbc = fr.tbc })
+  return F.run(f, p, pc, R, copy_va(fr.va), top,
+    { links = fr.links, tbc = fr.tbc, cat = fr.cat, rec = st.rec, at = k })
 end
 
 -- An error from the frames above passes through frame k: its pending
