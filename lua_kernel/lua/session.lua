@@ -21,6 +21,8 @@ local sfind, ssub, sformat, smatch = string.find, string.sub, string.format, str
 local sgsub, sgmatch = string.gsub, string.gmatch
 local clock = os.clock
 local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug.getinfo, debug.traceback
+local getupvalue, dgetmetatable = debug.getupvalue, debug.getmetatable
+local tointeger, mtype, floor, max = math.tointeger, math.type, math.floor, math.max
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
 local real_io = { write = io.write, read = io.read, lines = io.lines, close = io.close,
                   input = io.input, output = io.output, type = io.type,
@@ -123,7 +125,7 @@ function debug.sethook(...)
   if f == nil then
     user_hooks[co] = nil
   else
-    count = math.tointeger(count) or 0
+    count = tointeger(count) or 0
     local m = (sfind(mask, "c", 1, true) and "c" or "") .. (sfind(mask, "r", 1, true)
       and "r" or "") .. (sfind(mask, "l", 1, true) and "l" or "")
     user_hooks[co] = { chain(f, count), m, count, f }
@@ -227,7 +229,7 @@ end
 function coroutine.wrap(f)
   check_function(f, "wrap")
   local w = cowrap(f)
-  local _, co = debug.getupvalue(w, 1)
+  local _, co = getupvalue(w, 1)
   if type(co) == "thread" then
     register(co, f)
     wrapped[w] = co
@@ -301,7 +303,7 @@ local function write_values(stream, self, fname, ...)
     local v = select(i, ...)
     local tv = type(v)
     if tv == "number" then
-      v = sformat(math.type(v) == "integer" and "%d" or "%.14g", v)
+      v = sformat(mtype(v) == "integer" and "%d" or "%.14g", v)
     elseif tv ~= "string" then
       error(sformat("bad argument #%d to '%s' (string expected, got %s)",
         i, fname, tv == "nil" and "no value" or tv), 3)
@@ -424,7 +426,7 @@ local function read_formats(first, ...)
     local f = fmts[i]
     local v
     if type(f) == "number" then
-      v = read_chars(math.floor(f))
+      v = read_chars(floor(f))
     else
       if type(f) ~= "string" then
         error(sformat("bad argument #%d to 'read' (invalid format)", i), 3)
@@ -467,7 +469,7 @@ local function valid_mode(mode)
   return rest ~= nil and smatch(rest, "^b*$") ~= nil
 end
 
-function io.open(...)
+local function tracked_open(...)
   local filename, mode = ...
   local tf = type(filename)
   if tf ~= "string" and tf ~= "number" then
@@ -496,6 +498,17 @@ function io.open(...)
   end
   return fh, err, code
 end
+io.open = tracked_open
+
+-- io.input(name) / io.output(name): opened as the originals do, with their
+-- message when that fails ("cannot open file 'x' (reason)", no position).
+local function open_checked(name, mode)
+  local fh, err = tracked_open(name, mode)
+  if not fh then
+    error(sformat("cannot open file '%s' (%s)", name, ssub(err, #name + 3)), 0)
+  end
+  return fh
+end
 
 -- The io library, rerouted through the current default input and output.
 local cur_in, cur_out = stdin, stdout
@@ -514,7 +527,7 @@ end
 function io.output(file)
   if file == nil then return cur_out end
   if type(file) == "string" then
-    cur_out = assert(io.open(file, "w"))
+    cur_out = open_checked(file, "w")
   else
     if not (is_stream[file] or real_io.type(file)) then
       error("bad argument #1 to 'output' (FILE* expected)", 2)
@@ -526,7 +539,7 @@ end
 function io.input(file)
   if file == nil then return cur_in end
   if type(file) == "string" then
-    cur_in = assert(io.open(file, "r"))
+    cur_in = open_checked(file, "r")
   else
     if not (is_stream[file] or real_io.type(file)) then
       error("bad argument #1 to 'input' (FILE* expected)", 2)
@@ -614,7 +627,7 @@ end
 local function return_last(code, chunkname)
   local starts = { 1 }
   for pos in sgmatch(code, "\n()") do starts[#starts + 1] = pos end
-  for i = #starts, math.max(2, #starts - 20), -1 do
+  for i = #starts, max(2, #starts - 20), -1 do
     local s = starts[i]
     local head, tail = ssub(code, 1, s - 1), ssub(code, s)
     if load("return " .. tail, "=tail", "t") and load(head, "=head", "t") then
@@ -724,7 +737,7 @@ end
 
 -- text/html for a table: its metatable's __html, else the generic rendering.
 function M.html_of(v, repr)
-  local mt = debug.getmetatable(v)
+  local mt = dgetmetatable(v)
   local h = type(mt) == "table" and rawget(mt, "__html")
   if h then
     local ok, s = pcall(h, v)
