@@ -15,19 +15,17 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import zmq
 from ipykernel.kernelbase import Kernel
 
 from . import __version__, introspect
-from .magics import MagicError, Magics, is_magic_cell
+from .magics import Magics, is_magic_cell
 from .native import lua_release
-from .persist.snapshot import SnapshotError
-from .persistence import (BEFORE_RESET, Persistence, describe_issues, key_from_cell_id,
-                          when)
+from .persistence import Persistence, key_from_cell_id
+from .persistence_magics import PersistenceMagics
 from .runtime import to_bytes
-from .session import LuaError, Session, format_bytes
+from .session import LuaError, Session
 
 ANSI_RED, ANSI_RESET = "\x1b[0;31m", "\x1b[0m"
 # An interrupt that has not landed after this many seconds (a __gc finalizer
@@ -78,10 +76,10 @@ class LuaKernel(Kernel):
         self.persistence.request_capture = self._request_capture
         self._interrupt_since: float | None = None    # the running cell's first interrupt
         self._escalate_after = float(os.environ.get(ESCALATE_ENV) or ESCALATE_AFTER)
-        restored = self._worker.submit(self.persistence.at_start, self._restore).result()
+        restored = self._worker.submit(self.persistence.at_start, self.make_session).result()
         self.lua_session: Session = restored or self._worker.submit(self._new_session).result()
         self.magics = Magics(self.lua_session, self._chunkname)
-        self._register_snapshot_magics()
+        PersistenceMagics(self.persistence, self.magics, self)
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _session_kwargs(self) -> dict:
@@ -96,7 +94,10 @@ class LuaKernel(Kernel):
     def _new_session(self) -> Session:
         return Session(**self._session_kwargs())
 
-    def _restore(self, data: bytes) -> Session:
+    # -- what persistence needs from the kernel (persistence_magics.Host):
+    #    lua_session, make_session, use_session, snapshot_extras
+
+    def make_session(self, data: bytes) -> Session:
         """A session from a snapshot; the kernel's counters continue from it, so
         chunk names (In[n]) of restored functions stay unique."""
         session = Session.restore(data, **self._session_kwargs())
@@ -105,11 +106,11 @@ class LuaKernel(Kernel):
         self.execution_count = max(self.execution_count, extras.get("execution_count", 0))
         return session
 
-    def _use(self, session: Session) -> None:
+    def use_session(self, session: Session) -> None:
         self.lua_session = session
         self.magics.session = session
 
-    def _extras(self) -> dict:
+    def snapshot_extras(self) -> dict:
         """The kernel's own part of a snapshot."""
         return {"execution_count": self.execution_count,
                 "cell_sources": self.lua_session.cell_sources}
@@ -240,7 +241,7 @@ class LuaKernel(Kernel):
             return result, shown
         finally:
             if not silent:
-                self.persistence.after_cell(self.lua_session, self._extras())
+                self.persistence.after_cell(self.lua_session, self.snapshot_extras())
 
     def _tell_persistence(self, silent: bool) -> None:
         """Save failures and lease news go to the cell's stderr, once."""
@@ -256,9 +257,9 @@ class LuaKernel(Kernel):
             return
         self.persistence.key = key
         if self.execution_count <= 1 and not self.lua_session.user_globals():
-            restored = await self._in_lua(self.persistence.at_start, self._restore)
+            restored = await self._in_lua(self.persistence.at_start, self.make_session)
             if restored is not None:
-                self._use(restored)
+                self.use_session(restored)
 
     def _request_capture(self) -> None:
         """A big state is captured in the Lua thread between cells."""
@@ -269,7 +270,7 @@ class LuaKernel(Kernel):
 
     def _capture_due(self) -> None:
         try:
-            self.persistence.capture_due(self.lua_session, self._extras())
+            self.persistence.capture_due(self.lua_session, self.snapshot_extras())
         except Exception as e:  # noqa: BLE001 - a failed autosave must not kill the kernel
             self.log.error("autosave failed: %s", e)
 
@@ -356,7 +357,7 @@ class LuaKernel(Kernel):
 
     async def do_shutdown(self, restart):
         try:
-            await self._in_lua(self.persistence.shutdown, self.lua_session, self._extras(),
+            await self._in_lua(self.persistence.shutdown, self.lua_session, self.snapshot_extras(),
                                restart)
         except Exception as e:  # noqa: BLE001 - shutting down regardless
             self.log.warning("could not save the Lua state at shutdown: %s", e)
@@ -372,136 +373,11 @@ class LuaKernel(Kernel):
             os._exit(0)         # saved already; exiting from here is quiet
         self.lua_session.interrupt()
         try:
-            self._worker.submit(self.persistence.shutdown, self.lua_session, self._extras(),
+            self._worker.submit(self.persistence.shutdown, self.lua_session, self.snapshot_extras(),
                                 False).result(timeout=60)
         except Exception as e:  # noqa: BLE001
             self.log.warning("could not save the Lua state on SIGTERM: %s", e)
         sys.exit(0)
-
-    # -- snapshot magics ----------------------------------------------------------
-
-    def _register_snapshot_magics(self) -> None:
-        for name, usage, help_, fn in (
-            ("save", "%save [NAME]", "save the Lua state now (as NAME: kept until deleted)",
-             self._magic_save),
-            ("restore", "%restore [NAME]", "bring back the saved state (newest, or NAME)",
-             self._magic_restore),
-            ("snapshots", "%snapshots", "list this notebook's saved states",
-             self._magic_snapshots),
-            ("session", "%session [NAME | off | takeover]",
-             "show or set the name this notebook's state is saved under; takeover: save "
-             "here although another kernel holds the notebook", self._magic_session),
-            ("reset", "%reset [--delete]",
-             "fresh Lua state (the old one is kept as 'before-reset'; --delete removes all)",
-             self._magic_reset),
-        ):
-            self.magics.register(name, usage, help_, fn)
-
-    def _magic_save(self, args: str) -> None:
-        t0 = time.perf_counter()
-        try:
-            entry = self.persistence.save(self.lua_session, self._extras(), args or None)
-        except (SnapshotError, ValueError) as e:
-            raise MagicError(f"%save: {e}") from None
-        took = (time.perf_counter() - t0) * 1000
-        self.magics.out(f"Saved the Lua state as '{entry.name}' ({format_bytes(entry.size)}, "
-                        f"{took:.0f} ms) in {self.persistence.store.describe()}.")
-        issues = describe_issues(self.persistence.save_issues, "saved")
-        if issues:
-            self.magics.out(issues)
-
-    def _magic_restore(self, args: str) -> None:
-        name = self.persistence.restore_name(args or None)
-        if not self.persistence.active:
-            raise MagicError(f"%restore: {self.persistence.why_inactive()}")
-        self.persistence.wait()
-        try:
-            if name and name.endswith(".luasnap") and os.path.isfile(name):
-                t0 = time.perf_counter()
-                session = self._restore(Path(name).read_bytes())   # a received file
-                self.persistence.restore_seconds = time.perf_counter() - t0
-            else:
-                session = self.persistence.restore(self._restore, name)
-        except SnapshotError as e:
-            raise MagicError(f"%restore: {e}\nThe current Lua state is unchanged.") from None
-        if session is None:
-            what = f"named '{name}'" if name else "at all"
-            raise MagicError(f"%restore: this notebook has no saved state {what} "
-                             f"(see %snapshots)")
-        self._use(session)
-        self.persistence.started_fresh_after_restart = False
-        self.persistence.protecting = False
-        for note in self.persistence.skipped:
-            self.magics.out("Passed over: " + note)
-        self.magics.out(self.persistence.restore_report(session))
-
-    def _magic_snapshots(self, args: str) -> None:
-        if not self.persistence.active:
-            raise MagicError(f"%snapshots: {self.persistence.why_inactive()}")
-        entries = self.persistence.store.list(self.persistence.key)
-        if not entries:
-            self.magics.out("No saved states for this notebook yet.")
-            return
-        lines = [f"Saved states of {self.persistence.key} in {self.persistence.store.describe()}:"]
-        for e in reversed(entries):
-            lines.append(f"  {e.name:<32} {when(e.modified)}  {format_bytes(e.size):>10}")
-        self.magics.out("\n".join(lines))
-
-    def _magic_session(self, args: str) -> None:
-        p = self.persistence
-        arg = args.strip()
-        if arg.lower() == "off":
-            p.autosave = False
-            self.magics.out("Autosave is off for this kernel; %save still saves on request.")
-        elif arg.lower() == "takeover":
-            if not p.active:
-                raise MagicError(f"%session: {p.why_inactive()}")
-            before = p.take_over()
-            self.magics.out(f"This kernel now saves session '{p.key}' (it was held by "
-                            f"{before}, which stops saving at its next save).")
-        elif arg:
-            if p.store is None:
-                raise MagicError(f"%session: {p.why_inactive()}")
-            p.key, p.autosave, p.protecting = arg, True, False
-            p.open()
-            if p.store.load(p.key) is None:
-                self.magics.out(f"This notebook's state is now saved as session '{p.key}'.")
-            elif not self.lua_session.user_globals():
-                # nothing to lose here: attach to the saved session
-                session = p.restore(self._restore)
-                self._use(session)
-                self.magics.out(p.restore_report(session))
-            else:
-                p.protecting = True
-                self.magics.out(f"Session '{p.key}' has a saved state: %restore brings it "
-                                f"back, %save replaces it with this one (nothing is saved "
-                                f"until you choose).")
-        else:
-            self.magics.out(p.status())
-
-    def _magic_reset(self, args: str) -> None:
-        p = self.persistence
-        delete = args.strip() in ("--delete", "-d")
-        if args.strip() and not delete:
-            raise MagicError("usage: %reset [--delete]")
-        if p.writable and delete:
-            p.wait()
-            n = p.store.delete(p.key)
-            message = f"The saved state of this notebook is deleted ({n} snapshots)."
-        elif p.writable:
-            try:
-                p.save(self.lua_session, self._extras(), BEFORE_RESET)
-            except SnapshotError as e:
-                raise MagicError(f"%reset: the old state could not be kept ({e}); nothing "
-                                 f"was reset. %reset --delete resets without keeping it.") \
-                    from None
-            message = (f"The previous state is kept as '{BEFORE_RESET}': "
-                       f"%restore {BEFORE_RESET} brings it back.")
-        else:
-            message = "Nothing was saved (snapshots are not active for this notebook)."
-        self.lua_session.reset()
-        self.magics.out("Fresh Lua state: all globals, functions and coroutines are gone. "
-                        + message)
 
 
 def _clean_bundle(data: dict) -> dict:

@@ -29,10 +29,11 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 from .persist.snapshot import SnapshotError, info_of, load_secret
-from .persist.store import Entry, Store
+from .persist.store import SUFFIX, Entry, Store
 from .session import Session, format_bytes, seal
 
 KEY_ENV = "JPY_SESSION_NAME"
@@ -468,11 +469,52 @@ class Persistence:
         except OSError as e:
             self.log.error("could not leave a note for the next kernel: %s", e)
 
-    def restore_name(self, name: str | None) -> str | None:
-        """%restore with no name after a restart means the pre-restart state."""
+    def restore_chosen(self, make: Callable[[bytes], Session], name: str | None) -> Session:
+        """%restore: the newest snapshot, a named one, or a .luasnap file the
+        user received. No name right after a restart means the pre-restart
+        state. Raises SnapshotError when there is nothing usable."""
         if name is None and self.started_fresh_after_restart:
-            return BEFORE_RESTART
-        return name
+            name = BEFORE_RESTART
+        self.wait()
+        self.skipped = []
+        if name and name.endswith(SUFFIX) and os.path.isfile(name):
+            t0 = time.perf_counter()
+            session = make(Path(name).read_bytes())
+            self.restore_seconds = time.perf_counter() - t0
+        else:
+            session = self.restore(make, name)
+        if session is None:
+            what = f"named '{name}'" if name else "at all"
+            raise SnapshotError(f"this notebook has no saved state {what} (see %snapshots)")
+        self.started_fresh_after_restart = self.protecting = False
+        return session
+
+    def attach(self, key: str, has_state: bool) -> str:
+        """%session NAME: save under another key from now on. Returns "new"
+        (nothing saved under it yet), "restore" (the caller brings the saved
+        state in: this kernel has nothing to lose) or "ask" (this kernel has
+        state of its own: nothing is written until the user restores or saves)."""
+        self.key, self.autosave, self.protecting = key, True, False
+        self.open()
+        if self.store.load(key) is None:
+            return "new"
+        if not has_state:
+            return "restore"
+        self.protecting = True
+        return "ask"
+
+    def before_reset(self, session: Session, kernel: dict, delete: bool) -> str:
+        """%reset: keep the old state as 'before-reset', or delete the
+        notebook's snapshots; says which."""
+        if not self.writable:
+            return "Nothing was saved (snapshots are not active for this notebook)."
+        if delete:
+            self.wait()
+            n = self.store.delete(self.key)
+            return f"The saved state of this notebook is deleted ({n} snapshots)."
+        self.save(session, kernel, BEFORE_RESET)
+        return (f"The previous state is kept as '{BEFORE_RESET}': %restore {BEFORE_RESET} "
+                f"brings it back.")
 
     def restore_report(self, session: Session) -> str:
         info = session.restored_from

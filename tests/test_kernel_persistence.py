@@ -233,3 +233,18 @@ def test_a_generator_goes_on_in_the_next_kernel(notebook):
         assert value(kc, "coroutine.resume(gen)") == 'true\t"done"'
         assert value(kc, "coroutine.status(gen)") == '"dead"'
         assert value(kc, "squares(), squares(10)") == "9\t961"
+
+
+def test_reset_without_persistence_is_plain_and_checks_its_arguments():
+    from lua_kernel import Session
+    from lua_kernel.magics import MagicError, Magics
+
+    s = Session()
+    out = []
+    s.stdout = out.append
+    m = Magics(s, lambda: "In[1]")
+    s.execute("x = 1")
+    m.run_line("reset")
+    assert s.execute("x") == (None,) and "Fresh Lua state" in out[-1]
+    with pytest.raises(MagicError, match="usage: %reset"):
+        m.run_line("reset --delete")
