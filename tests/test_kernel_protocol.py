@@ -2,6 +2,9 @@
 import unittest
 
 import jupyter_kernel_test
+import pytest
+
+pytestmark = pytest.mark.kernel
 
 
 class LuaKernelProtocolTests(jupyter_kernel_test.KernelTests):

@@ -9,6 +9,8 @@ import pytest
 from lua_kernel import Session
 from lua_kernel.papermill_translator import LuaTranslator
 
+pytestmark = pytest.mark.kernel      # papermill runs the kernel (the unit tests ride along)
+
 STRING = 'quote " back\\slash\nnew line\ttab \x01\x7f ünïcødé ✓ [[ ]] -- not a comment'
 PARAMS = {
     "n": 5, "big": 2**63 - 1, "smallest": -2**63, "huge": 2**70,

@@ -1,0 +1,42 @@
+"""Rules of the house that a test can hold: doctests run, and every test
+module that starts a kernel process says so with the `kernel` marker."""
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import pkgutil
+from pathlib import Path
+
+import lua_kernel
+
+TESTS = Path(__file__).resolve().parent
+STARTS_A_KERNEL = ("running_kernel", "start_new_kernel", "crash_cycle", "execute_notebook",
+                   "NotebookClient", "KernelTests", "papermill")
+
+
+def test_every_doctest_in_the_package_passes():
+    ran = 0
+    for info in pkgutil.walk_packages(lua_kernel.__path__, "lua_kernel."):
+        if info.name.endswith(("__main__", "papermill_engine")):
+            continue            # runs a program / needs papermill loaded by papermill
+        module = importlib.import_module(info.name)
+        failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert failed == 0, info.name
+        ran += attempted
+    assert ran > 0
+
+
+def test_modules_that_start_kernels_carry_the_kernel_marker():
+    missing = []
+    for path in sorted(TESTS.glob("test_*.py")):
+        source = path.read_text()
+        tree = ast.parse(source)
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+            n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {
+            a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import,
+                                                                         ast.ImportFrom))
+            for a in n.names}
+        if names & set(STARTS_A_KERNEL) and "pytestmark = pytest.mark.kernel" not in source:
+            missing.append(path.name)
+    assert missing == [], missing
