@@ -86,11 +86,9 @@ def _kernel(args, rest) -> int:
     # which would advertise a "debugger" feature we do not have and print a
     # frozen-modules warning into `jupyter console` at every start.
     sys.modules.setdefault("debugpy", None)
-    from ipykernel.kernelapp import IPKernelApp
+    from .kernel import LuaKernel, LuaKernelApp
 
-    from .kernel import LuaKernel
-
-    IPKernelApp.launch_instance(argv=rest, kernel_class=LuaKernel)
+    LuaKernelApp.launch_instance(argv=rest, kernel_class=LuaKernel)
     return 0
 
 

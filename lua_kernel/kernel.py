@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import zmq
+from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
 from . import __version__, introspect
@@ -382,3 +383,18 @@ class LuaKernel(Kernel):
 
 def _clean_bundle(data: dict) -> dict:
     return {k: clean(v) if isinstance(v, str) else v for k, v in data.items()}
+
+
+class LuaKernelApp(IPKernelApp):
+    """ipykernel's application, without the shell-channel thread.
+
+    ipykernel 7 receives every shell message on a thread of its own and
+    hands it to the main thread through inproc sockets, so that subshells
+    (concurrent shell requests) can exist. One Lua state runs one thing at a
+    time, so we offer no subshells, and without the thread each request
+    skips two socket hops (measured in benchmarks/RESULTS.md)."""
+
+    def init_sockets(self):
+        super().init_sockets()
+        if self.shell_channel_thread is not None:
+            self.shell_channel_thread = None
