@@ -35,7 +35,7 @@ def spec_dir() -> Path:
 
 
 def kernel_json() -> dict:
-    spec = json.loads((spec_dir() / "kernel.json").read_text())
+    spec = json.loads((spec_dir() / "kernel.json").read_text(encoding="utf-8"))
     spec["argv"][0] = sys.executable
     return spec
 

@@ -190,7 +190,7 @@ def test_shutting_down_a_busy_kernel_is_quiet(notebook, tmp_path):
             for i in range(5):
                 kc.execute(f"step = {i}")
             time.sleep(0.3)
-    text = log.read_text()
+    text = log.read_text(encoding="utf-8", errors="replace")
     assert "autosave failed" not in text and "cannot schedule" not in text, text
 
 

@@ -30,7 +30,7 @@ def test_every_doctest_in_the_package_passes():
 def test_modules_that_start_kernels_carry_the_kernel_marker():
     missing = []
     for path in sorted(TESTS.glob("test_*.py")):
-        source = path.read_text()
+        source = path.read_text(encoding="utf-8")
         tree = ast.parse(source)
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
             n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)} | {

@@ -292,4 +292,7 @@ def test_remote_lease_expires_unless_renewed(s3_url):
     assert other.acquire()["id"] == holder.id
     holder.release()                                 # as if it died: no more renewals
     time.sleep(0.8)
-    assert other.acquire() is None and other.mine()
+    try:
+        assert other.acquire() is None and other.mine()
+    finally:
+        other.end()

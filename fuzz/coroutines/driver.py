@@ -28,7 +28,7 @@ from lua_kernel.persist import state
 
 from .gen import Program, generate
 
-PRELUDE = (Path(__file__).parent / "prelude.lua").read_text()
+PRELUDE = (Path(__file__).parent / "prelude.lua").read_text(encoding="utf-8")
 STEP_SECONDS = 5.0          # a chunk running longer hangs
 MODES = ["once", "once", "twice", "process"]
 

@@ -379,8 +379,8 @@ class Lease:
             if self.mine():
                 self.store._write(self._path, json.dumps(self._record()).encode())
                 self._renew_later()
-        except OSError:
-            self._renew_later()     # try again; a write will report the failure
+        except Exception:  # noqa: BLE001 - any backend's error: a write will report it
+            self._renew_later()     # try again
 
     def mine(self) -> bool:
         """Still the holder? (False once another kernel took over.)"""
