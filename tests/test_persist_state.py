@@ -555,10 +555,11 @@ def test_file_not_opened_with_io_open_restores_closed_with_an_issue(tmp_path):
 
 def test_kernel_io_open_keeps_the_original_errors():
     s = Session()
+    # under pcall the C library names a function by its global name
     assert run(s, "return select(2, pcall(io.open))") == (
-        "bad argument #1 to 'open' (string expected, got no value)",)
+        "bad argument #1 to 'io.open' (string expected, got no value)",)
     assert run(s, "return select(2, pcall(io.open, 'x', 'rw'))") == (
-        "bad argument #2 to 'open' (invalid mode)",)
+        "bad argument #2 to 'io.open' (invalid mode)",)
     assert run(s, "return io.open('/nonexistent/dir/x')")[0] is None
 
 

@@ -24,6 +24,51 @@ local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug
 local getupvalue, dgetmetatable = debug.getupvalue, debug.getmetatable
 local tointeger, mtype, floor, max = math.tointeger, math.type, math.floor, math.max
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
+---------------------------------------------------------------------------
+-- Errors as the C library raises them. luaL_error positions a message at
+-- the line of the library function's caller (none when that is C, such as
+-- pcall), and luaL_argerror names the function as that caller called it
+-- (a method call does not count self), else by its global name. Our
+-- replacements raise through these: the first frame outside this file is
+-- the caller, the last one inside it is the library function.
+---------------------------------------------------------------------------
+local OURS = getinfo(1, "S").source
+
+local function caller_level()      -- as error() counts from the function calling this
+  local level = 3
+  while true do
+    local ar = getinfo(level, "S")
+    if not ar or ar.source ~= OURS then return level - 1 end
+    level = level + 1
+  end
+end
+
+local function raise(msg)
+  error(msg, caller_level())
+end
+
+local function argerror(arg, extramsg, global)
+  local level = caller_level()               -- the caller, from here
+  local ar = getinfo(level - 1, "n")         -- the library function, as it was called
+  local name = ar and ar.name
+  if ar and ar.namewhat == "method" then
+    arg = arg - 1
+    if arg == 0 then
+      error(sformat("calling '%s' on bad self (%s)", name, extramsg), level)
+    end
+  end
+  error(sformat("bad argument #%d to '%s' (%s)", arg, name or global, extramsg), level)
+end
+
+local function typename(v, given)  -- luaL_typeerror's name for a value's type
+  if not given then return "no value" end
+  local mt = dgetmetatable(v)
+  local n = type(mt) == "table" and rawget(mt, "__name")
+  if type(n) == "string" then return n end
+  return type(v)
+end
+
+
 local real_io = { write = io.write, read = io.read, lines = io.lines, close = io.close,
                   input = io.input, output = io.output, type = io.type,
                   stdin = io.stdin, stdout = io.stdout, stderr = io.stderr }
@@ -121,7 +166,7 @@ function debug.sethook(...)
   end
   -- the original's argument checks and messages, at the caller's position
   local ok, err = pcall(check_sethook, ...)
-  if not ok then error(sgsub(err, "^[^\n]-:%d+: ", "", 1), 2) end
+  if not ok then raise((sgsub(err, "^[^\n]-:%d+: ", "", 1))) end
   if f == nil then
     user_hooks[co] = nil
   else
@@ -157,8 +202,8 @@ local guarded = setmetatable({}, { __mode = "k" })
 
 function _G.xpcall(f, msgh, ...)
   if type(msgh) ~= "function" then
-    error(sformat("bad argument #2 to 'xpcall' (function expected, got %s)",
-      msgh == nil and "no value" or type(msgh)), 2)
+    argerror(2, "function expected, got " .. typename(msgh, select("#", ...) > 0 or msgh ~= nil),
+      "xpcall")
   end
   local g = guarded[msgh]
   if not g then
@@ -183,9 +228,9 @@ M.wrapped = wrapped
 
 -- Both constructors check their argument like the originals, then register
 -- the new thread: its function, and the hook (mask 0) for interrupts.
-local function check_function(f, name)
+local function check_function(f, name, given)
   if type(f) ~= "function" then
-    error(sformat("bad argument #1 to '%s' (function expected)", name), 3)
+    argerror(1, "function expected, got " .. typename(f, given), "coroutine." .. name)
   end
 end
 
@@ -195,7 +240,7 @@ local function register(co, f)
 end
 
 function coroutine.create(f)
-  check_function(f, "create")
+  check_function(f, "create", f ~= nil)
   local co = cocreate(f)
   register(co, f)
   return co
@@ -227,7 +272,7 @@ function coroutine.close(...)
 end
 
 function coroutine.wrap(f)
-  check_function(f, "wrap")
+  check_function(f, "wrap", f ~= nil)
   local w = cowrap(f)
   local _, co = getupvalue(w, 1)
   if type(co) == "thread" then
@@ -297,16 +342,16 @@ function print(...)
   out("stdout", concat(parts, "\t", 1, n) .. "\n")
 end
 
--- io.write and file:write accept only strings and numbers, like the originals.
-local function write_values(stream, self, fname, ...)
+-- io.write and file:write accept only strings and numbers, like the
+-- originals; `first` is the argument number of the first value (2 after self).
+local function write_values(stream, self, first, ...)
   for i = 1, select("#", ...) do
     local v = select(i, ...)
     local tv = type(v)
     if tv == "number" then
       v = sformat(mtype(v) == "integer" and "%d" or "%.14g", v)
     elseif tv ~= "string" then
-      error(sformat("bad argument #%d to '%s' (string expected, got %s)",
-        i, fname, tv == "nil" and "no value" or tv), 3)
+      argerror(first + i - 1, "string expected, got " .. typename(v, true), "io.write")
     end
     out(stream, v)
   end
@@ -335,7 +380,8 @@ M.stdin, M.stdout, M.stderr = stdin, stdout, stderr
 
 function stream_mt.write(self, ...)
   if self == stdin then return nil, "Bad file descriptor", 9 end
-  return write_values(self.name, self, "write", ...)
+  local r = write_values(self.name, self, 2, ...)   -- not a tail call: errors count levels
+  return r
 end
 function stream_mt.flush(self)
   if self ~= stdin then flush() end
@@ -417,7 +463,8 @@ local function read_all()
   return s
 end
 
-local function read_formats(first, ...)
+-- `base`: the argument number of the first format (2 after self)
+local function read_formats(base, first, ...)
   local n = select("#", ...) + 1
   local fmts = first == nil and { "l" } or { first, ... }
   if first == nil then n = 1 end
@@ -429,14 +476,14 @@ local function read_formats(first, ...)
       v = read_chars(floor(f))
     else
       if type(f) ~= "string" then
-        error(sformat("bad argument #%d to 'read' (invalid format)", i), 3)
+        argerror(base + i - 1, "string expected, got " .. typename(f, true), "io.read")
       end
       local c = smatch(f, "^%*?(.)")
       if c == "n" then v = read_number()
       elseif c == "l" then v = read_line(false)
       elseif c == "L" then v = read_line(true)
       elseif c == "a" then v = read_all()
-      else error(sformat("bad argument #%d to 'read' (invalid format)", i), 3)
+      else argerror(base + i - 1, "invalid format", "io.read")
       end
     end
     results[i] = v
@@ -447,7 +494,8 @@ end
 
 function stream_mt.read(self, ...)
   if self ~= stdin then return nil, "Bad file descriptor", 9 end
-  return read_formats(...)
+  local r = pack(read_formats(2, ...))    -- not a tail call: errors count levels
+  return unpack(r, 1, r.n)
 end
 function stream_mt.lines(self, ...)
   local fmts = pack(...)
@@ -473,18 +521,17 @@ local function tracked_open(...)
   local filename, mode = ...
   local tf = type(filename)
   if tf ~= "string" and tf ~= "number" then
-    error(sformat("bad argument #1 to 'open' (string expected, got %s)",
-      select("#", ...) == 0 and "no value" or tf), 2)
+    argerror(1, "string expected, got " .. typename(filename, select("#", ...) > 0), "io.open")
   end
   if mode == nil then
     mode = "r"
   elseif type(mode) == "number" then
     mode = tostring(mode)
   elseif type(mode) ~= "string" then
-    error(sformat("bad argument #2 to 'open' (string expected, got %s)", type(mode)), 2)
+    argerror(2, "string expected, got " .. typename(mode, true), "io.open")
   end
   if not valid_mode(mode) then
-    error("bad argument #2 to 'open' (invalid mode)", 2)
+    argerror(2, "invalid mode", "io.open")
   end
   filename = tostring(filename)
   local fh, err, code = real_open(filename, mode)
@@ -501,11 +548,11 @@ end
 io.open = tracked_open
 
 -- io.input(name) / io.output(name): opened as the originals do, with their
--- message when that fails ("cannot open file 'x' (reason)", no position).
+-- message when that fails ("cannot open file 'x' (reason)", at the caller's line).
 local function open_checked(name, mode)
   local fh, err = tracked_open(name, mode)
   if not fh then
-    error(sformat("cannot open file '%s' (%s)", name, ssub(err, #name + 3)), 0)
+    raise(sformat("cannot open file '%s' (%s)", name, ssub(err, #name + 3)))
   end
   return fh
 end
@@ -517,20 +564,32 @@ io.stdin, io.stdout, io.stderr = stdin, stdout, stderr
 
 function io.write(...)
   if cur_out == stdout then
-    return write_values("stdout", stdout, "write", ...)
+    local r = write_values("stdout", stdout, 1, ...)  -- not a tail call: errors count levels
+    return r
   end
   return cur_out:write(...)
 end
+-- A C function's errors name the caller of our wrapper, as they would
+-- have named the caller of the original.
+local function as_library(ok, ...)
+  if not ok then raise((...)) end
+  return ...
+end
+
 function io.read(...)
-  return cur_in:read(...)
+  if cur_in == stdin then
+    local r = pack(read_formats(1, ...))  -- not a tail call: errors count levels
+    return unpack(r, 1, r.n)
+  end
+  return as_library(pcall(cur_in.read, cur_in, ...))
 end
 function io.output(file)
   if file == nil then return cur_out end
-  if type(file) == "string" then
-    cur_out = open_checked(file, "w")
+  if type(file) == "string" or type(file) == "number" then
+    cur_out = open_checked(tostring(file), "w")
   else
     if not (is_stream[file] or real_io.type(file)) then
-      error("bad argument #1 to 'output' (FILE* expected)", 2)
+      argerror(1, "FILE* expected, got " .. typename(file, true), "io.output")
     end
     cur_out = file
   end
@@ -538,11 +597,11 @@ function io.output(file)
 end
 function io.input(file)
   if file == nil then return cur_in end
-  if type(file) == "string" then
-    cur_in = open_checked(file, "r")
+  if type(file) == "string" or type(file) == "number" then
+    cur_in = open_checked(tostring(file), "r")
   else
     if not (is_stream[file] or real_io.type(file)) then
-      error("bad argument #1 to 'input' (FILE* expected)", 2)
+      argerror(1, "FILE* expected, got " .. typename(file, true), "io.input")
     end
     cur_in = file
   end
@@ -550,7 +609,7 @@ function io.input(file)
 end
 function io.lines(filename, ...)
   if filename == nil then return cur_in:lines(...) end
-  return real_io.lines(filename, ...)
+  return as_library(pcall(real_io.lines, filename, ...))
 end
 function io.close(file)
   if file == nil then file = cur_out end
