@@ -443,6 +443,72 @@ for i = 1, #expected2 do if got[i] ~= expected2[i] then same = false end end
 L("visited", #got, "same order", same, "left", next(tbl))
 """)
 
+# -- issue 8: restored coroutines close as native ones do ------------------------
+
+scenario("closed_before_resume_is_saved_dead", """
+local mt = {__close = function(o, e) L("closed", o.name, e) end}
+cd = coroutine.create(function()
+  local x <close> = setmetatable({name = "x"}, mt)
+  L("resumed with", coroutine.yield("first"))
+  return "end"
+end)
+R(cd)
+""", "L(coroutine.close(cd)); L(coroutine.status(cd))",
+    "R(cd); L(coroutine.status(cd)); L(coroutine.close(cd))")
+
+scenario("close_runs_closers_inside_the_closed_coroutine", """
+local mt = {__close = function(o, e)
+  L("closing", o.name, e, coroutine.isyieldable(), coroutine.running() == cy,
+    coroutine.status(cy))
+  if o.name == "inner" then
+    L("pcall yield", pcall(coroutine.yield, "from close"))
+    coroutine.yield("again")
+  end
+end}
+cy = coroutine.create(function()
+  local a <close> = setmetatable({name = "outer"}, mt)
+  local function inner()
+    local b <close> = setmetatable({name = "inner"}, mt)
+    coroutine.yield("in inner")
+  end
+  inner()
+end)
+R(cy)
+""", "L(coroutine.close(cy)); L(coroutine.status(cy)); L(coroutine.close(cy))")
+
+scenario("error_after_restore_leaves_closing_to_coroutine_close", """
+local mt = {__close = function(o, e) L("closed", o.name, e) end}
+ce = coroutine.create(function()
+  local a <close> = setmetatable({name = "a"}, mt)
+  local function inner()
+    local b <close> = setmetatable({name = "b"}, mt)
+    local v = coroutine.yield("waiting")
+    error("boom " .. v, 0)
+  end
+  inner()
+end)
+R(ce)
+""", "R(ce, 'now'); L(coroutine.status(ce)); L('nothing closed yet'); "
+     "L(coroutine.close(ce)); L(coroutine.close(ce)); R(ce)")
+
+scenario("a_thousand_restored_frames_with_close_variables", """
+local count = 0
+local mt = {__close = function(o, e) count = count + 1; last = o.d end}
+function done() return count end
+local function deep(d)
+  local x <close> = setmetatable({d = d}, mt)
+  if d == 0 then return coroutine.yield("bottom") end
+  local r = deep(d - 1)
+  return r + 1
+end
+cdeep = coroutine.create(deep); R(cdeep, 1000)
+cdeep2 = coroutine.create(deep); R(cdeep2, 1000)
+cdeep3 = coroutine.create(function()
+  return pcall(deep, 300)
+end); R(cdeep3)
+""", "R(cdeep, 1); L(done(), last)",
+    "L(coroutine.close(cdeep2)); L(done(), last); R(cdeep3, {}); L(done(), last)")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):

@@ -3,7 +3,7 @@
 -- Loaded once per Lua state by persist/state.py, before any user code, with
 -- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua, whose `original`
 -- gives library functions as they were before user code ran) and `kernel`,
--- lua/session.lua's module (its before_close table). Returns CF:
+-- lua/session.lua's module. Returns CF:
 --
 --   CF.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
@@ -19,7 +19,11 @@
 --   CF.pending(co)  -> record | nil    a restored coroutine not resumed yet
 --   CF.revive(rec)  -> body           the function for coroutine.create or
 --       coroutine.wrap that continues the record; CF.adopt(co, rec) marks
---       the new thread as restored (so that it is saved as the same record)
+--       the new thread as restored (so that it is saved as the same record
+--       until it is resumed or closed); CF.start() then starts every adopted
+--       thread up to its first resume (once records are complete), so that
+--       its frames' pcalls, xpcalls and to-be-closed guards are native
+--       levels of the thread: coroutine.close and errors close them natively
 --
 -- A RECORD is plain data the serializer writes like any table:
 --   { n = N, [1] = innermost frame, ..., [N] = outermost frame }
@@ -45,7 +49,9 @@
 -- remaining variables; the outermost frame's results end the coroutine.
 --
 -- A restored coroutine runs its frames in the finisher, innermost first;
--- `pcall`/`xpcall` frames are re-created around the frames above them. While
+-- `pcall`/`xpcall` frames are re-created around the frames above them, and
+-- a frame with pending to-be-closed variables gets one native <close>
+-- guard for them (no pcall, so no C stack per frame). While
 -- it runs, its state is `st` = {rec = record, running = k} (frames above k
 -- are done, k runs in the finisher, frames below k wait in `rec`), so a
 -- coroutine suspended inside finisher frames is captured again from the
@@ -60,6 +66,7 @@ local getlocal = original("debug.getlocal", debug.getlocal)
 local getupvalue = original("debug.getupvalue", debug.getupvalue)
 local getmetatable = original("debug.getmetatable", debug.getmetatable)
 local corunning = original("coroutine.running", coroutine.running)
+local costatus = original("coroutine.status", coroutine.status)
 local next, pcall, rawget, rawequal = original("next", next), original("pcall", pcall),
   original("rawget", rawget), original("rawequal", rawequal)
 local type, select, error = original("type", type), original("select", select),
@@ -471,6 +478,7 @@ end
 -- Resume.
 ---------------------------------------------------------------------------
 local restored = setmetatable({}, { __mode = "k" })   -- thread -> record, until resumed
+local unstarted = {}        -- adopted threads that CF.start has still to start
 
 local function value_of(fr, r, R)
   local link = fr.links and fr.links[r]
@@ -478,32 +486,20 @@ local function value_of(fr, r, R)
   return R[r]
 end
 
--- What coroutine.close does to the pending to-be-closed variables of the
--- frames still waiting in a record (frames from+1 .. n, innermost first,
--- each frame's last first): call each __close; an error replaces the one
--- passed on. Returns true, or false and the error.
-local function close_waiting(rec, from)
-  local ok, err = true, nil
-  for k = from + 1, rec.n do
-    local fr = rec[k]
-    local tbc = fr.tbc
-    if tbc then
-      for i = #tbc, 1, -1 do
-        local r = tbc[i]
-        local v = value_of(fr, r, { [r] = fr[R0 + r] })
-        local mt = getmetatable(v)
-        local good, e = pcall(mt.__close, v, err)
-        if not good then ok, err = false, e end
-      end
-    end
+-- A restored thread is saved as its record until the user resumes it, and
+-- as dead once closed.
+function CF.pending(co)
+  local rec = restored[co]
+  if rec and costatus(co) == "dead" then
+    restored[co] = nil
+    return nil
   end
-  return ok, err
+  return rec
 end
 
-function CF.pending(co) return restored[co] end
 function CF.adopt(co, rec)
   restored[co] = rec
-  kernel.before_close[co] = function() return close_waiting(rec, 0) end
+  unstarted[#unstarted + 1] = co
 end
 
 -- Put the results of frame fr's pending instruction in place (luaV_finishOp);
@@ -570,71 +566,83 @@ local function run_frame(st, k, ...)
   return F.run(f, p, pc, R, copy_va(fr.va), top, { links = fr.links, tbc = fr.tbc })
 end
 
--- An error from the frames above passes through frame k: its pending
--- to-be-closed variables are closed with it, last first, as natively.
-local function unwind(st, k, e)
+-- A waiting frame's pending to-be-closed variables are closed by a native
+-- to-be-closed variable of its own (FRAME_GUARD), so Lua closes them when
+-- and where it would close the frame's own: when a pcall catches an error
+-- passing through (with the error), or in coroutine.close (with the error
+-- that killed the coroutine, or nil), inside the closed coroutine, where a
+-- yield is an error. Last variable first; a failing __close passes its
+-- error on (luaF_close). Once frame k runs, F.run's own guard has them.
+local FRAME_GUARD = { __close = function(g, e)
+  local st, k = g[1], g[2]
+  if st.running >= k then return end
   local fr = st.rec[k]
   local R = registers(fr)
   st.running = k
   st.busy = "closes its variables after an error"
-  for i = #fr.tbc, 1, -1 do   -- (only frames with a tbc list get here)
+  local failed = false
+  for i = #fr.tbc, 1, -1 do
     local v = value_of(fr, fr.tbc[i], R)
     local mt = getmetatable(v)
     local ok, e2 = pcall(mt.__close, v, e)
-    if not ok then e = e2 end
+    if not ok then e, failed = e2, true end
   end
   st.busy = nil
-  error(e, 0)
-end
+  if failed then error(e, 0) end
+end }
 
-local finish_upto
+local yield = original("coroutine.yield", coroutine.yield)
+local START = {}            -- what a restored coroutine yields when started
 
-local function after(st, k, ok, ...)
-  if ok then return run_frame(st, k, ...) end
-  return unwind(st, k, (...))
+-- Frame 0: CF.start started the coroutine, which built the levels below
+-- (pcall/xpcall calls and guards) and waits here for the user's first resume.
+local function first_resume()
+  local r = pack(yield(START))
+  restored[corunning()] = nil
+  return unpack(r, 1, r.n)
 end
 
 -- The results of frames 1 .. k, given the resume values for frame 1.
-function finish_upto(st, k, ...)
-  if k == 0 then return ... end
+local function finish_upto(st, k)
+  if k == 0 then return first_resume() end
   local fr = st.rec[k]
   if fr.c == "pcall" then
-    return PCALL(finish_upto, st, k - 1, ...)
+    return PCALL(finish_upto, st, k - 1)
   elseif fr.c == "xpcall" then
-    return KXPCALL(finish_upto, fr.h, st, k - 1, ...)
+    return KXPCALL(finish_upto, fr.h, st, k - 1)
   elseif fr.tbc then
-    return after(st, k, PCALL(finish_upto, st, k - 1, ...))
+    local guard <close> = setmetatable({ st, k }, FRAME_GUARD)
+    return run_frame(st, k, finish_upto(st, k - 1))
   end
-  return run_frame(st, k, finish_upto(st, k - 1, ...))
+  return run_frame(st, k, finish_upto(st, k - 1))
 end
-
--- coroutine.close of a suspended restored coroutine closes the variables of
--- the frames still waiting in its record (the frames above them, native or
--- finisher, are closed first by Lua itself); after an error has passed
--- through them (unwind) or once all have run, there is nothing left.
-local GUARD = { __close = function(g, e)
-  local st = g.st
-  if e == nil and not st.done then
-    local ok, err = close_waiting(st.rec, st.running)
-    if not ok then error(err, 0) end
-  end
-end }
 
 -- Not a tail call: this level stays on the stack, and a capture finds `st`
 -- in it.
-function resume_restored(st, ...)
-  local co = corunning()
-  restored[co] = nil
-  kernel.before_close[co] = nil
-  local guard <close> = setmetatable({ st = st }, GUARD)
-  local r = pack(finish_upto(st, st.rec.n, ...))
-  st.done = true
+function resume_restored(st)
+  local r = pack(finish_upto(st, st.rec.n))
   return unpack(r, 1, r.n)
 end
 
 function CF.revive(rec)
   local st = { rec = rec, running = 0 }
-  return function(...) return resume_restored(st, ...) end
+  return function() return resume_restored(st) end
+end
+
+-- Start the threads adopted since the last call (after a restore has set
+-- every record's contents and metatables): each runs to its first_resume,
+-- so that its frames' guards, pcalls and xpcalls are native levels before
+-- any user code can resume or close it. Returns a list of failures.
+local coresume = original("coroutine.resume", coroutine.resume)
+function CF.start()
+  local failed = {}
+  local list = unstarted
+  unstarted = {}
+  for _, co in ipairs(list) do
+    local ok, v = coresume(co)
+    if not (ok and rawequal(v, START)) then failed[#failed + 1] = { co, tostring(v) } end
+  end
+  return failed
 end
 
 return CF

@@ -1457,6 +1457,13 @@ local function apply(body, unpickle_at)
       if not rawequal(dgetmt(samples[i - 1]), mt) then dsetmt(samples[i - 1], mt) end
     end
   end
+  -- (7) restored suspended coroutines start, up to their first resume
+  -- (frames.lua: their pcalls and to-be-closed guards become native levels)
+  if CF then
+    for _, f in ipairs(CF.start()) do
+      note(tostring(f[1]), "restored coroutine cannot be started: " .. f[2])
+    end
+  end
   return notes
 end
 
