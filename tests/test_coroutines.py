@@ -478,18 +478,23 @@ R(cy)
 
 scenario("error_after_restore_leaves_closing_to_coroutine_close", """
 local mt = {__close = function(o, e) L("closed", o.name, e) end}
-ce = coroutine.create(function()
-  local a <close> = setmetatable({name = "a"}, mt)
-  local function inner()
-    local b <close> = setmetatable({name = "b"}, mt)
-    local v = coroutine.yield("waiting")
-    error("boom " .. v, 0)
-  end
-  inner()
-end)
-R(ce)
+local function make(tag)
+  return coroutine.create(function()
+    local a <close> = setmetatable({name = "a" .. tag}, mt)
+    local function inner()
+      local b <close> = setmetatable({name = "b" .. tag}, mt)
+      local v = coroutine.yield("waiting")
+      local c <close> = setmetatable({name = "c" .. tag}, mt)
+      error("boom " .. v, 0)
+    end
+    inner()
+  end)
+end
+ce, rd = make("1"), make("2")
+R(ce); R(rd)
 """, "R(ce, 'now'); L(coroutine.status(ce)); L('nothing closed yet'); "
-     "L(coroutine.close(ce)); L(coroutine.close(ce)); R(ce)")
+     "L(coroutine.close(ce)); L(coroutine.close(ce)); R(ce); R(rd, 'later')",
+    "L(coroutine.status(rd)); L(coroutine.close(rd)); L(coroutine.close(rd))")
 
 scenario("a_thousand_restored_frames_with_close_variables", """
 local count = 0
@@ -508,6 +513,39 @@ cdeep3 = coroutine.create(function()
 end); R(cdeep3)
 """, "R(cdeep, 1); L(done(), last)",
     "L(coroutine.close(cdeep2)); L(done(), last); R(cdeep3, {}); L(done(), last)")
+
+scenario("dead_by_error_keeps_its_error_and_close_variables", """
+local mt = {__close = function(o, e) L("closed", o.name, type(e) == "table" and e[1] or e) end}
+local failing = setmetatable({}, {__close = function(o, e) error("close failed", 0) end})
+de = coroutine.create(function()
+  local a <close> = setmetatable({name = "a"}, mt)
+  local skip <close> = false
+  local function inner()
+    local b <close> = setmetatable({name = "b"}, mt)
+    local c <close> = setmetatable({name = "c"}, mt)
+    local n = 1 + {}
+  end
+  inner()
+end)
+R(de)
+de2 = coroutine.create(function()
+  local a <close> = setmetatable({name = "a2"}, mt)
+  local f <close> = failing
+  error({"table error"})
+end)
+do local ok, e = coroutine.resume(de2); L(ok, e[1]) end
+de3 = coroutine.create(function() error("plain") end)
+R(de3)
+de4 = coroutine.create(function()
+  local a <close> = setmetatable({name = "a4"}, mt)
+  pcall(function() local x <close> = setmetatable({name = "x4"}, mt); error("caught") end)
+  local v = coroutine.yield("after pcall")
+  error("late " .. v, 0)
+end)
+R(de4); R(de4, "v")
+""", "L(coroutine.status(de)); R(de); L(coroutine.close(de)); L(coroutine.close(de))",
+    "L(coroutine.close(de2)); L(coroutine.close(de2)); L(coroutine.close(de3)); "
+    "L(coroutine.close(de3)); L(coroutine.close(de4))")
 
 
 @pytest.fixture(scope="module")

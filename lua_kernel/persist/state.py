@@ -64,7 +64,17 @@ def attach(session):
     session._framepeek = (lua, peek)
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
+    frames.use_tbc_slots(_tbc_slots)
     return module
+
+
+def _tbc_slots(thread):
+    """frames.lua's reader of a dead coroutine's pending to-be-closed
+    variables (framepeek.tbc_slots); None when it cannot read them."""
+    try:
+        return framepeek.tbc_slots(int(thread))
+    except Exception:  # noqa: BLE001 - never raise into Lua
+        return None
 
 
 def _saved_pcs_many(session):

@@ -645,4 +645,68 @@ function CF.start()
   return failed
 end
 
+---------------------------------------------------------------------------
+-- Coroutines dead by an error.
+---------------------------------------------------------------------------
+-- Such a coroutine keeps its error and its pending to-be-closed variables
+-- (lua_resume leaves the stack as it is; luaB_close -> lua_closethread ->
+-- luaE_resetthread closes them with the error and returns false, error).
+-- CF.failed(co) -> {e = error, n = k, [1..k] = the values to close, first
+-- created first} for such a coroutine, nil for one that ended normally (or
+-- was closed: luaE_resetthread leaves only the base level). The error is
+-- the last slot of level 0 (luaD_seterrorobj pushed it); the variables come
+-- from the thread's tbclist (framepeek.py's tbc_slots, checked here with
+-- the debug library); the guards of restored frames stand for the
+-- variables they close. Without the memory reader, only the error is kept.
+local tbc_slots
+function CF.use_tbc_slots(f) tbc_slots = f end
+
+local FIN_GUARD = upvalue_named(F.run, "GUARD")
+local sunpack = original("string.unpack", string.unpack)
+
+local function closers_of(v, out)
+  local mt = getmetatable(v)
+  if rawequal(mt, FRAME_GUARD) then
+    local st, k = v[1], v[2]
+    if st.running < k then
+      local fr = st.rec[k]
+      local R = registers(fr)
+      for _, r in ipairs(fr.tbc) do out[#out + 1] = value_of(fr, r, R) end
+    end
+  elseif FIN_GUARD and rawequal(mt, FIN_GUARD) then
+    local fr = v.fr
+    for _, r in ipairs(fr.tbc) do out[#out + 1] = fr.R[r] end
+  else
+    out[#out + 1] = v
+  end
+end
+
+function CF.failed(co)
+  if costatus(co) ~= "dead" or getinfo(co, 0, "f") == nil then return nil end
+  local e, i = nil, 1
+  while true do
+    local name, v = getlocal(co, 0, i)
+    if name == nil then break end
+    e, i = v, i + 1
+  end
+  local rec = { e = e }
+  local slots = tbc_slots and tbc_slots(tonumber(sformat("%p", co)))
+  if type(slots) == "string" and #slots % 8 == 0 then
+    local list = {}
+    for pos = 1, #slots, 8 do
+      local level, n = sunpack("<i4i4", slots, pos)
+      local name, v = getlocal(co, level, n)
+      local mt = getmetatable(v)
+      if name == nil or v == nil or v == false or mt == nil or rawget(mt, "__close") == nil then
+        list = {}      -- the reader and the debug library disagree: keep none
+        break
+      end
+      closers_of(v, list)
+    end
+    for j, v in ipairs(list) do rec[j] = v end
+  end
+  rec.n = #rec
+  return rec
+end
+
 return CF
