@@ -41,6 +41,7 @@ MAXDELTA = 0xFFFF        # lfunc.c: USHRT_MAX, a gap bridged by dummy nodes (del
 CI_FUNC = 0              # CallInfo.func: the frame's function slot (StkId)
 CI_PREVIOUS = 16         # CallInfo.previous
 CI_SAVEDPC = 32          # CallInfo.u.l.savedpc (Lua frames)
+CI_U2 = 56               # CallInfo.u2 (int: funcidx, nyield, nres, ...)
 CI_CALLSTATUS = 62       # CallInfo.callstatus (unsigned short)
 CI_SIZE = 64
 CIST_C = 1 << 1          # the frame runs a C function

@@ -547,6 +547,45 @@ R(de4); R(de4, "v")
     "L(coroutine.close(de2)); L(coroutine.close(de2)); L(coroutine.close(de3)); "
     "L(coroutine.close(de3)); L(coroutine.close(de4))")
 
+scenario("close_yielding_while_an_error_unwinds_keeps_the_error", """
+local function closer(name, yields)
+  return setmetatable({}, {__close = function(o, e)
+    L("closing " .. name, e)
+    if yields then L("close resumed " .. name, coroutine.yield("in close " .. name)) end
+  end})
+end
+uw = coroutine.create(function()
+  local ok, e = pcall(function()
+    local z <close> = closer("z", true)
+    local y <close> = closer("y", false)
+    local function inner()
+      local w <close> = closer("w", true)
+      error("oops", 0)
+    end
+    inner()
+  end)
+  L("pcall gave", ok, e)
+  return "end"
+end)
+R(uw)
+ux = coroutine.create(function()
+  local r = table.pack(xpcall(function()
+    local z <close> = closer("xz", true)
+    error({})
+  end, function(e) return "handled" end))
+  L("xpcall gave", r.n, r[1], r[2])
+  local ok, e = pcall(function()
+    local a <close> = closer("a", false)
+    local b <close> = setmetatable({}, {__close = function(o, e)
+      coroutine.yield("b yields"); error("b failed", 0)
+    end})
+    error("first", 0)
+  end)
+  L("pcall gave", ok, e)
+end)
+R(ux)
+""", "R(uw, 1)", "R(uw, 2); R(uw, 3); R(ux, 'X')", "R(ux); R(ux)")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):

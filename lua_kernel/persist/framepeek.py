@@ -63,7 +63,7 @@ import struct
 from dataclasses import dataclass
 
 from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, CIST_C,
-                      L_CI, L_STACK, L_TBCLIST, LCL_P, MAXDELTA, MEMORY, STACKVALUE_SIZE,
+                      CI_U2, L_CI, L_STACK, L_TBCLIST, LCL_P, MAXDELTA, MEMORY, STACKVALUE_SIZE,
                       TBC_DELTA, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
                       P_LINEINFO, P_SIZEABSLINEINFO, P_SIZECODE, P_SIZELINEINFO, TAG_CCL,
                       TAG_LCF, TAG_LCL)
@@ -487,6 +487,28 @@ def saved_pcs_many(session, batch: bytes, tables) -> bytes:
             continue
         out.append(struct.pack(f"<BI{2 * len(pcs)}i", 0, len(pcs),
                                *[x for f in pcs for x in (f.level, f.pc)]))
+    return b"".join(out)
+
+
+def ci_states(thread: int) -> bytes | None:
+    """Per level of a thread, innermost first, its CallInfo's `callstatus`
+    (H: CIST_RECST, bits 10-12, is the error a pcall is recovering from
+    while it closes variables; CIST_CLSRET a frame closing variables in its
+    return) and `u2` (i4: nres while a Lua frame closes variables in
+    OP_RETURN), as bytes; None if the memory cannot be read."""
+    ci = MEMORY.pointer(thread + L_CI)
+    out = []
+    while ci:
+        previous = MEMORY.pointer(ci + CI_PREVIOUS)
+        data = MEMORY.read(ci + CI_U2, CI_CALLSTATUS + 2 - CI_U2)
+        if previous is None or data is None or len(out) > MAX_LEVELS:
+            return None
+        if previous == 0:             # base_ci: not a level
+            break
+        (u2,) = struct.unpack_from("<i", data, 0)
+        (status,) = struct.unpack_from("<H", data, CI_CALLSTATUS - CI_U2)
+        out.append(struct.pack("<Hi", status, u2))
+        ci = previous
     return b"".join(out)
 
 

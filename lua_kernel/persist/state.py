@@ -64,17 +64,21 @@ def attach(session):
     session._framepeek = (lua, peek)
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
-    frames.use_tbc_slots(_tbc_slots)
+    frames.use_readers(_reader(framepeek.tbc_slots), _reader(framepeek.ci_states))
     return module
 
 
-def _tbc_slots(thread):
-    """frames.lua's reader of a dead coroutine's pending to-be-closed
-    variables (framepeek.tbc_slots); None when it cannot read them."""
-    try:
-        return framepeek.tbc_slots(int(thread))
-    except Exception:  # noqa: BLE001 - never raise into Lua
-        return None
+def _reader(read):
+    """One of frames.lua's readers of a thread's memory (framepeek.tbc_slots,
+    framepeek.ci_states): bytes, or None when it cannot read them."""
+
+    def reader(thread):
+        try:
+            return read(int(thread))
+        except Exception:  # noqa: BLE001 - never raise into Lua
+            return None
+
+    return reader
 
 
 def _saved_pcs_many(session):

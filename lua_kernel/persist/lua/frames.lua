@@ -300,6 +300,80 @@ end
 
 local resume_restored     -- the function a restored coroutine runs (below)
 
+-- Readers of a thread's memory (framepeek.py, given by persist/state.py):
+-- tbc_slots(address) -> i4 pairs (level, n) of its pending to-be-closed
+-- variables, outermost first; ci_states(address) -> per level, innermost
+-- first, H callstatus and i4 u2. Either may give nil.
+local tbc_slots, ci_states
+function CF.use_readers(tbc, states) tbc_slots, ci_states = tbc, states end
+local sunpack = original("string.unpack", string.unpack)
+
+local function address(co) return tonumber(sformat("%p", co)) end
+
+-- CallInfo facts of a thread, read once per capture of it: states[level] =
+-- {status, u2}, or nil when unreadable.
+local function read_states(co)
+  local bytes = ci_states and ci_states(address(co))
+  if type(bytes) ~= "string" or #bytes % 6 ~= 0 then return nil end
+  local states = {}
+  for pos = 1, #bytes, 6 do
+    local status, u2 = sunpack("<Hi4", bytes, pos)
+    states[(pos - 1) // 6] = { status, u2 }
+  end
+  return states
+end
+
+-- The values of the pending to-be-closed variables at `level` (all levels
+-- when nil), first created first, checked with the debug library; nil
+-- when they cannot be read.
+local function tbc_values(co, level)
+  local slots = tbc_slots and tbc_slots(address(co))
+  if type(slots) ~= "string" or #slots % 8 ~= 0 then return nil end
+  local list = {}
+  for pos = 1, #slots, 8 do
+    local lv, n = sunpack("<i4i4", slots, pos)
+    if level == nil or lv == level then
+      local name, v = getlocal(co, lv, n)
+      local mt = getmetatable(v)
+      if name == nil or v == nil or v == false or mt == nil or rawget(mt, "__close") == nil then
+        return nil
+      end
+      list[#list + 1] = v
+    end
+  end
+  return list
+end
+
+-- The last slot of a level (luaD_seterrorobj put the error there).
+local function last_slot(co, level)
+  local e, i = nil, 1
+  while true do
+    local name, v = getlocal(co, level, i)
+    if name == nil then return e end
+    e, i = v, i + 1
+  end
+end
+
+local RECST_SHIFT, CLSRET = 10, 1 << 9   -- lstate.h: CIST_RECST, CIST_CLSRET
+
+-- A pcall/xpcall at `level` whose callee is not the function it was given
+-- may be recovering from an error (finishpcallk: closing the variables of
+-- the frames the error unwound, with a __close that yielded): then the
+-- error and the variables still to close, {e = error, n = k, ...}.
+local function recovering(co, plan, level)
+  local t = plan.table
+  if rawequal(t[level - 1].func, select(2, getlocal(co, level, 1))) then return nil end
+  plan.states = plan.states or read_states(co) or false
+  local state = plan.states and plan.states[level]
+  if state == nil or (state[1] >> RECST_SHIFT) & 7 == 0 then return nil end
+  local list = tbc_values(co, level)
+  if list == nil then return nil, "cannot read the variables a pcall is closing after an error" end
+  -- the error sits just below the __close's function slot
+  local u = { e = last_slot(co, level), n = #list }
+  for i, v in ipairs(list) do u[i] = v end
+  return u
+end
+
 -- The pc of a frame waiting on a call, when its bytecode pins it down: the
 -- one call-like instruction on its current line that the callee's name
 -- allows and whose register A fits the visible slots (framepeek.py's
@@ -334,17 +408,30 @@ function CF.prepare(co)
   local t, why = FP.frames(co, true)
   if t == nil then return nil, why end
   local items, wanted, pcs = {}, {}, {}
+  local plan = { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
+  local kx_u        -- a recovering real xpcall inside the kernel's xpcall
   for level = 1, t.n - 1 do
     local lv = t[level]
     local f = lv.func
     if lv.what == "C" then
       if level + 1 < t.n and rawequal(t[level + 1].func, KXPCALL) then
         -- inside the kernel's xpcall, which is recorded as the xpcall
+        if not internal(t[level - 1]) then
+          local why
+          kx_u, why = recovering(co, plan, level)
+          if why then return nil, why end
+        end
       elseif rawequal(f, pcall) then
-        if not internal(t[level - 1]) then items[#items + 1] = { c = "pcall" } end
+        if not internal(t[level - 1]) then
+          local u, why = recovering(co, plan, level)
+          if why then return nil, why end
+          items[#items + 1] = { c = "pcall", u = u }
+        end
       elseif rawequal(f, REAL_XPCALL) then
         if not internal(t[level - 1]) then
-          items[#items + 1] = { c = "xpcall", h = select(2, getlocal(co, level, 2)) }
+          local u, why = recovering(co, plan, level)
+          if why then return nil, why end
+          items[#items + 1] = { c = "xpcall", h = select(2, getlocal(co, level, 2)), u = u }
         end
       else
         return nil, sformat("it is suspended inside a C function (%s) that cannot " ..
@@ -352,8 +439,9 @@ function CF.prepare(co)
       end
     elseif rawequal(f, KXPCALL) then
       if not (level >= 2 and internal(t[level - 2])) then
-        items[#items + 1] = { c = "xpcall", h = lv.regs[2] }
+        items[#items + 1] = { c = "xpcall", h = lv.regs[2], u = kx_u }
       end
+      kx_u = nil
     elseif rawequal(f, EXECUTE) then
       local item = { fin = lv.regs[1] }
       if item.fin.dec[item.fin.cur][1] == OP.CONCAT then
@@ -376,7 +464,7 @@ function CF.prepare(co)
       if ok and pc then pcs[level] = pc else wanted[#wanted + 1] = level end
     end
   end
-  return { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
+  return plan
 end
 
 function CF.packed(plan) return FP.pack(plan.table) end
@@ -465,7 +553,7 @@ function CF.build(plan, probe)
       end
     else
       n = n + 1
-      rec[n] = { c = item.c, h = item.h }
+      rec[n] = { c = item.c, h = item.h, u = item.u }
     end
   end
   rec.n = n
@@ -602,11 +690,43 @@ local function first_resume()
   return unpack(r, 1, r.n)
 end
 
+local finish_upto
+
+-- A pcall/xpcall frame saved while it closed, after an error, the variables
+-- of the frames the error unwound (finishpcallk), one __close having
+-- yielded: that __close (frames 1 .. k-1) runs to its end (an error it
+-- raises replaces the one being passed on), then the variables still to
+-- close are closed with the error by Lua itself (closing_error: they are
+-- its to-be-closed variables, in a real pcall), which gives the call's
+-- results, false and the error. An xpcall's handler has run already.
+local function closing_error(u, e, i)
+  if i > u.n then error(e, 0) end
+  local v = u[i]
+  local mt = getmetatable(v)
+  if mt == nil or rawget(mt, "__close") == nil then return closing_error(u, e, i + 1) end
+  local c <close> = v
+  closing_error(u, e, i + 1)
+end
+
+-- The body of a coroutine restored dead by an error (CF.failed's record):
+-- it dies with the error over the same pending variables.
+function CF.die(rec) closing_error(rec, rec.e, 1) end
+
+local function recover(st, k)
+  local u = st.rec[k].u
+  local ok, e = PCALL(finish_upto, st, k - 1)
+  st.running = k
+  if ok then e = u.e end
+  return PCALL(closing_error, u, e, 1)
+end
+
 -- The results of frames 1 .. k, given the resume values for frame 1.
-local function finish_upto(st, k)
+function finish_upto(st, k)
   if k == 0 then return first_resume() end
   local fr = st.rec[k]
-  if fr.c == "pcall" then
+  if fr.u then
+    return recover(st, k)
+  elseif fr.c == "pcall" then
     return PCALL(finish_upto, st, k - 1)
   elseif fr.c == "xpcall" then
     return KXPCALL(finish_upto, fr.h, st, k - 1)
@@ -658,11 +778,8 @@ end
 -- from the thread's tbclist (framepeek.py's tbc_slots, checked here with
 -- the debug library); the guards of restored frames stand for the
 -- variables they close. Without the memory reader, only the error is kept.
-local tbc_slots
-function CF.use_tbc_slots(f) tbc_slots = f end
 
 local FIN_GUARD = upvalue_named(F.run, "GUARD")
-local sunpack = original("string.unpack", string.unpack)
 
 local function closers_of(v, out)
   local mt = getmetatable(v)
@@ -683,29 +800,11 @@ end
 
 function CF.failed(co)
   if costatus(co) ~= "dead" or getinfo(co, 0, "f") == nil then return nil end
-  local e, i = nil, 1
-  while true do
-    local name, v = getlocal(co, 0, i)
-    if name == nil then break end
-    e, i = v, i + 1
-  end
-  local rec = { e = e }
-  local slots = tbc_slots and tbc_slots(tonumber(sformat("%p", co)))
-  if type(slots) == "string" and #slots % 8 == 0 then
-    local list = {}
-    for pos = 1, #slots, 8 do
-      local level, n = sunpack("<i4i4", slots, pos)
-      local name, v = getlocal(co, level, n)
-      local mt = getmetatable(v)
-      if name == nil or v == nil or v == false or mt == nil or rawget(mt, "__close") == nil then
-        list = {}      -- the reader and the debug library disagree: keep none
-        break
-      end
-      closers_of(v, list)
-    end
-    for j, v in ipairs(list) do rec[j] = v end
-  end
-  rec.n = #rec
+  local rec = { e = last_slot(co, 0) }
+  local list = {}
+  for _, v in ipairs(tbc_values(co, nil) or {}) do closers_of(v, list) end
+  for j, v in ipairs(list) do rec[j] = v end
+  rec.n = #list
   return rec
 end
 

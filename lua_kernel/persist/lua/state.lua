@@ -1056,19 +1056,6 @@ local function dead_thread()
   return co
 end
 
--- The body of a coroutine restored dead by an error: rec.e is the error,
--- rec[1..n] the values of its pending to-be-closed variables (a value that
--- lost its __close meanwhile is skipped: Lua would not accept it again).
-local function die_closing(rec, i)
-  if i > rec.n then error(rec.e, 0) end
-  local v = rec[i]
-  local mt = dgetmt(v)
-  if mt == nil or rawget(mt, "__close") == nil then return die_closing(rec, i + 1) end
-  local c <close> = v
-  die_closing(rec, i + 1)
-end
-local function die(rec) die_closing(rec, 1) end
-
 local function closed_file()
   local fh = tmpfile()
   if fh then fh:close() end
@@ -1281,7 +1268,8 @@ local function apply(body, unpickle_at)
             O[pid] = dead_thread()
             rec.done, progress = true, true
           elseif state == 2 then      -- dies in (7), once its record is complete
-            O[pid] = kcreate(die)
+            if CF == nil then error("coroutines dead by an error cannot be restored here", 0) end
+            O[pid] = kcreate(CF.die)
             nfailing = nfailing + 1
             failing[nfailing] = { O[pid], c }
             rec.done, progress = true, true
