@@ -586,6 +586,23 @@ end)
 R(ux)
 """, "R(uw, 1)", "R(uw, 2); R(uw, 3); R(ux, 'X')", "R(ux); R(ux)")
 
+scenario("xpcall_below_a_close_variable_keeps_its_results", """
+local mt = {__close = function(o, e) L("closed", e) end}
+xc = coroutine.create(function()
+  local c <close> = setmetatable({}, mt)
+  local r = table.pack(xpcall(function(a)
+    local b = coroutine.yield("first " .. a)
+    local d = coroutine.yield("second " .. b)
+    return "ret", d
+  end, function(e) return "handled " .. e end, "A"))
+  L("xpcall gave", table.unpack(r, 1, r.n))
+  local p = table.pack(pcall(coroutine.yield, "third"))
+  L("pcall gave", table.unpack(p, 1, p.n))
+  return "end"
+end)
+R(xc)
+""", "R(xc, 'B')", "R(xc, 'D')", "R(xc, 'P'); R(xc)")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
