@@ -603,6 +603,56 @@ end)
 R(xc)
 """, "R(xc, 'B')", "R(xc, 'D')", "R(xc, 'P'); R(xc)")
 
+scenario("xpcall_handler_runs_before_close_variables_after_restore", """
+local function closer(name)
+  return setmetatable({}, {__close = function(o, e) L("closing " .. name, e) end})
+end
+local function handler(e) L("handler sees", e); return "handled " .. e end
+local function native_fails()
+  local n <close> = closer("native callee")
+  error("deep", 0)
+end
+xh = coroutine.create(function()
+  L("xpcall gave", xpcall(function()
+    local a <close> = closer("a")
+    local function inner()
+      local b <close> = closer("b")
+      local v = coroutine.yield("ready")
+      if v == "native" then native_fails() end
+      error("failed " .. v, 0)
+    end
+    inner()
+  end, handler))
+  L("second", xpcall(function()
+    local c <close> = closer("c")
+    local v = coroutine.yield("again")
+    local x = v + {}
+  end, function(e) L("handler 2 sees", e); return 2 end))
+  return "end"
+end)
+R(xh)
+xh2 = coroutine.create(function()
+  return xpcall(function()
+    local a <close> = closer("a2")
+    return pcall(function()
+      local b <close> = closer("b2")
+      coroutine.yield("in pcall")
+      error("caught by pcall", 0)
+    end)
+  end, handler)
+end)
+R(xh2)
+xh3 = coroutine.create(function()
+  local ok, e = xpcall(function()
+    local a <close> = closer("a3")
+    coroutine.yield("x3")
+    native_fails()
+  end, handler)
+  L("xh3", ok, e)
+end)
+R(xh3)
+""", "R(xh, 'now'); R(xh, 5); R(xh2); R(xh3)")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
@@ -741,3 +791,26 @@ def test_a_restored_frame_looping_forever_can_be_interrupted():
     timer.join()
     assert time.monotonic() - started < 5
     assert restored.execute("return coroutine.status(spin), 1 + 1") == ("dead", 2)
+
+
+def test_a_close_yielding_while_a_restored_frame_unwinds_is_refused():
+    """A __close of a restored frame that yields while an error passes (the
+    frame is gone; its variables close in the finisher's guard) cannot be
+    continued: it is refused by path, not saved wrong."""
+    s = Session()
+    run(s, PRELUDE + """
+    uy = coroutine.create(function()
+      return pcall(function()
+        local z <close> = setmetatable({}, {__close = function() coroutine.yield("in close") end})
+        local v = coroutine.yield("first")
+        error("after restore " .. v, 0)
+      end)
+    end)
+    coroutine.resume(uy)
+    """, "setup")
+    restored = Session.restore(s.snapshot())
+    assert run(restored, "return coroutine.resume(uy, 'x')", "step") == (True, "in close")
+    restored.snapshot()
+    assert [i.path for i in restored.save_issues] == ["_G.uy"]
+    assert "closes its variables after an error" in restored.save_issues[0].reason
+    assert run(restored, "return coroutine.resume(uy)", "end") == (True, False, "after restore x")

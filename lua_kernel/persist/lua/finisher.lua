@@ -20,6 +20,9 @@
 --               default proto.maxstacksize
 --       opts    { links = {[reg] = {f = closure, n = upvalue index}},
 --                 tbc = {reg, ...},       -- active to-be-closed registers
+--                 msgh = the message handler of the xpcall the frame
+--                        runs in (called where the error is raised, before
+--                        any variable closes, as natively),
 --                 interpret = function(callee, fr) -> true | function | nil,
 --                 caller = the finisher frame that calls this one }
 --               `links` says a register is an open upvalue shared with
@@ -74,9 +77,9 @@
 -- and metamethods pass through untouched; `error(msg, 2)` in a native callee
 -- points at the interpreted line, as natively. On error, pending
 -- to-be-closed variables are closed with the error object, in reverse
--- order, when a pcall in the thread catches it; an error that kills a
--- coroutine leaves them to coroutine.close, as natively (which also closes
--- the pending ones of a suspended coroutine).
+-- order, by F.run's own <close> variable: when a pcall catches the error,
+-- or at coroutine.close for an error that killed the coroutine, as
+-- natively (coroutine.close also closes those of a suspended coroutine).
 --
 -- Tables. OP_NEWTABLE and OP_SETLIST run natively (tiny functions made of
 -- the instruction), so array sizes, `#` of constructors with holes and
@@ -86,7 +89,8 @@
 -- them at level 2 or more from a native caller (pcall(error, "x", 2)) name
 -- this file; an xpcall message handler runs after the interpreted frames
 -- between the error and the xpcall have closed their to-be-closed
--- variables (natively, before); the debug library (stack levels, getinfo,
+-- variables (natively, before), unless F.run is given it (opts.msgh, as
+-- for restored frames); the debug library (stack levels, getinfo,
 -- hooks, tracebacks) sees the finisher's own functions.
 
 local B = ...
@@ -106,8 +110,7 @@ local maxinteger, mininteger = math.maxinteger, math.mininteger
 local table_unpack, table_pack, table_sort = table.unpack, table.pack, table.sort
 local string_dump, string_format, string_find, string_gsub, string_match, string_sub =
   string.dump, string.format, string.find, string.gsub, string.match, string.sub
-local coroutine_create, coroutine_wrap, coroutine_running =
-  coroutine.create, coroutine.wrap, coroutine.running
+local coroutine_create, coroutine_wrap = coroutine.create, coroutine.wrap
 local decode, OP, line_of = B.decode, B.OP, B.line_of
 
 local F = {}
@@ -318,9 +321,11 @@ local function callclose(fr, tm, v, err)
 end
 
 -- Call the pending to-be-closed variables >= level, last first (luaF_close).
--- With `err` (an error is propagating) a failing __close replaces it.
+-- With `err` (an error is propagating) a failing __close replaces it; returns
+-- the error and whether one did.
 local function closetbc(fr, level, haserr, err)
   local t = fr.tbc
+  local failed = false
   while #t > 0 and t[#t] >= level do
     local reg = t[#t]
     t[#t] = nil
@@ -329,12 +334,12 @@ local function closetbc(fr, level, haserr, err)
     local tm = mt and rawget(mt, "__close")
     if haserr then
       local ok, e = pcall(callclose, fr, tm, v, err)
-      if not ok then err = e end
+      if not ok then err, failed = e, true end
     else
       callclose(fr, tm, v, nil)
     end
   end
-  return err
+  return err, failed
 end
 
 local function close(fr, level)
@@ -350,12 +355,15 @@ local GUARD = {__close = function(g, e)
   local fr = g.fr
   closeupvals(fr, 0)
   if #fr.tbc == 0 then return end
+  local failed = false
   if e == nil then
     local ok, err = pcall(closetbc, fr, 0, false)
     if ok then return end
-    e = err
+    e, failed = err, true
   end
-  error(closetbc(fr, 0, true, e), 0)
+  local e2, failed2 = closetbc(fr, 0, true, e)
+  -- only a new error is raised (an active message handler sees each once)
+  if failed or failed2 then error(e2, 0) end
 end}
 
 -- ------------------------------------------------------ table sizes ---
@@ -1602,35 +1610,14 @@ local function rewrite(fr, e)
   return rest
 end
 
--- Is an error raised in finish() caught in this thread (a pcall or xpcall
--- other than F.run's own; the host's lua_pcall under the main thread)?
--- Natively an uncaught error kills a coroutine without closing its
--- variables; coroutine.close closes them later (GUARD).
-local function caught()
-  if select(2, coroutine_running()) then return true end
-  local level = 3                        -- finish's caller
-  while true do
-    local info = debug_getinfo(level, "f")
-    if info == nil then return false end
-    local f = info.func
-    if (f == pcall or f == xpcall) and debug_getinfo(level - 1, "f").func ~= execute then
-      return true
-    end
-    level = level + 1
-  end
-end
-
 local function finish(fr, ok, e)
   if ok then
     local ret = fr.ret
     return table_unpack(ret, 1, ret.n)
   end
-  e = rewrite(fr, e)
-  if caught() then
-    closeupvals(fr, 0)
-    e = closetbc(fr, 0, true, e)
-  end
-  error(e, 0)
+  -- the frame's variables close natively, by F.run's GUARD, when the error
+  -- is caught (after a message handler ran) or at coroutine.close
+  error(rewrite(fr, e), 0)
 end
 
 function F.run(cl, proto, pc, regs, varargs, top, opts)
@@ -1646,6 +1633,10 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     short_src = short_src_of(cl, proto), caller = opts.caller,
   }
   local guard <close> = setmetatable({fr = fr}, GUARD)
+  local msgh = opts.msgh
+  if msgh then     -- the message handler of the xpcall the frame runs in
+    return finish(fr, xpcall(execute, function(e) return msgh(rewrite(fr, e)) end, fr))
+  end
   return finish(fr, pcall(execute, fr))
 end
 

@@ -107,6 +107,8 @@ end
 
 -- The finisher's `execute(fr)`: its levels stand for finisher frames.
 local EXECUTE = assert(upvalue_named(F.run, "execute"), "frames.lua: no finisher execute")
+-- F.run's own to-be-closed guard (closes a finisher frame's variables).
+local FIN_GUARD = assert(upvalue_named(F.run, "GUARD"), "frames.lua: no finisher GUARD")
 
 ---------------------------------------------------------------------------
 -- What a prototype says about its registers (cached per prototype).
@@ -454,6 +456,9 @@ function CF.prepare(co)
         return nil, "it is suspended while a restored frame " .. st.busy
       end
       items[#items + 1] = { rest = st }
+    elseif rawequal(f, FIN_GUARD.__close) then
+      return nil, "it is suspended in a __close while a restored frame closes its " ..
+        "variables after an error"
     elseif internal(lv) then
       -- the finisher's own machinery between finisher frames
     elseif KERNEL_SRC and lv.src == KERNEL_SRC then
@@ -641,6 +646,40 @@ local function registers(fr)
   return R
 end
 
+-- Message handlers. Natively an xpcall's handler runs where the error is
+-- raised, before any variable closes. A restored frame runs in F.run
+-- inside the re-created xpcall of the nearest protected frame below it, so
+-- F.run calls that handler itself where the error is raised (opts.msgh),
+-- marks it done in `st.handled`, and re-raises the handler's result, which
+-- the re-created xpcall's handler (handler_of) passes on unchanged.
+local function msgh_for(st, k)
+  local rec = st.rec
+  for j = k + 1, rec.n do
+    local c = rec[j].c
+    if c == "pcall" or rec[j].u then return nil end
+    if c == "xpcall" then
+      local h = rec[j].h
+      return function(e)
+        local v = h(e)
+        st.handled = { v }
+        return v
+      end
+    end
+  end
+  return nil
+end
+
+local function handler_of(st, h)
+  return function(e)
+    local done = st.handled
+    if done then
+      st.handled = nil
+      return done[1]
+    end
+    return h(e)
+  end
+end
+
 local function run_frame(st, k, ...)
   local fr = st.rec[k]
   local f = fr[FN]
@@ -650,8 +689,10 @@ local function run_frame(st, k, ...)
   local pc, top = deliver(fr, p, R, ...)
   st.busy = nil
   st.running = k
+  st.handled = nil
   if pc == nil then return unpack(top, 1, top.n) end
-  return F.run(f, p, pc, R, copy_va(fr.va), top, { links = fr.links, tbc = fr.tbc })
+  return F.run(f, p, pc, R, copy_va(fr.va), top,
+    { links = fr.links, tbc = fr.tbc, msgh = msgh_for(st, k) })
 end
 
 -- A waiting frame's pending to-be-closed variables are closed by a native
@@ -729,7 +770,7 @@ function finish_upto(st, k)
   elseif fr.c == "pcall" then
     return PCALL(finish_upto, st, k - 1)
   elseif fr.c == "xpcall" then
-    return KXPCALL(finish_upto, fr.h, st, k - 1)
+    return KXPCALL(finish_upto, handler_of(st, fr.h), st, k - 1)
   elseif fr.tbc then
     local guard <close> = setmetatable({ st, k }, FRAME_GUARD)
     return run_frame(st, k, finish_upto(st, k - 1))
@@ -779,8 +820,6 @@ end
 -- the debug library); the guards of restored frames stand for the
 -- variables they close. Without the memory reader, only the error is kept.
 
-local FIN_GUARD = upvalue_named(F.run, "GUARD")
-
 local function closers_of(v, out)
   local mt = getmetatable(v)
   if rawequal(mt, FRAME_GUARD) then
@@ -790,7 +829,7 @@ local function closers_of(v, out)
       local R = registers(fr)
       for _, r in ipairs(fr.tbc) do out[#out + 1] = value_of(fr, r, R) end
     end
-  elseif FIN_GUARD and rawequal(mt, FIN_GUARD) then
+  elseif rawequal(mt, FIN_GUARD) then
     local fr = v.fr
     for _, r in ipairs(fr.tbc) do out[#out + 1] = fr.R[r] end
   else
