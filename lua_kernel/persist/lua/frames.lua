@@ -356,6 +356,22 @@ local function last_slot(co, level)
   end
 end
 
+-- The registers of the pending to-be-closed variables of Lua level
+-- `level`, ascending (read once per plan); nil when unreadable.
+local function tbc_registers(plan, level)
+  if plan.slots == nil then
+    local bytes = tbc_slots and tbc_slots(address(plan.co))
+    plan.slots = type(bytes) == "string" and #bytes % 8 == 0 and bytes or false
+  end
+  if not plan.slots then return nil end
+  local list = {}
+  for pos = 1, #plan.slots, 8 do
+    local lv, n = sunpack("<i4i4", plan.slots, pos)
+    if lv == level then list[#list + 1] = n - 1 end
+  end
+  return list
+end
+
 local RECST_SHIFT, CLSRET = 10, 1 << 9   -- lstate.h: CIST_RECST, CIST_CLSRET
 
 -- A pcall/xpcall at `level` whose callee is not the function it was given
@@ -496,8 +512,15 @@ local function native_frame(plan, level, pc, probes)
     fr.cat = nregs - 3
   elseif op == OP.CLOSE or op == OP.RETURN then
     if op == OP.RETURN and b == 0 then
-      return nil, "it is suspended in a __close while returning a variable number " ..
-        "of values (" .. sformat("%s:%d", lv.src, lv.line) .. ")"
+      -- returning R[A] .. top - 1: OP_RETURN kept the count in ci->u2.nres
+      -- while it closes the variables (lvm.c; luaV_finishOp sets top from it)
+      plan.states = plan.states or read_states(plan.co) or false
+      local state = plan.states and plan.states[level]
+      if state == nil or state[2] < 0 or a + state[2] > nregs then
+        return nil, "it is suspended in a __close while returning a variable number " ..
+          "of values, and their count cannot be read (" .. sformat("%s:%d", lv.src, lv.line) .. ")"
+      end
+      fr.top = a + state[2]
     end
     local callee = t[level - 1]
     closing = callee.regs and callee.regs[1]
@@ -507,8 +530,18 @@ local function native_frame(plan, level, pc, probes)
       OPNAMES[op] or "?", sformat("%s:%d", lv.src, lv.line))
   end
   local an = analyse(p)
-  local tbc, why = pending_tbc(p, an, fr, pc - 1, op, a, closing)
-  if why then return nil, sformat("%s (%s:%d)", why, lv.src, lv.line) end
+  local tbc, why
+  if op == OP.CLOSE or op == OP.RETURN then
+    -- a __close is running: the thread's tbclist says exactly which of the
+    -- frame's variables are still pending (luaF_close popped that one)
+    tbc = tbc_registers(plan, level)
+  end
+  if tbc == nil then
+    tbc, why = pending_tbc(p, an, fr, pc - 1, op, a, closing)
+    if why then return nil, sformat("%s (%s:%d)", why, lv.src, lv.line) end
+  elseif #tbc == 0 then
+    tbc = nil
+  end
   fr.tbc = tbc
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
@@ -520,6 +553,7 @@ end
 local function finisher_frame(item)
   local x = item.fin
   local n = x.p.maxstacksize
+  if x.top and x.top > n then n = x.top end   -- results of a call above maxstacksize
   local fr = { x.cl, x.cur, n, top = x.top }
   for r = 0, n - 1 do fr[R0 + r] = rawget(x.R, r) end
   if x.varargs.n > 0 then fr.va = copy_va(x.varargs) end
@@ -633,7 +667,7 @@ local function deliver(fr, p, R, ...)
     R[a] = v
     return cur + 1
   elseif op == OP.CLOSE or op == OP.RETURN then
-    return cur                     -- again, to close the remaining variables
+    return cur, fr.top             -- again, to close the remaining variables
   elseif SETS[op] then
     return cur + 1
   end
