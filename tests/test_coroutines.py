@@ -708,6 +708,21 @@ end)
 R(rv0)
 """, "R(rv, 'x')", "R(rv, 'y'); R(rv0, 'z')")
 
+scenario("concatenation_with_several_yielding_concat_metamethods", """
+local mt = {__concat = function(a, b)
+  local l = type(a) == "table" and a.n or a
+  local r = type(b) == "table" and b.n or b
+  return coroutine.yield("concat " .. l .. " " .. r)
+end}
+local function o(n) return setmetatable({n = n}, mt) end
+cc = coroutine.create(function()
+  local x, y, z = o("x"), o("y"), o("z")
+  local s = "a" .. x .. "b" .. y .. 1 .. z .. "c"
+  return "got " .. s
+end)
+R(cc)
+""", "R(cc, 'P')", "R(cc, 'Q')", "R(cc, 'S'); R(cc, 'T'); R(cc, 'U'); R(cc)")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):

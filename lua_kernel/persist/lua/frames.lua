@@ -662,8 +662,14 @@ local function deliver(fr, p, R, ...)
     if (not not (...)) ~= (k == 1) then return cur + 2 end
     return cur + 1                 -- the OP_JMP
   elseif op == OP.CONCAT then
+    -- luaV_finishOp goes on concatenating, right to left; another __concat
+    -- may yield, so the record says how far it got: its result ends the
+    -- operands a .. fr.cat
     local v = (...)
-    for r = fr.cat, a, -1 do v = R[r] .. v end
+    for r = fr.cat, a, -1 do
+      fr.cat = r - 1
+      v = R[r] .. v
+    end
     R[a] = v
     return cur + 1
   elseif op == OP.CLOSE or op == OP.RETURN then
@@ -719,9 +725,7 @@ local function run_frame(st, k, ...)
   local f = fr[FN]
   local p = proto_of(f)
   local R = registers(fr)
-  st.busy = "is being finished"
   local pc, top = deliver(fr, p, R, ...)
-  st.busy = nil
   st.running = k
   st.handled = nil
   if pc == nil then return unpack(top, 1, top.n) end
