@@ -723,6 +723,21 @@ end)
 R(cc)
 """, "R(cc, 'P')", "R(cc, 'Q')", "R(cc, 'S'); R(cc, 'T'); R(cc, 'U'); R(cc)")
 
+scenario("metamethod_wait_above_table_concat_leftovers", """
+local mt = {__add = function(a, b) return coroutine.yield("add") end,
+            __index = function(t, k) return coroutine.yield("index " .. k) end}
+local o = setmetatable({}, mt)
+lu = coroutine.create(function(p)
+  local s = table.concat({"a", "b", p}, ",")
+  local x = o + 1
+  local t = {}
+  t[1], t[2] = s, x
+  local a, b, c, d, e = 1, 2, 3, 4, o.key
+  return s, x, a + b + c + d, e, #t
+end)
+R(lu, "c")
+""", "R(lu, 10)", "R(lu, 'V')")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):

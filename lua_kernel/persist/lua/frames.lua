@@ -496,6 +496,53 @@ local function copy_va(va)
   return out
 end
 
+-- Registers of a frame waiting on a metamethod that are dead: debug.getlocal
+-- shows all maxstacksize of them, and those above the live ones may hold
+-- whatever C code left there (table.concat's buffer placeholder, a light
+-- userdata, which cannot be saved). The code generator allocates registers
+-- as a stack (lcode.c, freereg): at an instruction, every live register is
+-- an active local or a temporary below the instruction's own operands, and
+-- a register above both is written before it is read. So registers from
+-- max(operands + 1, active locals) up are saved as nil. Not for frames
+-- without debug information (their active locals are unknown), nor for
+-- OP_CONCAT/OP_CLOSE/OP_RETURN and calls (their visible slots are exact or
+-- in use up to the top).
+local REGFIELDS = {}   -- op -> its register operands: "a", "b", "c", "ck" (C unless k), "a1"
+for names, fields in next, {
+  ["ADD SUB MUL MOD POW DIV IDIV BAND BOR BXOR SHL SHR GETTABLE LT LE EQ"] = "a b c",
+  ["ADDK SUBK MULK MODK POWK DIVK IDIVK BANDK BORK BXORK ADDI SHRI SHLI UNM BNOT LEN " ..
+   "GETI GETFIELD MMBIN"] = "a b",
+  ["MMBINI MMBINK GETTABUP LTI LEI GTI GEI"] = "a",
+  ["SELF"] = "a a1 b ck", ["SETTABUP"] = "ck", ["SETTABLE"] = "a b ck",
+  ["SETI SETFIELD"] = "a ck",
+} do
+  for name in names:gmatch("%S+") do
+    local set = {}
+    for f in fields:gmatch("%S+") do set[f] = true end
+    REGFIELDS[OP[name]] = set
+  end
+end
+
+local function live_bound(p, an, pc)
+  if #p.lineinfo == 0 then return nil end
+  local hi = 0
+  local function operands(ins)
+    local op, a, b, c, k = decode(ins)
+    local f = REGFIELDS[op]
+    if f == nil then hi = 1 << 30; return end   -- unknown: keep every register
+    if f.a and a + 1 > hi then hi = a + 1 end
+    if f.a1 and a + 2 > hi then hi = a + 2 end
+    if f.b and b + 1 > hi then hi = b + 1 end
+    if (f.c or (f.ck and k == 0)) and c + 1 > hi then hi = c + 1 end
+  end
+  operands(p.code[pc])
+  if MMBINS[(decode(p.code[pc]))] and pc > 1 then operands(p.code[pc - 1]) end
+  for j, v in ipairs(p.locvars or {}) do
+    if v.startpc < pc and pc <= v.endpc and an.reg[j] + 1 > hi then hi = an.reg[j] + 1 end
+  end
+  return hi
+end
+
 local function native_frame(plan, level, pc, probes)
   local t = plan.table
   local lv = t[level]
@@ -543,6 +590,12 @@ local function native_frame(plan, level, pc, probes)
     tbc = nil
   end
   fr.tbc = tbc
+  if MMBINS[op] or TORA[op] or COMPARE[op] or SETS[op] then
+    local hi = live_bound(p, an, pc)
+    if hi then
+      for r = hi, nregs - 1 do fr[R0 + r] = nil end
+    end
+  end
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
     if r < nregs then probes[#probes + 1] = { level, r, fr, fr[R0 + r] } end
