@@ -738,6 +738,27 @@ end)
 R(lu, "c")
 """, "R(lu, 10)", "R(lu, 'V')")
 
+scenario("close_calling_a_yielding_function_before_another_local", """
+local function closer(name)
+  return setmetatable({}, {__close = function(o)
+    local function deeper() L("deep " .. name, coroutine.yield("deep " .. name)) end
+    deeper()
+  end})
+end
+dc = coroutine.create(function()
+  do
+    local x <close> = closer("x")
+    local y = 5
+    local z <close> = closer("z")
+    local w = y + 1
+  end
+  local a <close> = closer("a")
+  local b = 7
+  return b
+end)
+R(dc)
+""", "R(dc, 1)", "R(dc, 2)", "R(dc, 3); R(dc)")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
