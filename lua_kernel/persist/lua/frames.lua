@@ -2,8 +2,8 @@
 --
 -- Loaded once per Lua state by persist/state.py, before any user code, with
 -- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua, whose `original`
--- gives library functions as they were before user code ran) and `kernel`,
--- lua/session.lua's module. Returns CF:
+-- gives library functions as they were before user code ran) and
+-- lua/session.lua's module (unused now). Returns CF:
 --
 --   CF.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
@@ -58,7 +58,7 @@
 -- finisher's own frame tables, the native frames above them, and the frames
 -- still waiting in `rec`.
 
-local B, F, FP, kernel = ...
+local B, F, FP = ...
 local original = FP.original
 
 local getinfo = original("debug.getinfo", debug.getinfo)
@@ -372,7 +372,7 @@ local function tbc_registers(plan, level)
   return list
 end
 
-local RECST_SHIFT, CLSRET = 10, 1 << 9   -- lstate.h: CIST_RECST, CIST_CLSRET
+local RECST_SHIFT = 10                   -- lstate.h: CIST_RECST
 
 -- A pcall/xpcall at `level` whose callee is not the function it was given
 -- may be recovering from an error (finishpcallk: closing the variables of
@@ -382,7 +382,11 @@ local function recovering(co, plan, level)
   local t = plan.table
   if rawequal(t[level - 1].func, select(2, getlocal(co, level, 1))) then return nil end
   plan.states = plan.states or read_states(co) or false
-  local state = plan.states and plan.states[level]
+  if not plan.states then
+    return nil, "cannot tell whether a pcall is closing variables after an error " ..
+      "(its call record cannot be read)"
+  end
+  local state = plan.states[level]
   if state == nil or (state[1] >> RECST_SHIFT) & 7 == 0 then return nil end
   local list = tbc_values(co, level)
   if list == nil then return nil, "cannot read the variables a pcall is closing after an error" end
