@@ -20,8 +20,8 @@
 --   CF.revive(rec)  -> body           the function for coroutine.create or
 --       coroutine.wrap that continues the record; CF.adopt(co, rec) marks
 --       the new thread as restored (so that it is saved as the same record
---       until it is resumed or closed); CF.start() then starts every adopted
---       thread up to its first resume (once records are complete), so that
+--       until it is resumed or closed); CF.start(threads) then starts them
+--       up to their first resume (once records are complete), so that
 --       its frames' pcalls, xpcalls and to-be-closed guards are native
 --       levels of the thread: coroutine.close and errors close them natively
 --
@@ -662,7 +662,6 @@ end
 -- Resume.
 ---------------------------------------------------------------------------
 local restored = setmetatable({}, { __mode = "k" })   -- thread -> record, until resumed
-local unstarted = {}        -- adopted threads that CF.start has still to start
 
 local function value_of(fr, r, R)
   local link = fr.links and fr.links[r]
@@ -683,7 +682,6 @@ end
 
 function CF.adopt(co, rec)
   restored[co] = rec
-  unstarted[#unstarted + 1] = co
 end
 
 -- Put the results of frame fr's pending instruction in place (luaV_finishOp);
@@ -885,18 +883,17 @@ function CF.revive(rec)
   return function() return resume_restored(st) end
 end
 
--- Start the threads adopted since the last call (after a restore has set
--- every record's contents and metatables): each runs to its first_resume,
--- so that its frames' guards, pcalls and xpcalls are native levels before
--- any user code can resume or close it. Returns a list of failures.
+-- Start adopted threads (once a restore has set every record's contents
+-- and metatables): each runs to its first_resume, so that its frames'
+-- guards, pcalls and xpcalls are native levels before any user code can
+-- resume or close it. Returns a list of failures {index in list, reason}.
 local coresume = original("coroutine.resume", coroutine.resume)
-function CF.start()
+local tostring = original("tostring", tostring)
+function CF.start(list)
   local failed = {}
-  local list = unstarted
-  unstarted = {}
-  for _, co in ipairs(list) do
+  for i, co in ipairs(list) do
     local ok, v = coresume(co)
-    if not (ok and rawequal(v, START)) then failed[#failed + 1] = { co, tostring(v) } end
+    if not (ok and rawequal(v, START)) then failed[#failed + 1] = { i, tostring(v) } end
   end
   return failed
 end

@@ -1225,7 +1225,8 @@ local function apply(body, unpickle_at)
   -- with coroutine.wrap(fn), and its thread *is* the restored thread; a
   -- thread waits until its function exists (it may be a wrap function).
   local claimed = {}
-  local failing, nfailing = {}, 0
+  local failing, nfailing = {}, 0       -- threads dead by an error, to kill in (7)
+  local adopted, adopted_at = {}, {}     -- restored suspended threads (and paths), started in (7)
   for wid, rec in next, pending do
     if rec[1] == K_WRAP then
       local c = rec[3]
@@ -1262,6 +1263,8 @@ local function apply(body, unpickle_at)
           local r = frames_of(rec)
           O[pid] = kcreate(CF.revive(r))
           CF.adopt(O[pid], r)
+          local n = #adopted + 1
+          adopted[n], adopted_at[n] = O[pid], rec.where
           rec.done, progress = true, true
         elseif kind == K_THREAD and not claimed[pid] then
           if state == 1 then
@@ -1287,6 +1290,8 @@ local function apply(body, unpickle_at)
               local w = kwrap(CF.revive(r))
               O[pid], O[tid] = w, select(2, getupvalue(w, 1))
               CF.adopt(O[tid], r)
+              local n = #adopted + 1
+              adopted[n], adopted_at[n] = O[tid], trec.where
               rec.done, trec.done, progress = true, true, true
             elseif trec[2] == 1 or trec[2] == 2 then
               local w = kwrap(function() end)
@@ -1489,8 +1494,8 @@ local function apply(body, unpickle_at)
     coresume(failing[i][1], r)
   end
   if CF then
-    for _, f in ipairs(CF.start()) do
-      note(tostring(f[1]), "restored coroutine cannot be started: " .. f[2])
+    for _, f in ipairs(CF.start(adopted)) do
+      note(adopted_at[f[1]] or "?", "restored coroutine cannot be started: " .. f[2])
     end
   end
   return notes
