@@ -759,6 +759,41 @@ end)
 R(dc)
 """, "R(dc, 1)", "R(dc, 2)", "R(dc, 3); R(dc)")
 
+scenario("close_yielding_while_restored_frames_unwind", """
+local function closer(name, yields)
+  return setmetatable({}, {__close = function(o, e)
+    L("closing " .. name, type(e) == "table" and "<table>" or e)
+    if yields then L("close resumed " .. name, coroutine.yield("in close " .. name)) end
+  end})
+end
+uy = coroutine.create(function()
+  local r = table.pack(pcall(function()
+    local a <close> = closer("a", true)
+    local function inner()
+      local z <close> = closer("z", true)
+      local y <close> = closer("y", false)
+      local v = coroutine.yield("first")
+      error("after restore " .. v, 0)
+    end
+    inner()
+    return "not reached"
+  end))
+  L("pcall gave", table.unpack(r, 1, r.n))
+  local r2 = table.pack(xpcall(function()
+    local b <close> = closer("b", true)
+    local function inner2()
+      local c <close> = closer("c", true)
+      coroutine.yield("second")
+      error({})
+    end
+    inner2()
+  end, function(e) return "handled" end))
+  L("xpcall gave", table.unpack(r2, 1, r2.n))
+  return "end"
+end)
+R(uy)
+""", "R(uy, 'x')", "R(uy, 1)", "R(uy, 2)", "R(uy, 3)", "R(uy, 4)", "R(uy, 5); R(uy)")
+
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
@@ -895,26 +930,3 @@ def test_a_restored_frame_looping_forever_can_be_interrupted():
     timer.join()
     assert time.monotonic() - started < 5
     assert restored.execute("return coroutine.status(spin), 1 + 1") == ("dead", 2)
-
-
-def test_a_close_yielding_while_a_restored_frame_unwinds_is_refused():
-    """A __close of a restored frame that yields while an error passes (the
-    frame is gone; its variables close in the finisher's guard) cannot be
-    continued: it is refused by path, not saved wrong."""
-    s = Session()
-    run(s, PRELUDE + """
-    uy = coroutine.create(function()
-      return pcall(function()
-        local z <close> = setmetatable({}, {__close = function() coroutine.yield("in close") end})
-        local v = coroutine.yield("first")
-        error("after restore " .. v, 0)
-      end)
-    end)
-    coroutine.resume(uy)
-    """, "setup")
-    restored = Session.restore(s.snapshot())
-    assert run(restored, "return coroutine.resume(uy, 'x')", "step") == (True, "in close")
-    restored.snapshot()
-    assert [i.path for i in restored.save_issues] == ["_G.uy"]
-    assert "closes its variables after an error" in restored.save_issues[0].reason
-    assert run(restored, "return coroutine.resume(uy)", "end") == (True, False, "after restore x")

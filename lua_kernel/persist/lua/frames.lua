@@ -301,6 +301,11 @@ local function local_named(co, level, name)
 end
 
 local resume_restored     -- the function a restored coroutine runs (below)
+local finish_upto         -- its levels, one per record frame (below)
+local guard_close, guard_closing, registers, value_of, closers_of   -- (below)
+local FRAME_GUARD         -- the metatable of a waiting frame's <close> guard (below)
+local CLOSETBC = assert(upvalue_named(FIN_GUARD.__close, "closetbc"),
+  "frames.lua: no finisher closetbc")
 
 -- Readers of a thread's memory (framepeek.py, given by persist/state.py):
 -- tbc_slots(address) -> i4 pairs (level, n) of its pending to-be-closed
@@ -425,6 +430,34 @@ local function pinned_pc(t, level)
   return found
 end
 
+-- A __close yielding while a restored frame's variables close after an
+-- error: inside F.run's guard (the finisher's closetbc has the error and
+-- the frame's variables still to close) or a waiting frame's guard (its
+-- `e` and the variables below its `i`). Returns {e = error, list = values
+-- still to close, first created first}, or nil and why not.
+function guard_close(f)
+  return rawequal(f, FIN_GUARD.__close) or rawequal(f, FRAME_GUARD.__close)
+end
+
+function guard_closing(co, t, level)
+  local lv = t[level]
+  local g = lv.regs[1]
+  local list = {}
+  if rawequal(lv.func, FIN_GUARD.__close) then
+    if not rawequal(t[level - 1].func, CLOSETBC) then
+      return nil, "it is suspended in a __close while a restored frame closes its variables"
+    end
+    local fr, pending = g.fr, local_named(co, level - 1, "t")
+    for j = 1, #pending do list[j] = fr.R[pending[j]] end
+    return { e = local_named(co, level - 1, "err"), list = list }
+  end
+  local st, k = g[1], g[2]
+  local fr = st.rec[k]
+  local R = registers(fr)
+  for j = 1, local_named(co, level, "i") - 1 do list[j] = value_of(fr, fr.tbc[j], R) end
+  return { e = local_named(co, level, "e"), list = list }
+end
+
 -- The logical frames of a suspended coroutine, innermost first.
 function CF.prepare(co)
   local t, why = FP.frames(co, true)
@@ -432,10 +465,31 @@ function CF.prepare(co)
   local items, wanted, pcs = {}, {}, {}
   local plan = { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
   local kx_u        -- a recovering real xpcall inside the kernel's xpcall
+  local closing     -- a guard of a restored frame closing after an error (below)
+  local rest_from   -- the first record frame still waiting, when not st.running + 1
   for level = 1, t.n - 1 do
     local lv = t[level]
     local f = lv.func
-    if lv.what == "C" then
+    if closing and closing.caught then
+      -- between the catching pcall and the finish_upto level that made it
+      if rawequal(f, finish_upto) then
+        rest_from, closing = lv.regs[2] + 1, nil
+      elseif not rawequal(f, KXPCALL) then
+        return nil, "it is suspended in a __close while a restored frame closes " ..
+          "its variables after an error, inside another such closing"
+      end
+    elseif lv.what == "C" and closing and (rawequal(f, pcall) or rawequal(f, REAL_XPCALL))
+        and guard_close(t[level - 1].func) then
+      -- the pcall that caught the error: it closes, with the error, what the
+      -- guard has still to close, then the variables of the other frames
+      -- the error unwound (its own level's tbclist), then returns false, e
+      local list = {}
+      for _, v in ipairs(tbc_values(co, level) or {}) do closers_of(v, list) end
+      for _, v in ipairs(closing.list) do list[#list + 1] = v end
+      list.e, list.n = closing.e, #list
+      items[#items + 1] = { c = "pcall", u = list }
+      closing.caught = true
+    elseif lv.what == "C" then
       if level + 1 < t.n and rawequal(t[level + 1].func, KXPCALL) then
         -- inside the kernel's xpcall, which is recorded as the xpcall
         if not internal(t[level - 1]) then
@@ -471,14 +525,11 @@ function CF.prepare(co)
       end
       items[#items + 1] = item
     elseif rawequal(f, resume_restored) then
-      local st = lv.regs[1]
-      if st.busy then
-        return nil, "it is suspended while a restored frame " .. st.busy
-      end
-      items[#items + 1] = { rest = st }
-    elseif rawequal(f, FIN_GUARD.__close) then
-      return nil, "it is suspended in a __close while a restored frame closes its " ..
-        "variables after an error"
+      items[#items + 1] = { rest = lv.regs[1], from = rest_from }
+    elseif guard_close(f) then
+      local why
+      closing, why = guard_closing(co, t, level)
+      if closing == nil then return nil, why end
     elseif internal(lv) then
       -- the finisher's own machinery between finisher frames
     elseif KERNEL_SRC and lv.src == KERNEL_SRC then
@@ -643,7 +694,7 @@ function CF.build(plan, probe)
       rec[n] = finisher_frame(item)
     elseif item.rest then
       local st = item.rest
-      for k = st.running + 1, st.rec.n do
+      for k = item.from or st.running + 1, st.rec.n do
         n = n + 1
         rec[n] = st.rec[k]
       end
@@ -663,7 +714,7 @@ end
 ---------------------------------------------------------------------------
 local restored = setmetatable({}, { __mode = "k" })   -- thread -> record, until resumed
 
-local function value_of(fr, r, R)
+function value_of(fr, r, R)
   local link = fr.links and fr.links[r]
   if link then return select(2, getupvalue(link.f, link.n)) end
   return R[r]
@@ -735,7 +786,7 @@ local function deliver(fr, p, R, ...)
   error(sformat("restored frame pending on %s", OPNAMES[op] or "?"), 0)
 end
 
-local function registers(fr)
+function registers(fr)
   local R = {}
   for r = 0, fr[NREGS] - 1 do R[r] = fr[R0 + r] end
   return R
@@ -795,21 +846,23 @@ end
 -- that killed the coroutine, or nil), inside the closed coroutine, where a
 -- yield is an error. Last variable first; a failing __close passes its
 -- error on (luaF_close). Once frame k runs, F.run's own guard has them.
-local FRAME_GUARD = { __close = function(g, e)
+local function call_close(v, e)
+  local mt = getmetatable(v)
+  mt.__close(v, e)
+end
+
+-- (a capture while one of these __close yields reads `g`, `e` and `i`)
+FRAME_GUARD = { __close = function(g, e)
   local st, k = g[1], g[2]
   if st.running >= k then return end
   local fr = st.rec[k]
   local R = registers(fr)
   st.running = k
-  st.busy = "closes its variables after an error"
   local failed = false
   for i = #fr.tbc, 1, -1 do
-    local v = value_of(fr, fr.tbc[i], R)
-    local mt = getmetatable(v)
-    local ok, e2 = pcall(mt.__close, v, e)
+    local ok, e2 = pcall(call_close, value_of(fr, fr.tbc[i], R), e)
     if not ok then e, failed = e2, true end
   end
-  st.busy = nil
   if failed then error(e, 0) end
 end }
 
@@ -823,8 +876,6 @@ local function first_resume()
   restored[corunning()] = nil
   return unpack(r, 1, r.n)
 end
-
-local finish_upto
 
 -- A pcall/xpcall frame saved while it closed, after an error, the variables
 -- of the frames the error unwound (finishpcallk), one __close having
@@ -855,6 +906,7 @@ local function recover(st, k)
 end
 
 -- The results of frames 1 .. k, given the resume values for frame 1.
+-- (a capture reads `st` and `k` of its levels)
 function finish_upto(st, k)
   if k == 0 then return first_resume() end
   local fr = st.rec[k]
@@ -863,7 +915,10 @@ function finish_upto(st, k)
   elseif fr.c == "pcall" then
     return PCALL(finish_upto, st, k - 1)
   elseif fr.c == "xpcall" then
-    return KXPCALL(finish_upto, handler_of(st, fr.h), st, k - 1)
+    -- not a tail call (KXPCALL is a Lua function): a capture finds this
+    -- level, and its k, below the xpcall
+    local r = pack(KXPCALL(finish_upto, handler_of(st, fr.h), st, k - 1))
+    return unpack(r, 1, r.n)
   elseif fr.tbc then
     local guard <close> = setmetatable({ st, k }, FRAME_GUARD)
     return run_frame(st, k, finish_upto(st, k - 1))
@@ -912,7 +967,7 @@ end
 -- the debug library); the guards of restored frames stand for the
 -- variables they close. Without the memory reader, only the error is kept.
 
-local function closers_of(v, out)
+function closers_of(v, out)
   local mt = getmetatable(v)
   if rawequal(mt, FRAME_GUARD) then
     local st, k = v[1], v[2]
