@@ -543,9 +543,17 @@ de4 = coroutine.create(function()
   error("late " .. v, 0)
 end)
 R(de4); R(de4, "v")
+de5 = coroutine.create(function()          -- table.concat's buffer box is pending too
+  local a <close> = setmetatable({name = "a5"}, mt)
+  local t = {}
+  for i = 1, 100 do t[i] = string.rep("x", 100) end
+  t[101] = {}
+  return table.concat(t)
+end)
+R(de5)
 """, "L(coroutine.status(de)); R(de); L(coroutine.close(de)); L(coroutine.close(de))",
     "L(coroutine.close(de2)); L(coroutine.close(de2)); L(coroutine.close(de3)); "
-    "L(coroutine.close(de3)); L(coroutine.close(de4))")
+    "L(coroutine.close(de3)); L(coroutine.close(de4)); L(coroutine.close(de5))")
 
 scenario("close_yielding_while_an_error_unwinds_keeps_the_error", """
 local function closer(name, yields)

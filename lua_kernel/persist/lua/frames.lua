@@ -345,7 +345,8 @@ local function tbc_values(co, level)
       if name == nil or v == nil or v == false or mt == nil or rawget(mt, "__close") == nil then
         return nil
       end
-      list[#list + 1] = v
+      -- a luaL_Buffer's box (lauxlib.c newbox, line 508) only frees memory
+      if rawget(mt, "__name") ~= "_UBOX*" then list[#list + 1] = v end
     end
   end
   return list
