@@ -474,7 +474,18 @@ cy = coroutine.create(function()
   inner()
 end)
 R(cy)
-""", "L(coroutine.close(cy)); L(coroutine.status(cy)); L(coroutine.close(cy))")
+cy2 = coroutine.create(function()              -- resumed after the restore, then closed
+  local a <close> = setmetatable({name = "outer"}, mt)
+  local function inner()
+    local b <close> = setmetatable({name = "inner"}, mt)
+    coroutine.yield("in inner")
+    coroutine.yield("again in inner")
+  end
+  inner()
+end)
+R(cy2)
+""", "L(coroutine.close(cy)); L(coroutine.status(cy)); L(coroutine.close(cy)); "
+     "cy = cy2; R(cy2); L(coroutine.close(cy2)); L(coroutine.status(cy2))")
 
 scenario("error_after_restore_leaves_closing_to_coroutine_close", """
 local mt = {__close = function(o, e) L("closed", o.name, e) end}
