@@ -740,7 +740,12 @@ cc = coroutine.create(function()
   return "got " .. s
 end)
 R(cc)
-""", "R(cc, 'P')", "R(cc, 'Q')", "R(cc, 'S'); R(cc, 'T'); R(cc, 'U'); R(cc)")
+cn = coroutine.create(function() local s = 1 .. 2 .. o("n") .. "c"; return s end)
+R(cn)
+local nothing
+cl = coroutine.create(function() local s = nothing .. o("l") .. "c"; return s end)
+R(cl)
+""", "R(cc, 'P')", "R(cc, 'Q')", "R(cc, 'S'); R(cc, 'T'); R(cc, 'U'); R(cc); R(cn, nil); R(cl, 'L')")
 
 scenario("metamethod_wait_above_table_concat_leftovers", """
 local mt = {__add = function(a, b) return coroutine.yield("add") end,

@@ -39,6 +39,7 @@
 --   F.conformance(f, ...) -> results...   conformance mode (below)
 --   F.proto_of(f) -> proto;  F.is_lua(f) -> boolean
 --   F.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
+--   F.typeinfo(proto, pc, reg, v) -> type name, variable info (" (local 'x')")
 --
 -- Conformance mode runs f with every Lua function it reaches interpreted:
 -- Lua functions it calls (directly, by `__call`, or as __close), the
@@ -1461,6 +1462,13 @@ end
 local function varinfo(kind, name)
   if kind == nil then return "" end
   return " (" .. kind .. " '" .. name .. "')"
+end
+
+-- The type and variable info of a native error about register `reg` of a
+-- frame of `proto` at its instruction `pc` (1-based), as ldebug.c words
+-- them (frames.lua finishes a restored concatenation with them).
+function F.typeinfo(proto, pc, reg, v)
+  return objtypename(v), varinfo(getobjname(proto, pc - 1, reg))
 end
 
 -- The pc natively current when the instruction at fr.cur fails: an
