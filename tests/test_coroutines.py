@@ -562,9 +562,18 @@ de5 = coroutine.create(function()          -- table.concat's buffer box is pendi
   return table.concat(t)
 end)
 R(de5)
+local lost = setmetatable({name = "lost"}, mt)
+de6 = coroutine.create(function()          -- a pending variable loses its __close
+  local a <close> = setmetatable({name = "a6"}, mt)
+  local l <close> = lost
+  error("six", 0)
+end)
+R(de6)
+setmetatable(lost, nil)
 """, "L(coroutine.status(de)); R(de); L(coroutine.close(de)); L(coroutine.close(de))",
     "L(coroutine.close(de2)); L(coroutine.close(de2)); L(coroutine.close(de3)); "
-    "L(coroutine.close(de3)); L(coroutine.close(de4)); L(coroutine.close(de5))")
+    "L(coroutine.close(de3)); L(coroutine.close(de4)); L(coroutine.close(de5)); "
+    "L(coroutine.close(de6))")
 
 scenario("close_yielding_while_an_error_unwinds_keeps_the_error", """
 local function closer(name, yields)

@@ -342,11 +342,10 @@ local function tbc_values(co, level)
     if level == nil or lv == level then
       local name, v = getlocal(co, lv, n)
       local mt = getmetatable(v)
-      if name == nil or v == nil or v == false or mt == nil or rawget(mt, "__close") == nil then
-        return nil
-      end
+      if name == nil or v == nil or v == false then return nil end
+      -- (a value may have lost its __close since it became pending)
       -- a luaL_Buffer's box (lauxlib.c newbox, line 508) only frees memory
-      if rawget(mt, "__name") ~= "_UBOX*" then list[#list + 1] = v end
+      if not (mt and rawget(mt, "__name") == "_UBOX*") then list[#list + 1] = v end
     end
   end
   return list
@@ -907,12 +906,19 @@ end
 -- close are closed with the error by Lua itself (closing_error: they are
 -- its to-be-closed variables, in a real pcall), which gives the call's
 -- results, false and the error. An xpcall's handler has run already.
+-- A value that lost its __close meanwhile gets one just long enough to
+-- become a to-be-closed variable (lfunc.c checkclosemth would refuse it), so
+-- closing it fails as natively (calling a nil __close).
+local setmetatable_raw = original("debug.setmetatable", debug.setmetatable)
+local CLOSABLE = { __close = function() end }
 local function closing_error(u, e, i)
   if i > u.n then error(e, 0) end
   local v = u[i]
   local mt = getmetatable(v)
-  if mt == nil or rawget(mt, "__close") == nil then return closing_error(u, e, i + 1) end
+  local bare = mt == nil or rawget(mt, "__close") == nil
+  if bare then setmetatable_raw(v, CLOSABLE) end
   local c <close> = v
+  if bare then setmetatable_raw(v, mt) end
   closing_error(u, e, i + 1)
 end
 
