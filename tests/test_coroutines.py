@@ -825,7 +825,50 @@ uy = coroutine.create(function()
   return "end"
 end)
 R(uy)
-""", "R(uy, 'x')", "R(uy, 1)", "R(uy, 2)", "R(uy, 3)", "R(uy, 4)", "R(uy, 5); R(uy)")
+uz = coroutine.create(function()           -- a __close fails, the next one yields
+  L("xpcall gave", xpcall(function()
+    local c <close> = closer("c2", true)
+    local d <close> = setmetatable({}, {__close = function(o, e)
+      L("closing d2", e); error("d2 failed", 0)
+    end})
+    local v = coroutine.yield("ready")
+    error("bang " .. v, 0)
+  end, function(e) L("handler", e); return "H(" .. tostring(e) .. ")" end))
+end)
+R(uz)
+""", "R(uy, 'x'); R(uz, 'q')", "R(uy, 1)", "R(uy, 2)", "R(uy, 3)", "R(uy, 4)",
+    "R(uy, 5); R(uy); R(uz, 'w')")
+
+scenario("xpcall_handler_sees_errors_of_close_after_restore", """
+local function closer(name, fails)
+  return setmetatable({}, {__close = function(o, e)
+    L("closing " .. name, e)
+    if fails then error(name .. " failed", 0) end
+  end})
+end
+local function handler(e) L("handler", e); return "H(" .. tostring(e) .. ")" end
+xe = coroutine.create(function()
+  L("xpcall gave", xpcall(function()
+    local a <close> = closer("a", false)
+    local b <close> = closer("b", true)
+    local function inner()
+      local v = coroutine.yield("ready")
+      error("boom " .. v, 0)
+    end
+    inner()
+  end, handler))
+end)
+R(xe)
+xf = coroutine.create(function()
+  L("xpcall gave", xpcall(function()
+    local c <close> = closer("c", true)
+    local d <close> = closer("d", true)
+    local v = coroutine.yield("ready")
+    error("bang " .. v, 0)
+  end, handler))
+end)
+R(xf)
+""", "R(xe, 1); R(xf, 2)")
 
 
 @pytest.fixture(scope="module")

@@ -322,49 +322,54 @@ local function callclose(fr, tm, v, err)
 end
 
 -- Call the pending to-be-closed variables >= level, last first (luaF_close).
--- With `err` (an error is propagating) a failing __close replaces it; returns
--- the error and whether one did.
-local function closetbc(fr, level, haserr, err)
+local function closetbc(fr, level)
   local t = fr.tbc
-  local failed = false
   while #t > 0 and t[#t] >= level do
     local reg = t[#t]
     t[#t] = nil
     local v = fr.R[reg]
     local mt = debug_getmetatable(v)
-    local tm = mt and rawget(mt, "__close")
-    if haserr then
-      local ok, e = pcall(callclose, fr, tm, v, err)
-      if not ok then err, failed = e, true end
-    else
-      callclose(fr, tm, v, nil)
-    end
+    callclose(fr, mt and rawget(mt, "__close"), v, nil)
   end
-  return err, failed
 end
 
 local function close(fr, level)
   closeupvals(fr, level)
-  closetbc(fr, level, false)
+  closetbc(fr, level)
 end
 
 -- F.run's own to-be-closed variable: coroutine.close of a suspended
--- coroutine, or of one an error killed, closes the frame's pending
--- variables (with the error), as natively; a failing __close passes its
--- error to the ones below it.
+-- coroutine, or of one an error killed, and an error caught below the frame
+-- close the frame's pending variables (with the error), as natively. Each
+-- gets a native to-be-closed stand-in (PROXY, in close_chain), so a failing
+-- __close raises within Lua's own closing: the active message handler sees
+-- its error and the next variable gets that, as in luaF_close.
+local PROXY = {__close = function(p, err)
+  local c = p.c                  -- shared by one chain: {fr, e, busy, raised}
+  if c.busy then c.raised = true end   -- the previous __close raised
+  if not c.raised then err = c.e end   -- closed by close_chain's return (nil)
+  c.busy = true
+  local fr = c.fr
+  local t = fr.tbc
+  t[#t] = nil                    -- p.reg, the last pending one
+  local v = fr.R[p.reg]
+  local mt = debug_getmetatable(v)
+  callclose(fr, mt and rawget(mt, "__close"), v, err)
+  c.busy = false
+end}
+
+local function close_chain(c, i)
+  local t = c.fr.tbc
+  if i > #t then return end
+  local p <close> = setmetatable({c = c, reg = t[i]}, PROXY)
+  close_chain(c, i + 1)
+end
+
 local GUARD = {__close = function(g, e)
   local fr = g.fr
   closeupvals(fr, 0)
   if #fr.tbc == 0 then return end
-  local failed = false
-  if e == nil then
-    local ok, err = pcall(closetbc, fr, 0, false)
-    if ok then return end
-    e, failed = err, true
-  end
-  local e2, failed2 = closetbc(fr, 0, true, e)
-  -- only a new error is raised (an active message handler sees each once)
-  if failed or failed2 then error(e2, 0) end
+  close_chain({fr = fr, e = e}, 1)
 end}
 
 -- ------------------------------------------------------ table sizes ---

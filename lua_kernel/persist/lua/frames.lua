@@ -301,11 +301,13 @@ local function local_named(co, level, name)
 end
 
 local resume_restored     -- the function a restored coroutine runs (below)
-local finish_upto         -- its levels, one per record frame (below)
+local finish_upto, guarded  -- its levels, one per record frame (below)
 local guard_close, guard_closing, registers, value_of, closers_of, concat_error  -- (below)
 local FRAME_GUARD         -- the metatable of a waiting frame's <close> guard (below)
-local CLOSETBC = assert(upvalue_named(FIN_GUARD.__close, "closetbc"),
-  "frames.lua: no finisher closetbc")
+-- the finisher's stand-ins for a frame's variables while its GUARD closes them
+local CLOSE_CHAIN = assert(upvalue_named(FIN_GUARD.__close, "close_chain"),
+  "frames.lua: no finisher close_chain")
+local PROXY = assert(upvalue_named(CLOSE_CHAIN, "PROXY"), "frames.lua: no finisher PROXY")
 
 -- Readers of a thread's memory (framepeek.py, given by persist/state.py):
 -- tbc_slots(address) -> i4 pairs (level, n) of its pending to-be-closed
@@ -433,29 +435,23 @@ end
 -- A __close yielding while a restored frame's variables close after an
 -- error: inside F.run's guard (the finisher's closetbc has the error and
 -- the frame's variables still to close) or a waiting frame's guard (its
--- `e` and the variables below its `i`). Returns {e = error, list = values
--- still to close, first created first}, or nil and why not.
+-- `e`). Returns {e = error, list = values still to close, first created
+-- first}, or nil and why not.
 function guard_close(f)
-  return rawequal(f, FIN_GUARD.__close) or rawequal(f, FRAME_GUARD.__close)
+  return rawequal(f, PROXY.__close) or rawequal(f, FRAME_GUARD.__close)
 end
 
+-- A stand-in's __close (finisher PROXY, frames.lua FRAME_GUARD) closes one
+-- variable, with the error it passes on (`err`, `e`). The other stand-ins
+-- still to close are in the catching call's tbclist, or, while the
+-- finisher's close_chain returns, in its levels: then F.run's GUARD level,
+-- further out, gives the frame's variables not closed yet (fr.tbc).
 function guard_closing(co, t, level)
   local lv = t[level]
-  local g = lv.regs[1]
-  local list = {}
-  if rawequal(lv.func, FIN_GUARD.__close) then
-    if not rawequal(t[level - 1].func, CLOSETBC) then
-      return nil, "it is suspended in a __close while a restored frame closes its variables"
-    end
-    local fr, pending = g.fr, local_named(co, level - 1, "t")
-    for j = 1, #pending do list[j] = fr.R[pending[j]] end
-    return { e = local_named(co, level - 1, "err"), list = list }
+  if rawequal(lv.func, PROXY.__close) then
+    return { e = local_named(co, level, "err"), list = {} }
   end
-  local st, k = g[1], g[2]
-  local fr = st.rec[k]
-  local R = registers(fr)
-  for j = 1, local_named(co, level, "i") - 1 do list[j] = value_of(fr, fr.tbc[j], R) end
-  return { e = local_named(co, level, "e"), list = list }
+  return { e = local_named(co, level, "e"), list = {} }
 end
 
 -- The logical frames of a suspended coroutine, innermost first.
@@ -479,7 +475,7 @@ function CF.prepare(co)
           "its variables after an error, inside another such closing"
       end
     elseif lv.what == "C" and closing and (rawequal(f, pcall) or rawequal(f, REAL_XPCALL))
-        and guard_close(t[level - 1].func) then
+        and (guard_close(t[level - 1].func) or rawequal(t[level - 1].func, FIN_GUARD.__close)) then
       -- the pcall that caught the error: it closes, with the error, what the
       -- guard has still to close, then the variables of the other frames
       -- the error unwound (its own level's tbclist), then returns false, e
@@ -527,9 +523,14 @@ function CF.prepare(co)
     elseif rawequal(f, resume_restored) then
       items[#items + 1] = { rest = lv.regs[1], from = rest_from }
     elseif guard_close(f) then
-      local why
-      closing, why = guard_closing(co, t, level)
-      if closing == nil then return nil, why end
+      if closing then return nil, "it is suspended in a __close inside another one" end
+      closing = guard_closing(co, t, level)
+    elseif rawequal(f, FIN_GUARD.__close) then
+      if not closing then
+        return nil, "it is suspended while a restored frame closes its variables"
+      end
+      local fr = lv.regs[1].fr
+      for j, r in ipairs(fr.tbc) do closing.list[j] = fr.R[r] end
     elseif internal(lv) then
       -- the finisher's own machinery between finisher frames
     elseif KERNEL_SRC and lv.src == KERNEL_SRC then
@@ -861,31 +862,24 @@ local function run_frame(st, k, ...)
     { links = fr.links, tbc = fr.tbc, msgh = msgh_for(st, k) })
 end
 
--- A waiting frame's pending to-be-closed variables are closed by a native
--- to-be-closed variable of its own (FRAME_GUARD), so Lua closes them when
--- and where it would close the frame's own: when a pcall catches an error
--- passing through (with the error), or in coroutine.close (with the error
--- that killed the coroutine, or nil), inside the closed coroutine, where a
--- yield is an error. Last variable first; a failing __close passes its
--- error on (luaF_close). Once frame k runs, F.run's own guard has them.
-local function call_close(v, e)
-  local mt = getmetatable(v)
-  mt.__close(v, e)
-end
-
--- (a capture while one of these __close yields reads `g`, `e` and `i`)
+-- Each pending to-be-closed variable of a waiting frame is stood for by a
+-- native to-be-closed variable (FRAME_GUARD {st, k, i}: frame k's i-th), so
+-- Lua closes them when and where it would close the frame's own: when a
+-- pcall catches an error passing through (with the error; an error of a
+-- __close goes through the active message handler and on to the next, as
+-- in luaF_close), or in coroutine.close (with the error that killed the
+-- coroutine, or nil), inside the closed coroutine, where a yield is an
+-- error. Once frame k runs, F.run's own guard has them.
+-- (a capture while one of these __close yields reads its `e`)
 FRAME_GUARD = { __close = function(g, e)
-  local st, k = g[1], g[2]
+  local st, k, i = g[1], g[2], g[3]
   if st.running >= k then return end
   local fr = st.rec[k]
-  local R = registers(fr)
-  st.running = k
-  local failed = false
-  for i = #fr.tbc, 1, -1 do
-    local ok, e2 = pcall(call_close, value_of(fr, fr.tbc[i], R), e)
-    if not ok then e, failed = e2, true end
-  end
-  if failed then error(e, 0) end
+  local r = fr.tbc[i]
+  local v = value_of(fr, r, { [r] = fr[R0 + r] })
+  local mt = getmetatable(v)
+  local tm = mt and rawget(mt, "__close")
+  tm(v, e)
 end }
 
 local yield = original("coroutine.yield", coroutine.yield)
@@ -949,10 +943,17 @@ function finish_upto(st, k)
     local r = pack(KXPCALL(finish_upto, handler_of(st, fr.h), st, k - 1))
     return unpack(r, 1, r.n)
   elseif fr.tbc then
-    local guard <close> = setmetatable({ st, k }, FRAME_GUARD)
-    return run_frame(st, k, finish_upto(st, k - 1))
+    return guarded(st, k, 1)
   end
   return run_frame(st, k, finish_upto(st, k - 1))
+end
+
+-- Frame k's guards, one per pending variable, first created first; then
+-- the frame waits for the frames above it.
+function guarded(st, k, i)
+  if i > #st.rec[k].tbc then return run_frame(st, k, finish_upto(st, k - 1)) end
+  local guard <close> = setmetatable({ st, k, i }, FRAME_GUARD)
+  return guarded(st, k, i + 1)
 end
 
 -- Not a tail call: this level stays on the stack, and a capture finds `st`
@@ -999,15 +1000,17 @@ end
 function closers_of(v, out)
   local mt = getmetatable(v)
   if rawequal(mt, FRAME_GUARD) then
-    local st, k = v[1], v[2]
+    local st, k, i = v[1], v[2], v[3]
     if st.running < k then
       local fr = st.rec[k]
-      local R = registers(fr)
-      for _, r in ipairs(fr.tbc) do out[#out + 1] = value_of(fr, r, R) end
+      local r = fr.tbc[i]
+      out[#out + 1] = value_of(fr, r, { [r] = fr[R0 + r] })
     end
   elseif rawequal(mt, FIN_GUARD) then
     local fr = v.fr
     for _, r in ipairs(fr.tbc) do out[#out + 1] = fr.R[r] end
+  elseif rawequal(mt, PROXY) then
+    out[#out + 1] = v.c.fr.R[v.reg]
   else
     out[#out + 1] = v
   end
