@@ -11,6 +11,8 @@ a crash, using the struct layout of the Lua 5.4.8 that lupa bundles.
 
     pcs = saved_pcs(session, co)     # [FramePC(level, pc, line, method), ...]
     answer = saved_pcs_many(session, batch, tables)   # snapshots: bytes in, out
+    tbc_slots(thread), ci_states(thread)   # frames.lua: pending to-be-closed
+                                           # slots, CallInfo status and nres
 
 A snapshot (persist/lua/frames.lua) asks only about the frames whose own
 bytecode does not pin the pc down (see "inferred" below: when exactly one
