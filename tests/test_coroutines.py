@@ -754,7 +754,10 @@ R(cn)
 local nothing
 cl = coroutine.create(function() local s = nothing .. o("l") .. "c"; return s end)
 R(cl)
-""", "R(cc, 'P')", "R(cc, 'Q')", "R(cc, 'S'); R(cc, 'T'); R(cc, 'U'); R(cc); R(cn, nil); R(cl, 'L')")
+cr = coroutine.create(function() local on = o("r"); local s = "a" .. on .. "b"; return s end)
+R(cr)
+""", "R(cc, 'P')", "R(cc, 'Q')",
+    "R(cc, 'S'); R(cc, 'T'); R(cc, 'U'); R(cc); R(cn, nil); R(cl, 'L'); R(cr, false)")
 
 scenario("metamethod_wait_above_table_concat_leftovers", """
 local mt = {__add = function(a, b) return coroutine.yield("add") end,
