@@ -839,7 +839,24 @@ uz = coroutine.create(function()           -- a __close fails, the next one yiel
   end, function(e) L("handler", e); return "H(" .. tostring(e) .. ")" end))
 end)
 R(uz)
-""", "R(uy, 'x'); R(uz, 'q')", "R(uy, 1)", "R(uy, 2)", "R(uy, 3)", "R(uy, 4)",
+local function unwinds(protect, tag, outer_yields, ...)
+  local r = table.pack(protect(function()     -- a native callee's __close yields
+    local a <close> = closer("outer " .. tag, outer_yields)
+    local v = coroutine.yield("before " .. tag)
+    local function native_callee()
+      local n <close> = closer("inner " .. tag, true)
+      error("deep " .. v, 0)
+    end
+    native_callee()
+  end, ...))
+  L(tag .. " gave", table.unpack(r, 1, r.n))
+end
+un = coroutine.create(function()
+  unwinds(pcall, "pcall", false)
+  unwinds(xpcall, "xpcall", true, function(e) return "handled " .. e end)
+end)
+R(un)
+""", "R(uy, 'x'); R(uz, 'q'); R(un, 'y')", "R(un, 1); R(un, 'z')", "R(un, 2)", "R(un, 3); R(un)", "R(uy, 1)", "R(uy, 2)", "R(uy, 3)", "R(uy, 4)",
     "R(uy, 5); R(uy); R(uz, 'w')")
 
 scenario("xpcall_handler_sees_errors_of_close_after_restore", """

@@ -397,9 +397,11 @@ local function recovering(co, plan, level)
   if state == nil or (state[1] >> RECST_SHIFT) & 7 == 0 then return nil end
   local list = tbc_values(co, level)
   if list == nil then return nil, "cannot read the variables a pcall is closing after an error" end
-  -- the error sits just below the __close's function slot
-  local u = { e = last_slot(co, level), n = #list }
-  for i, v in ipairs(list) do u[i] = v end
+  -- the error sits just below the __close's function slot; restored
+  -- frames' stand-ins give the variables they close
+  local u = { e = last_slot(co, level) }
+  for _, v in ipairs(list) do closers_of(v, u) end
+  u.n = #u
   return u
 end
 
@@ -430,6 +432,21 @@ local function pinned_pc(t, level)
     end
   end
   return found
+end
+
+-- A recovering pcall/xpcall at `level` that is the finisher's own, around a
+-- running restored frame (F.run's pcall/xpcall of execute): when it has
+-- closed its level, the frame's error goes on and F.run's guard closes the
+-- frame's variables. Returns the item standing for both: {c = "raise",
+-- u = the frame's variables, then u's}, or nil when the call is not F.run's.
+local function finisher_unwinding(co, t, caller, u)
+  if caller >= t.n or not rawequal(t[caller].func, F.run) then return nil end
+  local fr = local_named(co, caller, "fr")
+  local list = { e = u.e }
+  for _, r in ipairs(fr.tbc) do list[#list + 1] = fr.R[r] end
+  for i = 1, u.n do list[#list + 1] = u[i] end
+  list.n = #list
+  return { c = "raise", u = list }
 end
 
 -- A __close yielding while a restored frame's variables close after an
@@ -497,13 +514,17 @@ function CF.prepare(co)
         if not internal(t[level - 1]) then
           local u, why = recovering(co, plan, level)
           if why then return nil, why end
-          items[#items + 1] = { c = "pcall", u = u }
+          items[#items + 1] = u and finisher_unwinding(co, t, level + 1, u) or { c = "pcall", u = u }
+          if u and rawequal(t[level + 1].func, finish_upto) then
+            closing = { caught = true }   -- a restored pcall: the record goes on after it
+          end
         end
       elseif rawequal(f, REAL_XPCALL) then
         if not internal(t[level - 1]) then
           local u, why = recovering(co, plan, level)
           if why then return nil, why end
-          items[#items + 1] = { c = "xpcall", h = select(2, getlocal(co, level, 2)), u = u }
+          items[#items + 1] = u and finisher_unwinding(co, t, level + 1, u)
+            or { c = "xpcall", h = select(2, getlocal(co, level, 2)), u = u }
         end
       else
         return nil, sformat("it is suspended inside a C function (%s) that cannot " ..
@@ -511,7 +532,11 @@ function CF.prepare(co)
       end
     elseif rawequal(f, KXPCALL) then
       if not (level >= 2 and internal(t[level - 2])) then
-        items[#items + 1] = { c = "xpcall", h = lv.regs[2], u = kx_u }
+        items[#items + 1] = kx_u and finisher_unwinding(co, t, level + 1, kx_u)
+          or { c = "xpcall", h = lv.regs[2], u = kx_u }
+        if kx_u and rawequal(t[level + 1].func, finish_upto) then
+          closing = { caught = true }     -- a restored xpcall: the record goes on after it
+        end
       end
       kx_u = nil
     elseif rawequal(f, EXECUTE) then
@@ -825,7 +850,7 @@ local function msgh_for(st, k)
   local rec = st.rec
   for j = k + 1, rec.n do
     local c = rec[j].c
-    if c == "pcall" or rec[j].u then return nil end
+    if c == "pcall" or (c == "xpcall" and rec[j].u) then return nil end
     if c == "xpcall" then
       local h = rec[j].h
       return function(e)
@@ -920,12 +945,19 @@ end
 -- it dies with the error over the same pending variables.
 function CF.die(rec) closing_error(rec, rec.e, 1) end
 
+-- A "raise" frame: a restored frame that was unwinding (its own pcall in
+-- F.run had caught the error and was closing its callees' variables): once
+-- that __close ends, the error goes on from the frame, through Lua's own
+-- closing of the variables left (an active message handler has seen it).
 local function recover(st, k)
-  local u = st.rec[k].u
+  local fr = st.rec[k]
+  local u = fr.u
   local ok, e = PCALL(finish_upto, st, k - 1)
   st.running = k
   if ok then e = u.e end
-  return PCALL(closing_error, u, e, 1)
+  if fr.c ~= "raise" then return PCALL(closing_error, u, e, 1) end
+  if msgh_for(st, k) then st.handled = { e } end
+  closing_error(u, e, 1)
 end
 
 -- The results of frames 1 .. k, given the resume values for frame 1.
