@@ -28,7 +28,12 @@
 -- A RECORD is plain data the serializer writes like any table:
 --   { n = N, [1] = innermost frame, ..., [N] = outermost frame }
 -- and a frame is one of
---   { c = "pcall" }  |  { c = "xpcall", h = message handler }
+--   { c = "pcall" }  |  { c = "xpcall", h = message handler }, with
+--     u = {e = error, n = k, [1..k] = values, first created first} when the
+--     call was closing, after catching e, the variables of the frames e
+--     unwound and a __close yielded (finishpcallk): the values still to close
+--   { c = "raise", u = ... } a restored frame unwinding: its own pcall in
+--     F.run was closing a native callee's variables; then e goes on from it
 --   { closure, cur, n, R[0], R[1], ..., R[n - 1] } (cur: the pending
 --     instruction, a 1-based index into the prototype's code; n: the number
 --     of registers; frame[R0 + r] is register r), and where needed:
