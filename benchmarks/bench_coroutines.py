@@ -39,7 +39,7 @@ from lua_kernel.persist import state
 from lua_kernel.session import seal
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_snapshot import median_time  # noqa: E402
+from bench_snapshot import median_time
 
 DEEP = """
 local function deep(d, seed)
@@ -109,7 +109,7 @@ def part_a(reps: int):
         run(s, DEEP % "" + start if start == PLAIN else DEEP % start)
         body = None
 
-        def capture():
+        def capture(s=s):
             nonlocal body
             body, issues, _ = state.capture(s)
             assert not issues, issues[:3]
@@ -118,7 +118,7 @@ def part_a(reps: int):
         sealed = seal(body, {})
         restored = []
 
-        def restore():
+        def restore(body=body, restored=restored):
             fresh = Session()
             assert state.apply(fresh, body) == []
             restored.append(fresh)
@@ -167,7 +167,8 @@ def main():
     print("\nA. 1,000 coroutines (medians of", args.reps, "runs)")
     print(f"{'':28} {'capture':>9} {'restore':>9} {'body':>10} {'snapshot':>10}")
     for label, (c, r, size, sealed) in rows.items():
-        print(f"{label:28} {c * 1e3:7.1f}ms {r * 1e3:7.1f}ms {size / 1e3:8.1f}kB {sealed / 1e3:8.1f}kB")
+        print(f"{label:28} {c * 1e3:7.1f}ms {r * 1e3:7.1f}ms {size / 1e3:8.1f}kB "
+              f"{sealed / 1e3:8.1f}kB")
     live = rows["suspended 10 frames deep"]
     for label in ("same data in plain tables", "not started"):
         base = rows[label]

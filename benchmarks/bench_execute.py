@@ -327,7 +327,7 @@ def report(res: dict) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for i, r in enumerate(rows):
         log("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                      for j, (c, w) in enumerate(zip(r, widths))))
+                      for j, (c, w) in enumerate(zip(r, widths, strict=True))))
         if i == 0:
             log("  ".join("-" * w for w in widths))
     log("B rows: ratio of medians (ratio of minimums in brackets).")

@@ -15,9 +15,12 @@ For each data set, in one Session:
   * size       — the snapshot's bytes.
 Then the per-cell autosave overhead through a real kernel: the round trip of
 a trivial cell (execute -> idle), cells in quick succession, with autosave on
-versus off, for a small and a ~50 MB state; and the capture time of each
-state (for a big state the autosave waits until the kernel is idle, and that
-is how long it then holds the Lua thread). Times are medians of several runs; ratios are ours / baseline.
+versus off, for a small and a ~50 MB state; the capture time of each state;
+and the commit window: from a cell's reply until a snapshot holding that
+cell is on disk (0 for a small state, committed before the reply; one save
+for a big one). Times are medians of several runs; ratios are ours / baseline.
+
+    python benchmarks/bench_snapshot.py --autosave-only   # just the kernel part
 """
 from __future__ import annotations
 
@@ -123,7 +126,7 @@ def bench_datasets(reps: int) -> list[dict]:
         t_capture = median_time(s.capture, reps)
         data = s.snapshot()
         t_snapshot = median_time(s.snapshot, reps)
-        t_restore = median_time(lambda: Session.restore(data), reps)
+        t_restore = median_time(lambda data=data: Session.restore(data), reps)
         r = Session.restore(data)
         assert r.execute("#data")[0] == s.execute("#data")[0], name
         rows.append({"data": name, "deep_copy": t_copy, "capture": t_capture,
@@ -159,13 +162,39 @@ def bench_autosave(rounds: int) -> list[dict]:
                         execute(kc, f"y = {i}", timeout=120)
                         samples.append(time.perf_counter() - t0)
                     times[autosave] = statistics.median(samples)
+                    if autosave == "1":
+                        window = commit_window(kc, env, execute)
             from lua_kernel import Session
 
             s = Session()
             s.execute(setup, name="setup")
             rows.append({"state": label, "lua_mb": mb, "autosave_on": times["1"],
-                         "autosave_off": times["0"], "capture": median_time(s.capture, 3)})
+                         "autosave_off": times["0"], "capture": median_time(s.capture, 3),
+                         "window": window})
     return rows
+
+
+def commit_window(kc, env, execute, samples: int = 3) -> float:
+    """Median seconds from a cell's reply until a snapshot holding it is on
+    disk (the snapshot's kernel extras carry the cell's execution count)."""
+    from lua_kernel.persist.snapshot import info_of
+    from lua_kernel.persist.store import Store
+
+    store, key = Store(env["LUA_KERNEL_SNAPSHOTS"]), env["JPY_SESSION_NAME"]
+    windows = []
+    for i in range(samples):
+        time.sleep(0.5)
+        reply, _ = execute(kc, f"w = {i}", timeout=120)
+        replied = time.perf_counter()
+        count = reply["content"]["execution_count"]
+        while True:
+            newest = store.list(key)[-1]
+            data = store.read(newest)
+            if data and info_of(data).kernel.get("execution_count", 0) >= count:
+                break
+            time.sleep(0.002)
+        windows.append(time.perf_counter() - replied)
+    return statistics.median(windows)
 
 
 def machine() -> str:
@@ -188,29 +217,32 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
     ap.add_argument("--json", action="store_true", help="results as JSON on stdout")
+    ap.add_argument("--autosave-only", action="store_true",
+                    help="only the per-cell autosave part (real kernels)")
     args = ap.parse_args()
     reps, rounds = (3, 10) if args.quick else (5, 30)
     report = sys.stderr if args.json else sys.stdout
     t0 = time.perf_counter()
-    data_rows = bench_datasets(reps)
+    data_rows = [] if args.autosave_only else bench_datasets(reps)
     autosave_rows = bench_autosave(rounds)
     print(f"lua_kernel snapshots — {time.strftime('%Y-%m-%d')}, {machine()}", file=report)
     print(f"{'data':<44} {'deep copy':>9} {'capture':>9} {'snapshot':>9} {'restore':>9} "
           f"{'snap/copy':>9} {'rest/copy':>9} {'size':>10}", file=report)
     for r in data_rows:
         # a deep copy shares strings (they are values): no baseline to speak of
-        ratio = (lambda t: f"{t / r['deep_copy']:>9.2f}") if r["deep_copy"] > 1e-3 \
+        ratio = (lambda t, r=r: f"{t / r['deep_copy']:>9.2f}") if r["deep_copy"] > 1e-3 \
             else (lambda t: f"{'n/a':>9}")
         print(f"{r['data']:<44} {r['deep_copy'] * 1e3:>7.1f}ms {r['capture'] * 1e3:>7.1f}ms "
               f"{r['snapshot'] * 1e3:>7.1f}ms {r['restore'] * 1e3:>7.1f}ms "
               f"{ratio(r['snapshot'])} {ratio(r['restore'])} "
               f"{r['size'] / 1e6:>8.2f}MB", file=report)
     print(f"\n{'autosave: trivial cells in quick succession':<44} {'on':>9} {'off':>9} "
-          f"{'ratio':>7} {'capture':>9}", file=report)
+          f"{'ratio':>7} {'capture':>9} {'window':>9}", file=report)
     for r in autosave_rows:
         print(f"{r['state'] + ' (%.0f MB of Lua)' % r['lua_mb']:<44} "
               f"{r['autosave_on'] * 1e3:>7.1f}ms {r['autosave_off'] * 1e3:>7.1f}ms "
-              f"{r['autosave_on'] / r['autosave_off']:>7.2f} {r['capture'] * 1e3:>7.0f}ms",
+              f"{r['autosave_on'] / r['autosave_off']:>7.2f} {r['capture'] * 1e3:>7.0f}ms "
+              f"{r['window'] * 1e3:>7.0f}ms",
               file=report)
     print(f"total benchmark time: {time.perf_counter() - t0:.1f} s", file=report)
     if args.json:

@@ -52,7 +52,7 @@ def _snapshots(args) -> int:
         return 0
     if args.action == "show":
         path = Path(args.key)
-        if path.is_file() and args.name is None:
+        if args.name is None and path.is_file() and _is_snapshot_file(path):
             data = path.read_bytes()
         else:
             found = store.load(args.key, args.name)
@@ -73,7 +73,19 @@ def _snapshots(args) -> int:
     return 0
 
 
+def _is_snapshot_file(path) -> bool:
+    """A snapshot file, as opposed to a notebook (whose path is its key)."""
+    from .persist.snapshot import MAGIC
+
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def _kernel(args, rest) -> int:
+    # The Lua kernel has no debugger: keep ipykernel from importing debugpy,
+    # which would advertise a "debugger" feature we do not have and print a
+    # frozen-modules warning into `jupyter console` at every start.
+    sys.modules.setdefault("debugpy", None)
     from ipykernel.kernelapp import IPKernelApp
 
     from .kernel import LuaKernel

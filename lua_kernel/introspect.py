@@ -242,7 +242,8 @@ def _chain_ending_at(L, toks: list[Token], j: int) -> Chain | None:
             # ("literal"): a parenthesised string, not a call's argument
             if j >= 2 and toks[j - 1].kind == "string" and toks[j - 2].text == "(":
                 prev = toks[j - 3] if j >= 3 else None
-                if prev is not None and (_is_name(prev) or prev.kind == "string" or prev.text in (")", "]", "}")):
+                if prev is not None and (_is_name(prev) or prev.kind == "string"
+                                         or prev.text in (")", "]", "}")):
                     return None
                 value = _literal(L, toks[j - 1])
                 if value is None:

@@ -13,30 +13,34 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import zmq
 from ipykernel.kernelbase import Kernel
 
 from . import __version__, introspect
-from .magics import MagicError, Magics, is_magic_cell
+from .magics import Magics, is_magic_cell
 from .native import lua_release
-from .persist.snapshot import SnapshotError
-from .persistence import (BEFORE_RESET, Persistence, describe_issues, key_from_cell_id,
-                          when)
+from .persistence import Persistence, key_from_cell_id
+from .persistence_magics import PersistenceMagics
 from .runtime import to_bytes
-from .session import LuaError, Session, format_bytes
+from .session import LuaError, Session
 
 ANSI_RED, ANSI_RESET = "\x1b[0;31m", "\x1b[0m"
+# An interrupt that has not landed after this many seconds (a __gc finalizer
+# that loops, one huge C call) makes the next interrupt end the kernel.
+ESCALATE_ENV, ESCALATE_AFTER = "LUA_KERNEL_INTERRUPT_GRACE", 3.0
 HELP_QUERY = re.compile(r"^\s*([A-Za-z_][\w]*(?:[.:][A-Za-z_]\w*)*)\s*(\?\??)\s*$")
 
 
 def clean(text: str) -> str:
     """Lua strings may hold any bytes; Jupyter messages must be UTF-8."""
     return to_bytes(text).decode("utf-8", "replace")
+
+
+class ShuttingDown(Exception):
+    """A request that arrived after shutdown_request."""
 
 
 class LuaKernel(Kernel):
@@ -62,17 +66,20 @@ class LuaKernel(Kernel):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="lua")
+        self._shut_down = False
         self._cell_parent = None      # the execute_request being run
         self._cell_ident = None
         self._cell_allow_stdin = False
         self.history: list[tuple[int, int, str, str | None]] = []  # session, line, in, out
         self.history_session = 1
-        self.persistence = Persistence()
-        self._cells_run = 0
-        restored = self._worker.submit(self.persistence.at_start, self._restore).result()
+        self.persistence = Persistence(log=self.log)
+        self.persistence.request_capture = self._request_capture
+        self._interrupt_since: float | None = None    # the running cell's first interrupt
+        self._escalate_after = float(os.environ.get(ESCALATE_ENV) or ESCALATE_AFTER)
+        restored = self._worker.submit(self.persistence.at_start, self.make_session).result()
         self.lua_session: Session = restored or self._worker.submit(self._new_session).result()
         self.magics = Magics(self.lua_session, self._chunkname)
-        self._register_snapshot_magics()
+        PersistenceMagics(self.persistence, self.magics, self)
         signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _session_kwargs(self) -> dict:
@@ -87,7 +94,10 @@ class LuaKernel(Kernel):
     def _new_session(self) -> Session:
         return Session(**self._session_kwargs())
 
-    def _restore(self, data: bytes) -> Session:
+    # -- what persistence needs from the kernel (persistence_magics.Host):
+    #    lua_session, make_session, use_session, snapshot_extras
+
+    def make_session(self, data: bytes) -> Session:
         """A session from a snapshot; the kernel's counters continue from it, so
         chunk names (In[n]) of restored functions stay unique."""
         session = Session.restore(data, **self._session_kwargs())
@@ -96,11 +106,11 @@ class LuaKernel(Kernel):
         self.execution_count = max(self.execution_count, extras.get("execution_count", 0))
         return session
 
-    def _use(self, session: Session) -> None:
+    def use_session(self, session: Session) -> None:
         self.lua_session = session
         self.magics.session = session
 
-    def _extras(self) -> dict:
+    def snapshot_extras(self) -> dict:
         """The kernel's own part of a snapshot."""
         return {"execution_count": self.execution_count,
                 "cell_sources": self.lua_session.cell_sources}
@@ -109,8 +119,14 @@ class LuaKernel(Kernel):
         return f"In[{self.execution_count}]"
 
     async def _in_lua(self, fn, *args):
-        """Run fn in the Lua worker thread and wait for it without blocking."""
-        return await asyncio.wrap_future(self._worker.submit(fn, *args))
+        """Run fn in the Lua worker thread and wait for it without blocking.
+        Requests still queued when the kernel shuts down are aborted."""
+        try:
+            return await asyncio.wrap_future(self._worker.submit(fn, *args))
+        except (RuntimeError, asyncio.CancelledError):
+            if self._shut_down:
+                raise ShuttingDown from None
+            raise
 
     # -- messages sent on behalf of the running cell ---------------------------
 
@@ -159,7 +175,27 @@ class LuaKernel(Kernel):
         self.saved_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum, frame):
-        self.lua_session.interrupt()
+        if self.lua_session.interrupt():
+            now = time.monotonic()
+            if self._interrupt_since is None:
+                self._interrupt_since = now
+            elif now - self._interrupt_since >= self._escalate_after:
+                self._end_unresponsive(now - self._interrupt_since)
+
+    def _end_unresponsive(self, waited: float) -> None:
+        """The interrupt never landed (Lua runs __gc finalizers with hooks off;
+        one C call can run for minutes): end this process on purpose. The
+        frontend starts a new kernel, which restores the state committed
+        after the last completed cell and says what happened."""
+        why = (f"an interrupt had not landed after {waited:.0f} s (Lua was stuck where it "
+               f"cannot be interrupted: a __gc finalizer, a long C call, ...)")
+        self._stream("stderr", f"\nThe interrupt did not land for {waited:.0f} s: ending this "
+                               f"kernel. The next kernel comes back with the state after the "
+                               f"last completed cell.\n")
+        self.log.error("lua_kernel: %s; ending the kernel process", why)
+        self.persistence.mark_ended(why)
+        time.sleep(0.2)             # let the message leave
+        os._exit(70)
 
     # -- execute ----------------------------------------------------------------
 
@@ -173,24 +209,45 @@ class LuaKernel(Kernel):
         if self.persistence.notice and not silent:
             self._stream("stdout", self.persistence.notice + "\n")
             self.persistence.notice = None
+        self._tell_persistence(silent)
+        if store_history and not silent:
+            self.history.append((self.history_session, self.execution_count, code, None))
         try:
-            result = await self._in_lua(self._run, code)
+            result, shown = await self._in_lua(self._cell, code, silent)
         except LuaError as e:
             return self._error_reply(e, silent)
+        except ShuttingDown:
+            return {"status": "aborted", "execution_count": self.execution_count}
         finally:
-            if store_history and not silent:
-                self.history.append((self.history_session, self.execution_count, code, None))
-            if not silent:
-                self._schedule_autosave()
-        if result is not None and result.show and result.values and not silent:
-            data, metadata = await self._in_lua(self.lua_session.format, *result.values)
-            data = _clean_bundle(data)
+            self._interrupt_since = None
+            self._tell_persistence(silent)
+        if shown is not None:
+            data = _clean_bundle(shown[0])
             self._iopub("execute_result", {"execution_count": self.execution_count,
-                                           "data": data, "metadata": metadata})
+                                           "data": data, "metadata": shown[1]})
             if store_history:
                 self.history[-1] = self.history[-1][:3] + (data.get("text/plain"),)
         return {"status": "ok", "execution_count": self.execution_count,
                 "payload": self._payload, "user_expressions": {}}
+
+    def _cell(self, code: str, silent: bool):
+        """In the Lua thread: run the cell, format what it shows, and commit
+        the new state before the reply can go out (Persistence.after_cell)."""
+        try:
+            result = self._run(code)
+            shown = None
+            if result is not None and result.show and result.values and not silent:
+                shown = self.lua_session.format(*result.values)
+            return result, shown
+        finally:
+            if not silent:
+                self.persistence.after_cell(self.lua_session, self.snapshot_extras())
+
+    def _tell_persistence(self, silent: bool) -> None:
+        """Save failures and lease news go to the cell's stderr, once."""
+        if not silent:
+            for text in self.persistence.take_messages():
+                self._stream("stderr", text + "\n")
 
     async def _key_from_frontend(self, cell_meta, cell_id) -> None:
         """VS Code names the notebook in its cell ids; a kernel that had no key
@@ -200,32 +257,22 @@ class LuaKernel(Kernel):
             return
         self.persistence.key = key
         if self.execution_count <= 1 and not self.lua_session.user_globals():
-            restored = await self._in_lua(self.persistence.at_start, self._restore)
+            restored = await self._in_lua(self.persistence.at_start, self.make_session)
             if restored is not None:
-                self._use(restored)
+                self.use_session(restored)
 
-    def _schedule_autosave(self) -> None:
-        """Serialization runs in the Lua thread after the reply (right away,
-        or once idle for a big state: see Persistence.autosave_delay);
-        compression and the write happen in the writer thread."""
-        self._cells_run += 1
-        generation = self._cells_run
-        delay = self.persistence.autosave_delay()
-        if delay == 0:
-            self._worker.submit(self._autosave, generation)
-            return
-        timer = threading.Timer(delay, self._worker.submit, (self._autosave, generation))
-        timer.daemon = True
-        timer.start()
-
-    def _autosave(self, generation: int) -> None:
-        if generation != self._cells_run:
-            return          # a newer cell ran; its own autosave is scheduled
+    def _request_capture(self) -> None:
+        """A big state is captured in the Lua thread between cells."""
         try:
-            self.persistence.autosave_now(self.lua_session, self._extras())
+            self._worker.submit(self._capture_due)
+        except RuntimeError:        # shutting down: the final save covers it
+            pass
+
+    def _capture_due(self) -> None:
+        try:
+            self.persistence.capture_due(self.lua_session, self.snapshot_extras())
         except Exception as e:  # noqa: BLE001 - a failed autosave must not kill the kernel
-            self.log.warning("autosave failed: %s", e)
-            self.persistence.last_error = str(e)
+            self.log.error("autosave failed: %s", e)
 
     def _run(self, code: str):
         self._payload = []
@@ -247,8 +294,11 @@ class LuaKernel(Kernel):
     def _error_reply(self, e: LuaError, silent: bool) -> dict:
         evalue = clean(e.message)
         traceback = [f"{ANSI_RED}{e.ename}{ANSI_RESET}: {evalue}"]
-        if e.traceback:
-            traceback += clean(e.traceback).split("\n")
+        frames = [f for f in clean(e.traceback).split("\n")[1:] if f.strip()]
+        if frames:
+            # as IPython shows it: the cell's own line first, the error last
+            traceback = (["Traceback (most recent call last):"]
+                         + ["  " + f.strip() for f in reversed(frames)] + traceback)
         content = {"ename": e.ename, "evalue": evalue, "traceback": traceback}
         if not silent:
             self._iopub("error", content)
@@ -289,20 +339,25 @@ class LuaKernel(Kernel):
     # -- introspection ----------------------------------------------------------
 
     async def do_complete(self, code, cursor_pos):
-        return await self._in_lua(introspect.complete, self.lua_session, code, cursor_pos)
+        return await self._ask(introspect.complete, code, cursor_pos)
 
     async def do_inspect(self, code, cursor_pos, detail_level=0, omit_sections=()):
-        reply = await self._in_lua(introspect.inspect, self.lua_session, code, cursor_pos,
-                                   detail_level)
+        reply = await self._ask(introspect.inspect, code, cursor_pos, detail_level)
         reply["data"] = _clean_bundle(reply.get("data", {}))
         return reply
 
     async def do_is_complete(self, code):
-        return await self._in_lua(introspect.is_complete, self.lua_session, code)
+        return await self._ask(introspect.is_complete, code)
+
+    async def _ask(self, fn, *args) -> dict:
+        try:
+            return await self._in_lua(fn, self.lua_session, *args)
+        except ShuttingDown:
+            return {"status": "aborted"}
 
     async def do_shutdown(self, restart):
         try:
-            await self._in_lua(self.persistence.shutdown, self.lua_session, self._extras(),
+            await self._in_lua(self.persistence.shutdown, self.lua_session, self.snapshot_extras(),
                                restart)
         except Exception as e:  # noqa: BLE001 - shutting down regardless
             self.log.warning("could not save the Lua state at shutdown: %s", e)
@@ -314,131 +369,15 @@ class LuaKernel(Kernel):
         """Save, then exit: a running cell is interrupted first. After a
         shutdown request (which saved already; a kernel manager may still
         send SIGTERM) there is nothing left to save."""
-        if getattr(self, "_shut_down", False):
-            sys.exit(0)
+        if self._shut_down:
+            os._exit(0)         # saved already; exiting from here is quiet
         self.lua_session.interrupt()
         try:
-            self._worker.submit(self.persistence.shutdown, self.lua_session, self._extras(),
+            self._worker.submit(self.persistence.shutdown, self.lua_session, self.snapshot_extras(),
                                 False).result(timeout=60)
         except Exception as e:  # noqa: BLE001
             self.log.warning("could not save the Lua state on SIGTERM: %s", e)
         sys.exit(0)
-
-    # -- snapshot magics ----------------------------------------------------------
-
-    def _register_snapshot_magics(self) -> None:
-        for name, usage, help_, fn in (
-            ("save", "%save [NAME]", "save the Lua state now (as NAME: kept until deleted)",
-             self._magic_save),
-            ("restore", "%restore [NAME]", "bring back the saved state (newest, or NAME)",
-             self._magic_restore),
-            ("snapshots", "%snapshots", "list this notebook's saved states",
-             self._magic_snapshots),
-            ("session", "%session [NAME | off]",
-             "show or set the name this notebook's state is saved under", self._magic_session),
-            ("reset", "%reset [--delete]",
-             "fresh Lua state (the old one is kept as 'before-reset'; --delete removes all)",
-             self._magic_reset),
-        ):
-            self.magics.register(name, usage, help_, fn)
-
-    def _magic_save(self, args: str) -> None:
-        t0 = time.perf_counter()
-        try:
-            entry = self.persistence.save(self.lua_session, self._extras(), args or None)
-        except (SnapshotError, ValueError) as e:
-            raise MagicError(f"%save: {e}") from None
-        took = (time.perf_counter() - t0) * 1000
-        self.magics.out(f"Saved the Lua state as '{entry.name}' ({format_bytes(entry.size)}, "
-                        f"{took:.0f} ms) in {self.persistence.store.describe()}.")
-        issues = describe_issues(entry.issues, "saved")
-        if issues:
-            self.magics.out(issues)
-
-    def _magic_restore(self, args: str) -> None:
-        name = self.persistence.restore_name(args or None)
-        if not self.persistence.active:
-            raise MagicError(f"%restore: {self.persistence.why_inactive()}")
-        self.persistence.wait()
-        try:
-            if name and name.endswith(".luasnap") and os.path.isfile(name):
-                session = self._restore(Path(name).read_bytes())   # a received file
-            else:
-                session = self.persistence.restore(self._restore, name)
-        except SnapshotError as e:
-            raise MagicError(f"%restore: {e}\nThe current Lua state is unchanged.") from None
-        if session is None:
-            what = f"named '{name}'" if name else "at all"
-            raise MagicError(f"%restore: this notebook has no saved state {what} "
-                             f"(see %snapshots)")
-        self._use(session)
-        self.persistence.started_fresh_after_restart = False
-        self.persistence.protecting = False
-        self.magics.out(self.persistence.restore_report(session))
-
-    def _magic_snapshots(self, args: str) -> None:
-        if not self.persistence.active:
-            raise MagicError(f"%snapshots: {self.persistence.why_inactive()}")
-        entries = self.persistence.store.list(self.persistence.key)
-        if not entries:
-            self.magics.out("No saved states for this notebook yet.")
-            return
-        lines = [f"Saved states of {self.persistence.key} in {self.persistence.store.describe()}:"]
-        for e in reversed(entries):
-            lines.append(f"  {e.name:<32} {when(e.modified)}  {format_bytes(e.size):>10}")
-        self.magics.out("\n".join(lines))
-
-    def _magic_session(self, args: str) -> None:
-        p = self.persistence
-        if args.strip().lower() == "off":
-            p.autosave = False
-            self.magics.out("Autosave is off for this kernel; %save still saves on request.")
-            return
-        if args:
-            if p.store is None:
-                raise MagicError(f"%session: {p.why_inactive()}")
-            p.key, p.autosave = args.strip(), True
-            if p.store.load(p.key) is None:
-                self.magics.out(f"This notebook's state is now saved as session '{p.key}'.")
-            elif not self.lua_session.user_globals():
-                # nothing to lose here: attach to the saved session
-                session = p.restore(self._restore)
-                self._use(session)
-                self.magics.out(p.restore_report(session))
-            else:
-                p.protecting = True
-                self.magics.out(f"Session '{p.key}' has a saved state: %restore brings it "
-                                f"back, %save replaces it with this one (nothing is saved "
-                                f"until you choose).")
-            return
-        if p.store is None:
-            self.magics.out(p.why_inactive())
-        elif p.key is None:
-            self.magics.out(f"No session name yet; snapshots would go to "
-                            f"{p.store.describe()}. Set one with %session NAME.")
-        else:
-            state = "on" if p.autosave else "off"
-            last = f"; last saved {when(p.last_saved.modified)}" if p.last_saved else ""
-            self.magics.out(f"Session '{p.key}' in {p.store.describe()}; autosave {state}{last}.")
-
-    def _magic_reset(self, args: str) -> None:
-        p = self.persistence
-        delete = args.strip() in ("--delete", "-d")
-        if args.strip() and not delete:
-            raise MagicError("usage: %reset [--delete]")
-        if p.active and delete:
-            p.wait()
-            n = p.store.delete(p.key)
-            message = f"The saved state of this notebook is deleted ({n} snapshots)."
-        elif p.active:
-            p.save(self.lua_session, self._extras(), BEFORE_RESET)
-            message = (f"The previous state is kept as '{BEFORE_RESET}': "
-                       f"%restore {BEFORE_RESET} brings it back.")
-        else:
-            message = "Nothing was saved (snapshots are not active for this notebook)."
-        self.lua_session.reset()
-        self.magics.out("Fresh Lua state: all globals, functions and coroutines are gone. "
-                        + message)
 
 
 def _clean_bundle(data: dict) -> dict:

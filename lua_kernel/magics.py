@@ -65,6 +65,7 @@ class Magics:
         self.session = session
         self.chunkname = chunkname       # the current cell's chunk name
         self.magics: dict[str, Magic] = {}
+        self._before_reset: list[Callable[[str], str]] = []
         for name, usage, help_, fn in (
             ("lsmagic", "%lsmagic", "list the magics", self.lsmagic),
             ("who", "%who", "names of your global variables", self.who),
@@ -78,6 +79,13 @@ class Magics:
 
     def register(self, name, usage, help_, fn) -> None:
         self.magics[name] = Magic(name, usage, help_, fn)
+
+    def extend_reset(self, before: Callable[[str], str], usage: str, more_help: str) -> None:
+        """Let another room take part in %reset: `before(args)` runs first
+        (it checks the arguments) and says what it did."""
+        self._before_reset.append(before)
+        magic = self.magics["reset"]
+        magic.usage, magic.help = usage, f"{magic.help} ({more_help})"
 
     def out(self, text: str) -> None:
         self.session.stdout(text if text.endswith("\n") else text + "\n")
@@ -183,5 +191,10 @@ class Magics:
         return number, repeat, stmt
 
     def reset(self, args: str) -> None:
+        args = args.strip()
+        if args and not self._before_reset:
+            raise MagicError("usage: %reset")
+        notes = [before(args) for before in self._before_reset]
         self.session.reset()
-        self.out("Fresh Lua state: all globals, functions and coroutines are gone.")
+        self.out(" ".join(["Fresh Lua state: all globals, functions and coroutines are gone.",
+                           *notes]))

@@ -1,5 +1,10 @@
 """Making lupa runtimes and loading the package's Lua files into them.
 
+C modules built for Lua 5.4 (lpeg, lfs, cjson, a rock's .so) call the Lua C
+API, which lupa's extension module exports; Python loads extension modules
+with RTLD_LOCAL, so those symbols were invisible to them ("undefined symbol:
+lua_setfield"). The module's symbols are made global once, here.
+
 Lua strings are byte strings; lupa converts them with the runtime's encoding,
 strictly, so one invalid UTF-8 byte would make a value unreadable from Python.
 We register a codec that is UTF-8 with `surrogateescape` in both directions:
@@ -9,9 +14,14 @@ and back exactly (`to_bytes` recovers the bytes).
 from __future__ import annotations
 
 import codecs
+import ctypes
+import os
+import sysconfig
 from importlib import resources
 
 from lupa import lua54
+
+LUA_VERSION = "5.4"
 
 CODEC = "lua_kernel_bytes"
 
@@ -27,6 +37,37 @@ def _search(name: str):
 
 
 codecs.register(_search)
+
+
+def _export_lua_api() -> None:
+    """Make lupa's Lua C API visible to C modules that `require` loads."""
+    try:
+        ctypes.CDLL(lua54.__file__, mode=os.RTLD_NOW | ctypes.RTLD_GLOBAL
+                    | getattr(os, "RTLD_NOLOAD", 0))
+    except OSError:         # not a shared object we can reopen: C modules cannot load
+        pass
+
+
+_export_lua_api()
+
+
+def module_paths(version: str = LUA_VERSION) -> tuple[str, str, str, str]:
+    """Where `require` looks beyond Lua's built-in defaults, as Lua users
+    install modules: (path before, path after, cpath before, cpath after).
+    First the notebook's own LuaRocks tree (`luarocks --tree lua_modules`,
+    relative to the kernel's directory, which is the notebook's), then the
+    user's tree (`luarocks --local`); after the defaults, the system's
+    (Debian's lua-* packages)."""
+    home = os.path.expanduser("~")
+    multiarch = sysconfig.get_config_var("MULTIARCH") or ""
+    trees = ["lua_modules", f"{home}/.luarocks"]
+    before = [f"{t}/share/lua/{version}/?{end}" for t in trees for end in (".lua", "/init.lua")]
+    after = [f"/usr/share/lua/{version}/?.lua", f"/usr/share/lua/{version}/?/init.lua"]
+    cbefore = [f"{t}/lib/lua/{version}/?.so" for t in trees]
+    cafter = [f"/usr/lib/{multiarch}/lua/{version}/?.so" if multiarch else "",
+              f"/usr/lib/lua/{version}/?.so"]
+    return (";".join(before), ";".join(after), ";".join(c for c in cbefore if c),
+            ";".join(c for c in cafter if c))
 
 
 def to_bytes(s: str | bytes) -> bytes:

@@ -22,7 +22,8 @@ from . import native
 from .persist import snapshot as envelope
 from .persist import state
 from .persist.snapshot import SnapshotError, SnapshotInfo
-from .runtime import is_lua_object, is_python_object, load_lua, new_runtime, to_bytes
+from .runtime import (is_lua_object, is_python_object, load_lua, module_paths, new_runtime,
+                      to_bytes)
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
@@ -149,6 +150,7 @@ class Session:
             "display_value": self._display_value,
         })
         self._lua_side = load_lua(self.lua, "session.lua", host)
+        self._lua_side.search_paths(*module_paths())
         self._repr = load_lua(self.lua, "repr.lua")
         self._repr.init(self.lua.globals())
         self._interrupter = self._make_interrupter()
@@ -159,7 +161,8 @@ class Session:
     def _make_interrupter(self) -> native.Interrupter | None:
         if not native.Interrupter.supported():
             return None
-        probe = load_lua(self.lua, "interrupt_probe.lua", self._lua_side.hook)
+        probe = load_lua(self.lua, "interrupt_probe.lua", self._lua_side.hook,
+                         self._lua_side.sethook)
         main = native.parse_address(probe.main)
         # The hook is registered with a huge count only so that lua_gethook
         # tells us the address of Lua's C hook; then it is disarmed.
@@ -217,7 +220,7 @@ class Session:
         if fn is None:
             raise LuaSyntaxError(show)
         values = self.call(fn)
-        if show and values and all(self._lua_side.is_stream(v) for v in values):
+        if not values or all(self._lua_side.is_stream(v) for v in values):
             show = False
         return CellResult(values, show)
 
@@ -376,12 +379,15 @@ class Session:
         self.display(*self.format(value))
 
 
-def seal(body: bytes, counts: dict, *, notebook: str = "", kernel: dict | None = None) -> bytes:
-    """Compress and sign a body from Session.capture()."""
+def seal(body: bytes, counts: dict, *, notebook: str = "", kernel: dict | None = None,
+         key: bytes | None = None) -> bytes:
+    """Compress and sign a body from Session.capture() (with the user's
+    secret, or `key`)."""
     counts = dict(counts)
     seconds = counts.pop("seconds", None)
     return envelope.seal(body, notebook=notebook, lua_version=native.lua_release(),
-                         counts=counts, timings={"serialize": seconds}, kernel=kernel)
+                         counts=counts, timings={"serialize": seconds}, kernel=kernel,
+                         key=key)
 
 
 # kind -> (MIME type, text/plain fallback; None means the data itself)

@@ -1,4 +1,4 @@
-"""Draw the kernel's logos: lua_kernel/resources/logo-{32x32,64x64}.png and logo-svg.svg.
+"""Draw the kernel's logos: kernelspec/lua/logo-{32x32,64x64}.png and logo-svg.svg.
 
 A navy planet with a bite taken out, and a small moon in orbit (a nod to the
 name: "Lua" is Portuguese for moon). Pure Python, anti-aliased by 4x4
@@ -8,7 +8,7 @@ import struct
 import zlib
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parent.parent / "lua_kernel" / "resources"
+OUT = Path(__file__).resolve().parent.parent / "kernelspec" / "lua"
 # (cx, cy, r) in a 64-unit square; colour or None (cut out)
 SHAPES = [
     ((28, 36, 24), (0x1F, 0x3B, 0x73)),   # planet
@@ -38,7 +38,9 @@ def png(size: int) -> bytes:
                     y = (j + (sj + 0.5) / ss) * 64 / size
                     c = pixel(x, y)
                     if c:
-                        acc[0] += c[0]; acc[1] += c[1]; acc[2] += c[2]; acc[3] += 255
+                        for k in range(3):
+                            acc[k] += c[k]
+                        acc[3] += 255
             n = ss * ss
             a = acc[3] // n
             cov = max(acc[3] // 255, 1)
@@ -46,9 +48,11 @@ def png(size: int) -> bytes:
         rows.append(bytes(row))
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0))
+    header = struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + chunk(b"IEND", b""))
 
 
@@ -58,7 +62,8 @@ def svg() -> str:
     (mx, my, mr), moon = SHAPES[2]
     hexc = lambda c: "#%02x%02x%02x" % c  # noqa: E731
     return f"""<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 64 64" width="64" height="64">
-  <mask id="bite"><rect width="64" height="64" fill="white"/><circle cx="{bx}" cy="{by}" r="{br}" fill="black"/></mask>
+  <mask id="bite"><rect width="64" height="64" fill="white"/>\
+<circle cx="{bx}" cy="{by}" r="{br}" fill="black"/></mask>
   <circle cx="{px}" cy="{py}" r="{pr}" fill="{hexc(planet)}" mask="url(#bite)"/>
   <circle cx="{mx}" cy="{my}" r="{mr}" fill="{hexc(moon)}"/>
 </svg>

@@ -9,11 +9,17 @@ from jupyter_client.manager import start_new_kernel
 
 
 @contextmanager
-def running_kernel(**env):
-    """Start the installed `lua` kernel; yield (manager, client)."""
+def running_kernel(stderr=None, cwd=None, **env):
+    """Start the installed `lua` kernel; yield (manager, client). `stderr`: a
+    file for the kernel process's log; `cwd`: its directory (Jupyter starts
+    a notebook's kernel in the notebook's directory)."""
     import os
 
     kw = {"env": {**os.environ, **env}} if env else {}
+    if stderr is not None:
+        kw["stderr"] = stderr
+    if cwd is not None:
+        kw["cwd"] = str(cwd)
     km, kc = start_new_kernel(kernel_name="lua", startup_timeout=60, **kw)
     try:
         yield km, kc

@@ -9,7 +9,8 @@ print'OK', which in conformance mode must have run interpreted (so a run
 that interprets nothing cannot pass).
 
 SKIPS: assertions that test the native interpreter itself through the debug
-library (stack levels, names of stack frames, hooks). Each is an exact
+library (stack levels, names of stack frames, hooks, the current line of
+an interpreted chunk). Each is an exact
 substitution on the source (of every occurrence; None comments the text
 out), applied in conformance mode only; it must match and must keep the
 line count (so messages keep their lines).
@@ -23,10 +24,16 @@ import pytest
 from lua_kernel.runtime import load_lua, new_runtime
 from lua_sources import lua54_dir
 
-# All of them pass natively here; none is excluded. errors.lua (error
-# messages, variable info) and pm.lua (patterns, gsub callbacks) are extra.
+# Every file of testes/ that passes natively here (big and verybig as
+# testes/all.lua runs them when not soft; attrib and files portable). Those
+# that cannot run interpreted, and why, are listed in docs/design.md ("The
+# finisher's conformance run"): api, code (the C API test module T), db
+# (the debug library's view of running functions), gc (fails natively),
+# main (runs the lua executable), heavy (not a test of all.lua: hours and
+# gigabytes); all.lua, bwcoercion and tracegc are drivers and helpers.
 FILES = ("closure calls constructs events locals nextvar vararg goto math bitwise "
-         "strings sort tpack utf8 coroutine errors pm").split()
+         "strings sort tpack utf8 coroutine errors pm literals gengc cstack attrib "
+         "files big verybig").split()
 
 
 def _off(text: str) -> str:
@@ -35,6 +42,7 @@ def _off(text: str) -> str:
 
 
 STACK = "checks a stack level seen through the debug library"
+CURLINE = "getinfo(1).currentline of an interpreted chunk (finisher.lua's line)"
 SKIPS: dict[str, list[tuple[str, str | None, str]]] = {
     "constructs": [
         ("assert(debug.getinfo(1, \"n\").name == 'F')", None, STACK),
@@ -63,6 +71,34 @@ SKIPS: dict[str, list[tuple[str, str | None, str]]] = {
   assert(debug.getinfo(2).currentline == debug.getinfo(goo).linedefined)""", None, STACK),
         ('assert(X == 43 and Y.what == "C")', 'assert(X == 43 --[[and Y.what == "C"]])', STACK),
     ],
+    "literals": [
+        ("  assert(s == y and l == n)", "  assert(s == y --[[and l == n]])", CURLINE),
+        ("  assert(dostring(prog) == nn)", "  assert(dostring(prog) --[[== nn]])", CURLINE),
+    ],
+    "files": [
+        ("""  local f
+  for l in io.lines(file) do
+    f = gettoclose(1)
+    assert(io.type(f) == "file")
+    break
+  end
+  assert(io.type(f) == "closed file")
+
+  f = nil
+  local function foo (name)
+    for l in io.lines(name) do
+      f = gettoclose(1)
+      assert(io.type(f) == "file")
+      error(f)   -- exit loop with an error
+    end
+  end
+  local st, msg = pcall(foo, file)
+  assert(st == false and io.type(msg) == "closed file")""", None,
+         "debug.getlocal of a stack level (a loop's to-be-closed state)"),
+        ("""testloadfile("# a comment\\nreturn require'debug'.getinfo(1).currentline", 2)""",
+         """testloadfile("# a comment\\nreturn 2 --[[require'debug'.getinfo(1).currentline]]", 2)""",
+         CURLINE),
+    ],
     "errors": [
         ('assert(tonumber(line) == debug.getinfo(1, "l").currentline - 2)', None, STACK),
     ],
@@ -73,11 +109,23 @@ SKIPS: dict[str, list[tuple[str, str | None, str]]] = {
 # records where it runs: natively in this harness, in conformance mode
 # interpreted (its getinfo(1) is then finisher.lua's code).
 FINAL = re.compile(rb"""print *\(? *["']ok["'] *\)?""", re.IGNORECASE)
+# files.lua ends by writing the date and version instead.
+ENDS = {"files": (b"io.write(string.format('%s\\n', _VERSION))", b"print'OK'")}
+
+# Run with _port = true (as testes/all.lua allows): their non-portable
+# parts need testes/libs/'s C modules built and testes/ as the current
+# directory (attrib: require of C libraries), or OS specifics (files).
+PORTABLE = {"attrib", "files"}
+
+# Run with _soft = false: in soft mode they return at once (testes/all.lua
+# runs them only when not soft); big.lua yields half way, in a coroutine.
+NOT_SOFT = {"big", "verybig"}
+WRAPPED = {"big"}
 
 RUN = r"""
-local F, testes, src, name = ...
+local F, testes, src, name, port, soft, wrapped = ...
 package.path = testes .. "/?.lua;" .. package.path
-_soft, _port, _nomsg = true, false, true     -- as testes/all.lua, fast
+_soft, _port, _nomsg = soft, port, true      -- as testes/all.lua, fast
 local getinfo, print = debug.getinfo, print
 debug = nil                                  -- files require it (all.lua)
 local reached
@@ -86,13 +134,26 @@ function __reached_end()
   print("OK")
 end
 local chunk = assert(load(src, "@" .. name .. ".lua"))
+local function go()
+  if F then return F.conformance(chunk) end
+  return chunk()
+end
 local ok, e
-if F then ok, e = pcall(F.conformance, chunk) else ok, e = pcall(chunk) end
+if wrapped then           -- as testes/all.lua runs big.lua
+  local co = coroutine.wrap(go)
+  ok, e = pcall(function() assert(co() == "b"); return co() end)
+else
+  ok, e = pcall(go)
+end
 return ok, tostring(e), reached
 """
 
 
 def run(name: str, src: bytes, conformance: bool):
+    if name in ENDS:
+        old, new = ENDS[name]
+        assert old in src, f"{name}.lua: end not found"
+        src = src.replace(old, new)
     src, n = FINAL.subn(b"__reached_end()", src)
     assert n > 0, f"{name}.lua has no print'OK'"
     lua = new_runtime()
@@ -100,7 +161,8 @@ def run(name: str, src: bytes, conformance: bool):
     if conformance:
         B = load_lua(lua, "persist/lua/bytecode.lua")
         F = load_lua(lua, "persist/lua/finisher.lua", B)
-    return lua.execute(RUN, F, str(lua54_dir() / "testes"), src, name)
+    return lua.execute(RUN, F, str(lua54_dir() / "testes"), src, name, name in PORTABLE,
+                       name not in NOT_SOFT, name in WRAPPED)
 
 
 def patched(name: str, src: bytes) -> bytes:

@@ -1026,3 +1026,79 @@ def test_a_restored_frame_looping_forever_can_be_interrupted():
     timer.join()
     assert time.monotonic() - started < 5
     assert restored.execute("return coroutine.status(spin), 1 + 1") == ("dead", 2)
+
+
+# -- the finisher's differences from native runs, found by the fuzzer (issue 8) --
+# Each continues a restored frame into the behaviour named.
+_BEFORE_ISSUE_8 = set(SCENARIOS)
+
+scenario("float_loop_from_negative_zero_after_restore", """
+fz = coroutine.create(function(z)
+  coroutine.yield("before")
+  local out = {}
+  for i = -0.0, 1 do out[#out + 1] = tostring(i) end
+  for i = z, -1, -0.5 do out[#out + 1] = tostring(i) end
+  for i = math.maxinteger, math.maxinteger - 1, 0.5 do out[#out + 1] = tostring(i); break end
+  return table.concat(out, " ")
+end)
+R(fz, -0.0)
+""", "R(fz)")
+
+# The rest of a concatenation after a restored __concat yield runs in the
+# finisher: its errors are positioned and named as natively (they named
+# frames.lua, without variable info), and a second __concat may yield again.
+scenario("concatenation_after_a_restored_concat_yield", """
+ycat = setmetatable({}, {__concat = function(a, b) return coroutine.yield("in __concat") end})
+c1 = coroutine.create(function() return undefined_x .. "s" .. ycat end)
+c2 = coroutine.create(function() local a = "x"; return ycat .. a .. ycat end)
+c3 = coroutine.create(function() local t = {}; return "p" .. t .. ycat end)
+R(c1); R(c2); R(c3)
+""", "R(c1, 'r'); R(c2, 'r1'); R(c3, 'r')", "R(c2, 'r2')")
+
+# error(msg, level) and pcall(error, msg, level) in restored frames count
+# levels over the frames of the coroutine, as natively (they named the
+# frame's own line, or finisher.lua); a C level (pcall) or the coroutine's
+# base gives no position.
+scenario("error_levels_in_restored_frames", """
+local function inner()
+  local how = coroutine.yield("ready")
+  if how == 2 then error("e2", 2)
+  elseif how == 3 then error("e3", 3)
+  elseif how == 4 then error("e4", 4)
+  elseif how == "p" then error(select(2, pcall(error, "p2", 2)), 0)
+  elseif how == "g" then local function g() error("g3", 3) end; g()
+  end
+end
+local function mid() local r = inner(); return r end
+local function outer() local r = mid(); return r end
+local function tail() return mid() end
+local function protected() local ok, e = pcall(inner); error("caught: " .. e, 0) end
+lv = {}
+for _, how in ipairs({2, 3, 4, "p", "g"}) do
+  lv[how] = coroutine.create(outer); R(lv[how])
+end
+lv.t = coroutine.create(tail); R(lv.t)
+lv.pc = coroutine.create(protected); R(lv.pc)
+""", """
+for _, how in ipairs({2, 3, 4, "p", "g"}) do R(lv[how], how) end
+R(lv.t, 3); R(lv.pc, 2)
+""")
+
+# pcall and xpcall called by a restored frame (the finisher calls them
+# through its level-counting replacements) keep yields across them
+# capturable again.
+scenario("pcall_in_a_restored_frame_yields_and_is_captured_again", """
+pw = coroutine.create(function()
+  coroutine.yield("start")
+  local ok, v = pcall(function() return coroutine.yield("in pcall") + 1 end)
+  local ok2, e = pcall(error, "x", 2)
+  local ok3, v3 = xpcall(function() return coroutine.yield("in xpcall") * 2 end, debug.traceback)
+  return ok, v, ok2, e, ok3, v3
+end)
+R(pw)
+""", "R(pw)", "R(pw, 1)", "R(pw, 5)")
+
+
+@pytest.mark.parametrize("name", [n for n in SCENARIOS if n not in _BEFORE_ISSUE_8])
+def test_finisher_scenario_matches_native_run(outcomes, name):
+    test_scenario_matches_native_run(outcomes, name)

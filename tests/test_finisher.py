@@ -174,6 +174,35 @@ CASES = {
         for i = 0, math.huge, -1 do out[#out + 1] = "never" end
         return table.unpack(out)
       end""",
+    # regression: a float loop from -0.0 started at +0.0 (forprep copied
+    # the initial value with `+ 0.0`); setfltvalue keeps the sign
+    "numeric_for_negative_zero": """return function(z)
+        local out = {}
+        for i = -0.0, 1 do out[#out + 1] = i end
+        for i = z, -1, -0.5 do out[#out + 1] = i end
+        for i = -0.0, 0.0, 0.25 do out[#out + 1] = i end
+        for i = "-0.0", 0 do out[#out + 1] = i end
+        for i = 0, -0.0 do out[#out + 1] = i end
+        for i = 0.0, -0.0, -1 do out[#out + 1] = i end
+        for i = math.mininteger, math.mininteger, -1 do out[#out + 1] = i end
+        for i = math.maxinteger, math.maxinteger, math.mininteger do out[#out + 1] = i end
+        for i = 1, 0 / 0 do out[#out + 1] = "never" end
+        for i = -(0 / 0), 1 do out[#out + 1] = "never" end
+        for i = 1, 2, 0 / 0 do out[#out + 1] = "never" end
+        return table.unpack(out)
+      end, -0.0""",
+    # regression: a float loop compared an integer initial value and limit
+    # as integers, natively they are floats first (2^63 - 1 and 2^63 - 2
+    # are both 2^63)
+    "numeric_for_float_compares_floats": """return function()
+        local out = {}
+        local mi, ma = math.mininteger, math.maxinteger
+        for i = ma, ma - 1, 0.5 do out[#out + 1] = i; if #out > 2 then break end end
+        for i = ma, 2^63, -2^53 do out[#out + 1] = i; if #out > 4 then break end end
+        for i = mi + 1, mi, -1.5 do out[#out + 1] = i; if #out > 6 then break end end
+        for i = 2^53 + 1, 2^53, 1.0 do out[#out + 1] = i; if #out > 8 then break end end
+        return table.unpack(out)
+      end""",
     "for_errors": """return function(what)
         if what == 1 then for i = "a", 2 do end
         elseif what == 2 then for i = 1, 2, 0 do end
@@ -367,6 +396,14 @@ ERROR_CASES = {
     "concat_middle": "return function() local t = {}; return 'a' .. t.x .. 'b' end",
     "concat_last": "return function() local a = {}; return 'x' .. a end",
     "concat_first": "return function() local t = {}; return t.y .. 'z' end",
+    # regression: a nil last operand lost its name (an `x and nil or ""`
+    # slip), and after a __concat ran a later error had no variable info
+    "concat_last_global": "return function() return 'a' .. 'b' .. undefined_x end",
+    "concat_last_local_nil": "return function() local a, b = 1; return a .. b end",
+    "concat_after_metamethod": """local mt = {__concat = function() return 'c' end}
+      return function() local o = setmetatable({}, mt); return undefined_x .. 's' .. o end""",
+    "concat_metamethod_result_blamed": """local mt = {__concat = function() return {} end}
+      return function() local o = setmetatable({}, mt); return 'p' .. 's' .. o end""",
     "arg_method": "return function() return ('x'):rep() end",
     "arg_field": "return function() return string.rep() end",
     "arg_local": "return function() local s = string.rep; return s() end",
@@ -374,6 +411,29 @@ ERROR_CASES = {
     "arg_for_iterator": "return function() for k in next, 1 do end end",
     "arg_global_name": "return function() return select(1, string.rep)() end",
     "arg_format": "return function() return string.format('%d', 'x') end",
+    # regression: levels counted the finisher's own functions: error(m, 2)
+    # named the frame's own line (natively its caller's, or nothing when the
+    # caller is a C function: here the harness's pcall), pcall(error, m, 2)
+    # named finisher.lua
+    "error_level2_caller_is_c": "return function() error('m', 2) end",
+    "error_level3_past_c": "return function() local function g() error('m', 3) end; g() end",
+    "error_level2_tail_called": "return function() error('m', 2); return 1 end",
+    "error_level2_native_callee": """local function g() error('m', 2) end
+      return function() g(); return 1 end""",
+    "error_level3_native_callee": """local function g() error('m', 3) end
+      return function() g(); return 1 end""",
+    "error_level2_native_tail_callee": """local function g() error('m', 2) end
+      return function() return g() end""",
+    "pcall_error_level2": "return function() error(select(2, pcall(error, 'm', 2)), 0) end",
+    "pcall_error_levels": """return function()
+        local t = {}
+        for l = 0, 3 do t[#t + 1] = select(2, pcall(error, 'm' .. l, l)) end
+        t[#t + 1] = select(2, xpcall(error, function(e) return 'h:' .. e end, 'x', 2))
+        t[#t + 1] = tostring(select(2, pcall(error)))
+        t[#t + 1] = select(2, pcall(error, 'n', '2'))
+        error(table.concat(t, ' | '), 0)
+      end""",
+    "error_bad_level": "return function() error('m', {}) end",
     # regression: no line information gave "?: " instead of "?:-1: "
     "stripped": "return load(string.dump(function() local t = {}; return t.x.y end, true))",
     "stripped_callee_error": "return load(string.dump(function() return ('x'):rep() end, true))",
@@ -649,3 +709,108 @@ def test_conformance_interprets_what_it_reaches(check):
                 ("call", "pcall", "handler", "wrap", "create", "sort", "gsub", "load", "__call", "__close")]
     assert f(F).split(";") == expected + ['__index=[string "<python>"]']
 
+
+
+def test_conformance_error_levels_count_c_levels(check):
+    # Regression: pcall(error, m, 2) named finisher.lua, and a frame that
+    # pcall (or table.sort, ...) started had no caller: levels past it gave
+    # no position. A C function is a level without a position.
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local out = {}
+        local function add(e) out[#out + 1] = e end
+        add(select(2, pcall(error, "a", 2)))
+        add(select(2, pcall(function() error("b", 3) end)))
+        add(select(2, pcall(function() error("c", 2) end)))
+        add(select(2, pcall(table.sort, {1, 2, 3}, function() error("d", 3) end)))
+        add(select(2, pcall(table.sort, {1, 2, 3}, function() error("e", 4) end)))
+        add(select(2, xpcall(error, function(m) return "h:" .. m end, "f", 2)))
+        add(select(3, pcall(pcall, error, "g", 3)))
+        return table.concat(out, " | ")
+      ]], "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    native, got = f(F)
+    assert native == "case:3: a | case:4: b | c | d | case:7: e | h:case:8: f | case:9: g"
+    assert got == native
+
+
+def test_conformance_long_string_constants_are_one_string(check):
+    # Regression (literals.lua): a chunk's equal long-string constants are
+    # one string natively (the parser anchors them); the finisher read each
+    # as a string of its own, which string.format("%p") shows.
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local s1 <const> = "01234567890123456789012345678901234567890123456789"
+        local s3 = "01234567890123456789012345678901234567890123456789"
+        local function foo() return s1 end
+        local function foo2() return "01234567890123456789012345678901234567890123456789" end
+        local p = string.format("%p", s1)
+        return p == string.format("%p", s3), p == string.format("%p", foo()),
+               p == string.format("%p", foo2())
+      ]])
+      return table.pack(chunk()), table.pack(F.conformance(chunk))
+    end""")
+    native, got = f(F)
+    assert list(native.values()) == list(got.values()) == [True, True, True, 3]
+
+
+def test_conformance_message_handler_runs_at_the_error(check):
+    # Regression: an xpcall message handler ran where the finisher
+    # re-raised the error, after the interpreted frames in between had
+    # closed their to-be-closed variables (natively it runs at the error,
+    # once, and the variables close with what it returned).
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local log = {}
+        local function add(v) log[#log + 1] = tostring(v) end
+        local function var(name)
+          return setmetatable({}, {__close = function(_, e) add(name .. ":" .. tostring(e)) end})
+        end
+        local function h(e) add("handler:" .. tostring(e)); return "H" end
+        local function inner() local y <close> = var("y"); error("E", 0) end
+        add(select(2, xpcall(function() local x <close> = var("x"); inner() end, h)))
+        add(select(2, xpcall(function()
+          local t = setmetatable({}, {__newindex = function() error("hi") end})
+          t.x = 1
+        end, debug.traceback)):match("'newindex'"))
+        add(select(2, xpcall(function() pcall(error, "inner"); error("outer", 0) end, h)))
+        add(select(2, xpcall(function()
+          local z <close> = setmetatable({}, {__close = function() error("Z", 0) end})
+          error("E", 0)
+        end, h)))
+        return table.concat(log, " ")
+      ]], "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    native, got = f(F)
+    assert native == ("handler:E y:H x:H H 'newindex' handler:outer H "
+                      "handler:E handler:Z H")
+    assert got == native
+
+
+def test_conformance_failing_message_handler(check):
+    # A failing handler is called again with its own error; one that always
+    # fails ends in "error in error handling" (it used to be called again by
+    # every interpreted frame the error passed, which made cstack.lua's
+    # xpcall(loop, loop) take half a minute).
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([[
+        local m = 0
+        local a, b = xpcall(function() error("x") end, function(e) error("y") end)
+        local c, d = xpcall(function() error("x") end, function(e)
+          m = m + 1
+          if m == 1 then error("y") end
+          return "ok:" .. tostring(e)
+        end)
+        return tostring(a) .. " " .. b .. " | " .. tostring(c) .. " " .. d .. " " .. m
+      ]], "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    native, got = f(F)
+    assert native == "false error in error handling | false ok:case:5: y 2"
+    assert got == native

@@ -28,6 +28,12 @@ def only(messages, msg_type):
     return found[0]["content"]
 
 
+def result_text(kc, code):
+    reply, msgs = execute(kc, code)
+    assert reply["content"]["status"] == "ok", msgs
+    return only(msgs, "execute_result")["data"]["text/plain"]
+
+
 # -- execution -------------------------------------------------------------------
 
 def test_language_info_reports_the_real_lua_release(kc):
@@ -80,8 +86,30 @@ def test_runtime_error_shape(kc):
     assert reply["content"]["status"] == "error"
     assert err["ename"] == "LuaError" == reply["content"]["ename"]
     assert err["evalue"] == f"In[{n}]:2: attempt to index a nil value (local 'cfg')"
-    assert err["traceback"][0].endswith(err["evalue"])
-    assert any(f"In[{n}]:2: in main chunk" in line for line in err["traceback"])
+    assert err["traceback"][-1].endswith(err["evalue"])
+    assert err["traceback"][:2] == ["Traceback (most recent call last):",
+                                    f"  In[{n}]:2: in main chunk"]
+
+
+def test_a_chunk_shows_what_it_returns_as_the_repl_does(kc):
+    assert result_text(kc, "return 1") == "1"
+    assert result_text(kc, "local s = 'abc'\nlocal n = #s\nreturn n, s:upper()") == '3\t"ABC"'
+    reply, msgs = execute(kc, "return 1;")
+    assert reply["content"]["status"] == "ok" and not any(
+        m["msg_type"] == "execute_result" for m in msgs)
+
+
+def test_an_error_from_the_last_line_keeps_the_cell_line_in_the_traceback(kc):
+    execute(kc, "function lookup(k) return cfg[k] end\n"
+                "function find(k) local v = lookup(k) return v end")
+    reply, msgs = execute(kc, "local key = 'w'\nfind(key)")
+    n = reply["content"]["execution_count"]
+    tb = only(msgs, "error")["traceback"]
+    assert tb[0] == "Traceback (most recent call last):"
+    assert tb[1] == f"  In[{n}]:2: in main chunk"            # the cell's line, first
+    assert "in function 'find'" in tb[2] and "in function 'lookup'" in tb[3]
+    assert "tail calls" not in "\n".join(tb)
+    assert tb[-1].endswith("attempt to index a nil value (global 'cfg')")
 
 
 def test_syntax_error_shape(kc):
@@ -312,3 +340,10 @@ def test_memory_limit_turns_runaway_allocation_into_an_error():
         _, msgs = execute(kc, "1 + 1")
         assert only(msgs, "execute_result")["data"]["text/plain"] == "2"
         assert km.is_alive()
+
+
+def test_no_debugger_is_advertised_and_debugpy_stays_out(kc):
+    kc.kernel_info()
+    info = kc.get_shell_msg(timeout=10)["content"]
+    assert "debugger" not in info.get("supported_features", [])
+    assert info.get("debugger", False) is False

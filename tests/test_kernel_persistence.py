@@ -106,6 +106,23 @@ def test_no_key_means_nothing_is_saved_or_restored():
         assert "No session name yet" in stdout_of(msgs)
 
 
+def test_a_damaged_newest_snapshot_is_passed_over_for_the_one_before(notebook):
+    """A machine crash can cut the newest autosave short (its fsync follows
+    the reply): the one before it comes back, and the user is told."""
+    with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
+        execute(kc, "good = true")
+    store = Store()
+    entry, data = store.load(notebook)
+    store.save(notebook, data[: len(data) // 2], "damaged")
+    with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
+        _, msgs = execute(kc, "1 + 1")
+        text = stdout_of(msgs)
+        assert "Passed over: 'damaged' cannot be restored" in text
+        assert "signature does not match" in text and "Restored the Lua state" in text
+        assert value(kc, "good") == "true"
+    assert store.load(notebook, "damaged") is not None
+
+
 def test_corrupt_snapshot_is_reported_and_kept_and_the_kernel_lives(notebook):
     with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
         execute(kc, "good = true")
@@ -114,14 +131,19 @@ def test_corrupt_snapshot_is_reported_and_kept_and_the_kernel_lives(notebook):
     damaged = bytearray(data)
     damaged[len(damaged) // 2] ^= 0xFF
     store.save(notebook, bytes(damaged), "damaged")
+    for e in store.list(notebook):
+        if e.auto:
+            store.delete(notebook, e.name)          # the damaged one is all there is
     with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
         _, msgs = execute(kc, "1 + 1")
         text = stdout_of(msgs)
         assert "Could not restore" in text and "signature does not match" in text
         assert value(kc, "good") == "nil"
         execute(kc, "fresh_cell = 1")
-        _, msgs = execute(kc, f"%restore {entry.name}")
-        assert value(kc, "good") == "true"
+        assert [e.name for e in store.list(notebook)] == ["damaged"]   # nothing written
+        _, msgs = execute(kc, "%restore damaged")
+        assert "signature does not match" in "".join(
+            m["content"].get("evalue", "") for m in msgs)
     assert store.load(notebook, "damaged") is not None
 
 
@@ -211,3 +233,18 @@ def test_a_generator_goes_on_in_the_next_kernel(notebook):
         assert value(kc, "coroutine.resume(gen)") == 'true\t"done"'
         assert value(kc, "coroutine.status(gen)") == '"dead"'
         assert value(kc, "squares(), squares(10)") == "9\t961"
+
+
+def test_reset_without_persistence_is_plain_and_checks_its_arguments():
+    from lua_kernel import Session
+    from lua_kernel.magics import MagicError, Magics
+
+    s = Session()
+    out = []
+    s.stdout = out.append
+    m = Magics(s, lambda: "In[1]")
+    s.execute("x = 1")
+    m.run_line("reset")
+    assert s.execute("x") == (None,) and "Fresh Lua state" in out[-1]
+    with pytest.raises(MagicError, match="usage: %reset"):
+        m.run_line("reset --delete")

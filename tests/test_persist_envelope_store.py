@@ -136,9 +136,9 @@ def test_delete_one_or_all(store):
 
 
 def test_restart_mark_is_taken_once(store):
-    store.mark_restart("nb")
-    assert store.take_restart_mark("nb") is True
-    assert store.take_restart_mark("nb") is False
+    store.mark("nb", "restart", "why")
+    assert store.take_mark("nb", "restart") == "why"
+    assert store.take_mark("nb", "restart") is None
 
 
 def test_a_write_killed_midway_leaves_the_previous_snapshot(tmp_path):
@@ -248,3 +248,48 @@ def test_mutations_of_a_real_snapshot_are_refused_and_never_crash():
         with pytest.raises(SnapshotError):
             Session.restore(data[:cut])
     assert s.execute("f(3)") == ("3",)
+
+
+# -- the lease: one writer per notebook --------------------------------------------
+
+def test_local_lease_has_one_holder_and_can_be_taken_over(store):
+    first, second = store.lease("nb"), store.lease("nb")
+    assert first.acquire() is None and first.mine()
+    holder = second.acquire()
+    assert holder["pid"] == os.getpid() and holder["id"] == first.id
+    assert not second.mine()
+    second.take_over()
+    assert second.mine() and not first.mine()        # the old holder lets go
+    third = store.lease("nb")
+    assert third.acquire()["id"] == second.id
+
+
+def test_local_lease_dies_with_its_process(store):
+    code = ("import sys, time; from lua_kernel.persist.store import Store\n"
+            "lease = Store(sys.argv[1]).lease('nb')\n"
+            "assert lease.acquire() is None\n"
+            "print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, store.root], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert store.lease("nb").acquire() is not None
+    finally:
+        proc.kill()
+        proc.wait()
+    assert store.lease("nb").acquire() is None
+
+
+def test_remote_lease_expires_unless_renewed(s3_url):
+    store = Store(s3_url)
+    holder, other = store.lease("leased.ipynb"), store.lease("leased.ipynb")
+    holder.TTL = 0.6
+    assert holder.acquire() is None
+    assert other.acquire()["id"] == holder.id
+    import time
+
+    time.sleep(1.0)                                  # renewed meanwhile (every TTL / 3)
+    assert other.acquire()["id"] == holder.id
+    holder.release()                                 # as if it died: no more renewals
+    time.sleep(0.8)
+    assert other.acquire() is None and other.mine()

@@ -365,3 +365,15 @@ def test_coroutine_wrappers_report_bad_arguments_like_lua(session):
 def test_xpcall_handlers_still_run_for_ordinary_errors(session):
     assert session.execute("xpcall(error, function(m) return 'handled ' .. m end, 'x')") == \
         (False, "handled x")
+
+
+def test_the_kernel_does_not_depend_on_globals_user_code_may_remove(session):
+    """testes/all.lua removes the global `debug`; user code may remove others."""
+    session.execute("debug, math = nil, nil")
+    assert session.execute("local w = coroutine.wrap(function() coroutine.yield(1) end) "
+                           "return w()") == (1,)
+    assert session.execute("io.write(1.5, 2) return 'ok'") == ("ok",)
+    data, _ = session.format(session.execute("return {1, 2}")[0])
+    assert "text/html" in data
+    assert session.execute("return pcall(io.output, '/nonexistent/dir/x')") == (
+        False, "cannot open file '/nonexistent/dir/x' (No such file or directory)")

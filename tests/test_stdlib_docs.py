@@ -56,7 +56,7 @@ def runtime_names():
     lua = LuaRuntime()
     flat = lua.execute(_ENUMERATE, lua.table_from(LIBRARIES))
     items = [flat[i] for i in range(1, len(flat) + 1)]
-    names = dict(zip(items[0::2], items[1::2]))
+    names = dict(zip(items[0::2], items[1::2], strict=True))
     for extra in LUPA_EXTRAS:
         names.pop(extra, None)
     names["_G"] = "table"

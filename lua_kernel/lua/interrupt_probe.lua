@@ -1,16 +1,18 @@
 -- Facts the interrupter needs about this Lua state (see lua_kernel/native.py).
--- Receives the session's hook function; registers it for the main thread with
--- a count so large it never fires, so that lua_gethook reveals Lua's C hook.
-local hook = ...
+-- Receives the session's hook function and the original debug.sethook (the
+-- kernel's own treats every hook as the user's); registers the hook for the
+-- main thread with a count so large it never fires, so that lua_gethook
+-- reveals Lua's C hook.
+local hook, sethook = ...
 local P = {}
 
 P.main = tostring(coroutine.running())
 P.resume = string.format("%p", coroutine.resume)
 P.wrap_closure = string.format("%p", coroutine.wrap(function() end))
-debug.sethook(hook, "", 1 << 30)
+sethook(hook, "", 1 << 30)
 
 function P.disarm()
-  debug.sethook(hook, "", 0)
+  sethook(hook, "", 0)
 end
 
 -- Self-check: main resumes `outer` (coroutine.resume), which calls `inner`

@@ -21,6 +21,8 @@ local sfind, ssub, sformat, smatch = string.find, string.sub, string.format, str
 local sgsub, sgmatch = string.gsub, string.gmatch
 local clock = os.clock
 local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug.getinfo, debug.traceback
+local getupvalue, dgetmetatable = debug.getupvalue, debug.getmetatable
+local tointeger, mtype, floor, max = math.tointeger, math.type, math.floor, math.max
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
 local real_io = { write = io.write, read = io.read, lines = io.lines, close = io.close,
                   input = io.input, output = io.output, type = io.type,
@@ -48,6 +50,7 @@ local cell_handler           -- defined below; the hook must not fire inside it
 local flush                  -- defined below
 
 local busy = false           -- the output buffer is being changed
+local rehook                 -- defined below: the thread's registration, mask as set
 
 local function hook()
   -- While the output buffer is half-updated, neither flush nor raise: a count
@@ -56,7 +59,7 @@ local function hook()
   if not interrupting then
     -- A tail-flush tick: disarm first, then look at the flag, so an interrupt
     -- armed concurrently is never lost (Python sets the flag, then arms).
-    sethook(hook, "", 0)
+    rehook(corunning())
     if not host.interrupted() then
       flush()
       return
@@ -77,6 +80,74 @@ local function hook()
   error(INTERRUPTED, 0)
 end
 M.hook = hook
+M.sethook = sethook          -- the original, for interrupt_probe.lua
+
+---------------------------------------------------------------------------
+-- A user's own debug hook. Python arms interrupts through lua_sethook, and
+-- Lua's C hook then calls the Lua function registered for the thread, so
+-- that function must stay ours. debug.sethook registers a chain instead:
+-- count events the user did not ask for (or any, once interrupted) go to
+-- the interrupt hook, the rest to the user's hook, which keeps running.
+-- debug.gethook answers with what the user set; clearing the user's hook
+-- registers ours again (natively it would be gone, and interrupts with it).
+---------------------------------------------------------------------------
+local user_hooks = setmetatable({}, { __mode = "k" })   -- thread -> {chain, mask, count, f}
+
+local function chain(f, count)
+  return function(event, line)
+    if event == "count" and (count == 0 or host.interrupted()) then
+      return hook(event, line)
+    end
+    return f(event, line)
+  end
+end
+
+rehook = function(co)
+  local u = user_hooks[co]
+  if u then
+    sethook(co, u[1], u[2], u[3])
+  else
+    sethook(co, hook, "", 0)
+  end
+end
+
+local function check_sethook(...) sethook(...) end   -- not a tail call: keeps the name
+
+function debug.sethook(...)
+  local co, f, mask, count
+  if type((...)) == "thread" then co, f, mask, count = ... else
+    co = corunning()
+    f, mask, count = ...
+  end
+  -- the original's argument checks and messages, at the caller's position
+  local ok, err = pcall(check_sethook, ...)
+  if not ok then error(sgsub(err, "^[^\n]-:%d+: ", "", 1), 2) end
+  if f == nil then
+    user_hooks[co] = nil
+  else
+    count = tointeger(count) or 0
+    local m = (sfind(mask, "c", 1, true) and "c" or "") .. (sfind(mask, "r", 1, true)
+      and "r" or "") .. (sfind(mask, "l", 1, true) and "l" or "")
+    user_hooks[co] = { chain(f, count), m, count, f }
+  end
+  rehook(co)
+end
+
+function debug.gethook(co)
+  local u = user_hooks[co or corunning()]
+  if u then return u[4], u[2], u[3] end
+  if co ~= nil then return gethook(co) end
+  return gethook()
+end
+
+-- After a cell: an interrupt replaced the registrations of the threads it
+-- stopped; the users' hooks come back. Python disarms the main thread after
+-- every call (the kernel's own Lua, capture and display, runs hook-free), so
+-- a user's hook on the main thread is registered again as each cell starts.
+local function rehook_users()
+  for co in pairs(user_hooks) do rehook(co) end
+end
+local main_thread = corunning()
 
 -- An error raised by a hook runs the active message handler with hooks off
 -- (ldo.c), so a user's xpcall handler that loops could never be interrupted
@@ -133,7 +204,7 @@ end
 function coroutine.wrap(f)
   check_function(f, "wrap")
   local w = cowrap(f)
-  local _, co = debug.getupvalue(w, 1)
+  local _, co = getupvalue(w, 1)
   if type(co) == "thread" then
     register(co, f)
     wrapped[w] = co
@@ -207,7 +278,7 @@ local function write_values(stream, self, fname, ...)
     local v = select(i, ...)
     local tv = type(v)
     if tv == "number" then
-      v = sformat(math.type(v) == "integer" and "%d" or "%.14g", v)
+      v = sformat(mtype(v) == "integer" and "%d" or "%.14g", v)
     elseif tv ~= "string" then
       error(sformat("bad argument #%d to '%s' (string expected, got %s)",
         i, fname, tv == "nil" and "no value" or tv), 3)
@@ -330,7 +401,7 @@ local function read_formats(first, ...)
     local f = fmts[i]
     local v
     if type(f) == "number" then
-      v = read_chars(math.floor(f))
+      v = read_chars(floor(f))
     else
       if type(f) ~= "string" then
         error(sformat("bad argument #%d to 'read' (invalid format)", i), 3)
@@ -373,7 +444,7 @@ local function valid_mode(mode)
   return rest ~= nil and smatch(rest, "^b*$") ~= nil
 end
 
-function io.open(...)
+local function tracked_open(...)
   local filename, mode = ...
   local tf = type(filename)
   if tf ~= "string" and tf ~= "number" then
@@ -402,6 +473,17 @@ function io.open(...)
   end
   return fh, err, code
 end
+io.open = tracked_open
+
+-- io.input(name) / io.output(name): opened as the originals do, with their
+-- message when that fails ("cannot open file 'x' (reason)", no position).
+local function open_checked(name, mode)
+  local fh, err = tracked_open(name, mode)
+  if not fh then
+    error(sformat("cannot open file '%s' (%s)", name, ssub(err, #name + 3)), 0)
+  end
+  return fh
+end
 
 -- The io library, rerouted through the current default input and output.
 local cur_in, cur_out = stdin, stdout
@@ -420,7 +502,7 @@ end
 function io.output(file)
   if file == nil then return cur_out end
   if type(file) == "string" then
-    cur_out = assert(io.open(file, "w"))
+    cur_out = open_checked(file, "w")
   else
     if not (is_stream[file] or real_io.type(file)) then
       error("bad argument #1 to 'output' (FILE* expected)", 2)
@@ -432,7 +514,7 @@ end
 function io.input(file)
   if file == nil then return cur_in end
   if type(file) == "string" then
-    cur_in = assert(io.open(file, "r"))
+    cur_in = open_checked(file, "r")
   else
     if not (is_stream[file] or real_io.type(file)) then
       error("bad argument #1 to 'input' (FILE* expected)", 2)
@@ -500,6 +582,18 @@ local function trailing_semicolon(code)
   return smatch(code, ";%s*$") ~= nil
 end
 
+-- A cell's values are returned through an identity function, never by
+-- `return <expr>` itself: `return f()` is a tail call, and a traceback from
+-- inside f would lose the cell's own line ("(...tail calls...)"). As an
+-- argument, f() is an ordinary call from the cell. The closing parenthesis
+-- goes on a line of its own (the cell may end in a comment); line numbers
+-- stay the same.
+local RETURN, CLOSE = "return (function(...) return ... end)(", "\n)"
+
+local function returning(exprs)   -- the quieting `;` cannot stand in an argument list
+  return RETURN .. sgsub(exprs, ";%s*$", "") .. CLOSE
+end
+
 -- `return` before one of the last lines: the cell's value is its final
 -- expression (or call) after some statements. Line numbers stay the same.
 -- Both halves must stand on their own: the tail an expression list, the head
@@ -508,29 +602,38 @@ end
 local function return_last(code, chunkname)
   local starts = { 1 }
   for pos in sgmatch(code, "\n()") do starts[#starts + 1] = pos end
-  for i = #starts, math.max(2, #starts - 20), -1 do
+  for i = #starts, max(2, #starts - 20), -1 do
     local s = starts[i]
     local head, tail = ssub(code, 1, s - 1), ssub(code, s)
     if load("return " .. tail, "=tail", "t") and load(head, "=head", "t") then
-      local g = load(head .. "return " .. tail, chunkname, "t")
+      local g = load(head .. returning(tail), chunkname, "t")
       if g then return g end
     end
   end
 end
 
+-- (function, show): show is false when a trailing `;` keeps the values quiet.
+-- A chunk's own `return` values show too, as the `lua` REPL prints them.
 function M.compile(code, chunkname)
   local show = not trailing_semicolon(code)
-  local f = load("return " .. code, chunkname, "t")
-  if f then return f, show end
-  local err
-  f, err = load(code, chunkname, "t")
+  if load("return " .. code, "=expr", "t") then
+    local f = load(returning(code), chunkname, "t")
+    if f then return f, show end
+  end
+  local f, err = load(code, chunkname, "t")
   -- A cell ending in an expression (not a statement on its own), or in a
   -- call, shows that value; a call is the only statement that is also an
   -- expression, so this cannot change what valid code does.
   local g = return_last(code, chunkname)
   if g then return g, show end
-  if f then return f, false end
+  if f then return f, show end
   return nil, err
+end
+
+-- Where require looks: Python's runtime.module_paths around Lua's defaults.
+function M.search_paths(before, after, cbefore, cafter)
+  package.path = before .. ";" .. package.path .. ";" .. after
+  package.cpath = cbefore .. ";" .. package.cpath .. ";" .. cafter
 end
 
 -- io.write returns its file: a cell ending in io.write(...) shows nothing.
@@ -588,7 +691,9 @@ end
 function M.run(f, ...)
   interrupting, unwinding, interrupt_where, last_error = false, false, nil, nil
   busy = false
+  if user_hooks[main_thread] then rehook(main_thread) end
   local r = pack(xpcall(f, cell_handler, ...))
+  if interrupting then rehook_users() end
   flush()
   if r[1] then
     return true, r.n - 1, unpack(r, 2, r.n)
@@ -607,7 +712,7 @@ end
 
 -- text/html for a table: its metatable's __html, else the generic rendering.
 function M.html_of(v, repr)
-  local mt = debug.getmetatable(v)
+  local mt = dgetmetatable(v)
   local h = type(mt) == "table" and rawget(mt, "__html")
   if h then
     local ok, s = pcall(h, v)

@@ -22,7 +22,7 @@ def pickle(obj) -> tuple[bool, bytes | str]:
     """(True, bytes) or (False, reason)."""
     try:
         return True, dill.dumps(obj, protocol=PROTOCOL, recurse=True)
-    except BaseException as e:  # noqa: BLE001 - any failure is a reason, never a crash
+    except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         return False, _reason(obj, e)
@@ -32,7 +32,7 @@ def unpickle(data: bytes) -> tuple[bool, object]:
     """(True, object) or (False, reason)."""
     try:
         return True, dill.loads(data)
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         return False, f"cannot be unpickled: {type(e).__name__}: {e}"

@@ -88,7 +88,7 @@ def _saved_pcs_many(session):
     def many(batch, tables):
         try:
             return framepeek.saved_pcs_many(session, to_bytes(batch), tables)
-        except BaseException as e:  # noqa: BLE001 - never raise into Lua
+        except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             return None, f"the saved pcs cannot be read: {type(e).__name__}: {e}"
@@ -118,7 +118,7 @@ def capture(session) -> tuple[bytes, list[Issue], dict]:
             items = [objs[i] for i in range(1, int(n) + 1)]
             blob, failures = pyobjects.pickle_many(items)
             return blob, lua.table_from({i + 1: r for i, r in failures.items()})
-        except BaseException as e:  # noqa: BLE001 - never raise into Lua
+        except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             reason = f"Python objects cannot be pickled: {type(e).__name__}: {e}"
@@ -159,7 +159,7 @@ def apply(session, body: bytes) -> list[Issue]:
             if not ok:
                 return False, objs
             return True, lua.table_from({i + 1: o for i, o in enumerate(objs) if o is not None})
-        except BaseException as e:  # noqa: BLE001 - never raise into Lua
+        except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             return False, f"{type(e).__name__}: {e}"

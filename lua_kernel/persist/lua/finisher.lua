@@ -24,7 +24,13 @@
 --                        runs in (called where the error is raised, before
 --                        any variable closes, as natively),
 --                 interpret = function(callee, fr) -> true | function | nil,
---                 caller = the finisher frame that calls this one }
+--                 caller = the finisher frame that calls this one (or
+--                 a C level {c = true, caller = frame}),
+--                 rec, at = a restored coroutine's record and the index
+--                 of this frame in it (its callers follow it),
+--                 cat = last register still to concatenate: pc is an
+--                 OP_CONCAT whose __concat metamethod returned, its result
+--                 in R[cat + 1] (luaV_finishOp) }
 --               `links` says a register is an open upvalue shared with
 --               `f`'s upvalue `n` (see "Open upvalues" below). `interpret`
 --               sees each function the frame calls (a callable object's
@@ -39,7 +45,6 @@
 --   F.conformance(f, ...) -> results...   conformance mode (below)
 --   F.proto_of(f) -> proto;  F.is_lua(f) -> boolean
 --   F.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
---   F.typeinfo(proto, pc, reg, v) -> type name, variable info (" (local 'x')")
 --
 -- Conformance mode runs f with every Lua function it reaches interpreted:
 -- Lua functions it calls (directly, by `__call`, or as __close), the
@@ -76,7 +81,9 @@
 -- names it after the interpreted call ("bad argument #1 to 'rep'", "calling
 -- 'rep' on bad self"), not after this file's `fn(...)`. Errors from callees
 -- and metamethods pass through untouched; `error(msg, 2)` in a native callee
--- points at the interpreted line, as natively. On error, pending
+-- points at the interpreted line, as natively. Stack levels (`error(msg,
+-- level)`, luaL_where) are counted over interpreted frames (see "levels").
+-- On error, pending
 -- to-be-closed variables are closed with the error object, in reverse
 -- order, by F.run's own <close> variable: when a pcall catches the error,
 -- or at coroutine.close for an error that killed the coroutine, as
@@ -86,13 +93,16 @@
 -- the instruction), so array sizes, `#` of constructors with holes and
 -- `next` order are native.
 --
--- Known differences: error messages of a native function that positions
--- them at level 2 or more from a native caller (pcall(error, "x", 2)) name
--- this file; an xpcall message handler runs after the interpreted frames
--- between the error and the xpcall have closed their to-be-closed
--- variables (natively, before), unless F.run is given it (opts.msgh, as
--- for restored frames); the debug library (stack levels, getinfo,
--- hooks, tracebacks) sees the finisher's own functions.
+-- Message handlers: an xpcall's handler runs where the error is raised,
+-- before to-be-closed variables close, and once (see "Message handlers"
+-- below): F.run given opts.msgh (restored frames; conformance mode's
+-- frames under an interpreted xpcall) calls it there, and the frame's
+-- variables close natively when the error is caught, under the handler.
+--
+-- Known differences: a native function's luaL_where at a level that lands
+-- on this file's machinery other than an op or execute (see "levels"); the
+-- debug library (stack levels, getinfo, hooks, tracebacks) sees the
+-- finisher's own functions.
 
 local B = ...
 
@@ -101,6 +111,7 @@ local B = ...
 local debug_getupvalue, debug_setupvalue = debug.getupvalue, debug.setupvalue
 local debug_upvaluejoin, debug_getinfo = debug.upvaluejoin, debug.getinfo
 local debug_getmetatable, debug_getregistry = debug.getmetatable, debug.getregistry
+local debug_getlocal = debug.getlocal
 local select, type, error, pcall, xpcall, load = select, type, error, pcall, xpcall, load
 local rawset, rawget, rawequal, setmetatable = rawset, rawget, rawequal, setmetatable
 local next, ipairs, assert = next, ipairs, assert
@@ -173,15 +184,43 @@ local chunks = setmetatable({}, {__mode = "k"})
 -- closure is the key we have), and each prototype's short_src.
 local protos = setmetatable({}, {__mode = "k"})
 local short_srcs = setmetatable({}, {__mode = "k"})
+-- A chunk's equal string constants are one string (the parser anchors
+-- them in one table, llex.c's luaX_newstring): long strings, which Lua
+-- does not intern, too, which string.format("%p") shows. So are they in a
+-- prototype read here, across its children.
+local function share_strings(p, seen)
+  local k = p.k
+  for j = 1, k.n or #k do
+    local v = k[j]
+    if type(v) == "string" then
+      local same = seen[v]
+      if same == nil then seen[v] = v else k[j] = same end
+    end
+  end
+  for _, child in ipairs(p.p) do share_strings(child, seen) end
+end
+
 local function proto_of(f)
   local p = protos[f]
   if not p then
     p = B.read(string_dump(f))
+    share_strings(p, {})
     protos[f] = p
   end
   return p
 end
 F.proto_of = proto_of
+
+local lua_functions = setmetatable({}, {__mode = "k"})
+local function is_lua(f)
+  if type(f) ~= "function" then return false end
+  local yes = lua_functions[f]
+  if yes == nil then
+    yes = debug_getinfo(f, "S").what ~= "C"
+    lua_functions[f] = yes
+  end
+  return yes
+end
 
 local function short_src_of(f, proto)
   local s = short_srcs[proto]
@@ -309,6 +348,10 @@ local function newtbc(fr, reg)
 end
 
 local start               -- start(f, interpret, caller, args): run f in a new frame
+-- SPECIAL[fn](fr) -> what to call in place of fn when finisher frame fr
+-- calls it: `error`, and pcall/xpcall of `error`, position messages by
+-- stack levels (see "Levels")
+local SPECIAL = {}
 
 -- A __close metamethod is called from fr; with a hook, as fr's calls are.
 local function callclose(fr, tm, v, err)
@@ -344,6 +387,14 @@ end
 -- gets a native to-be-closed stand-in (PROXY, in close_chain), so a failing
 -- __close raises within Lua's own closing: the active message handler sees
 -- its error and the next variable gets that, as in luaF_close.
+-- (conformance mode: an error a message handler has handled, HANDLED {v =
+-- what it returned}; see "Message handlers")
+local HANDLED = {}
+local function unboxed(e)
+  if debug_getmetatable(e) == HANDLED then return e.v end
+  return e
+end
+
 local PROXY = {__close = function(p, err)
   local c = p.c                  -- shared by one chain: {fr, e, busy, raised}
   if c.busy then c.raised = true end   -- the previous __close raised
@@ -354,7 +405,7 @@ local PROXY = {__close = function(p, err)
   t[#t] = nil                    -- p.reg, the last pending one
   local v = fr.R[p.reg]
   local mt = debug_getmetatable(v)
-  callclose(fr, mt and rawget(mt, "__close"), v, err)
+  callclose(fr, mt and rawget(mt, "__close"), v, unboxed(err))
   c.busy = false
 end}
 
@@ -473,6 +524,8 @@ local function call(fr, fn, a, last, tail)
     end
     return table_pack(fn(table_unpack(args, 1, args.n)))
   end
+  local special = SPECIAL[fn]
+  if special then fn = special(fr) end
   return table_pack(fn(table_unpack(fr.R, a + 1, last)))
 end
 
@@ -563,12 +616,17 @@ local function forprep(R, a)
     if limit == nil then forerror(plimit, "limit") end
     if step == nil then forerror(pstep, "step") end
     if finit == nil then forerror(init, "initial value") end
+    -- tonumber gives floats (an integer converts; a float is copied as is:
+    -- `+ 0.0` would turn -0.0 into 0.0), compared as floats
+    if math_type(limit) == "integer" then limit = limit + 0.0 end
+    if math_type(step) == "integer" then step = step + 0.0 end
+    if math_type(finit) == "integer" then finit = finit + 0.0 end
     if step == 0 then error("'for' step is zero") end
     if (0 < step) and (limit < finit) or (not (0 < step)) and (finit < limit) then
       return true
     end
-    R[a + 1], R[a + 2] = limit + 0.0, step + 0.0
-    R[a], R[a + 3] = finit + 0.0, finit + 0.0
+    R[a + 1], R[a + 2] = limit, step
+    R[a], R[a + 3] = finit, finit
   end
   return false
 end
@@ -942,17 +1000,24 @@ C[OP.LEN] = function(_, pc, a, b, c, k, d, S)
   local nx = S(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = #x; return nx(fr, R) end
 end
--- Right to left, as luaV_concat; frames.lua reads `r` (the register whose
--- concatenation is pending) and `v` at this level.
-C[OP.CONCAT] = function(_, pc, a, b, c, k, d, S)
-  local top, nx = a + b - 1, S(pc + 1)
+-- Right to left, as luaV_concat: R[a] := R[a] .. ... .. R[last + 1].
+-- frames.lua reads `r` (the register whose concatenation is pending) at
+-- this level; `fr.catr` is it too, for blame() (an error may come after a
+-- __concat ran, whose result is known only here).
+local function concat_op(pc, a, last, nx)
   return function(fr, R)
     fr.cur = pc
-    local v = R[top]
-    for r = top - 1, a, -1 do v = R[r] .. v end
+    local v = R[last + 1]
+    for r = last, a, -1 do
+      fr.catr = r
+      v = R[r] .. v
+    end
     R[a] = v
     return nx(fr, R)
   end
+end
+C[OP.CONCAT] = function(_, pc, a, b, c, k, d, S)
+  return concat_op(pc, a, a + b - 2, S(pc + 1))
 end
 C[OP.CLOSE] = function(_, pc, a, b, c, k, d, S)
   local nx = S(pc + 1)
@@ -1093,32 +1158,32 @@ local function fastcall(a, nargs, nres, pc, general, nx)
     if nargs == 0 then
       return function(fr, R)
         fr.cur = pc
-        if fr.interpret then return general(fr, R) end
         local fn = R[a]
+        if fr.interpret or SPECIAL[fn] then return general(fr, R) end
         fn()
         return nx(fr, R)
       end
     elseif nargs == 1 then
       return function(fr, R)
         fr.cur = pc
-        if fr.interpret then return general(fr, R) end
         local fn = R[a]
+        if fr.interpret or SPECIAL[fn] then return general(fr, R) end
         fn(R[a1])
         return nx(fr, R)
       end
     elseif nargs == 2 then
       return function(fr, R)
         fr.cur = pc
-        if fr.interpret then return general(fr, R) end
         local fn = R[a]
+        if fr.interpret or SPECIAL[fn] then return general(fr, R) end
         fn(R[a1], R[a2])
         return nx(fr, R)
       end
     end
     return function(fr, R)
       fr.cur = pc
-      if fr.interpret then return general(fr, R) end
       local fn = R[a]
+      if fr.interpret or SPECIAL[fn] then return general(fr, R) end
       fn(R[a1], R[a2], R[a3])
       return nx(fr, R)
     end
@@ -1126,32 +1191,32 @@ local function fastcall(a, nargs, nres, pc, general, nx)
   if nargs == 0 then
     return function(fr, R)
       fr.cur = pc
-      if fr.interpret then return general(fr, R) end
       local fn = R[a]
+      if fr.interpret or SPECIAL[fn] then return general(fr, R) end
       R[a] = fn()
       return nx(fr, R)
     end
   elseif nargs == 1 then
     return function(fr, R)
       fr.cur = pc
-      if fr.interpret then return general(fr, R) end
       local fn = R[a]
+      if fr.interpret or SPECIAL[fn] then return general(fr, R) end
       R[a] = fn(R[a1])
       return nx(fr, R)
     end
   elseif nargs == 2 then
     return function(fr, R)
       fr.cur = pc
-      if fr.interpret then return general(fr, R) end
       local fn = R[a]
+      if fr.interpret or SPECIAL[fn] then return general(fr, R) end
       R[a] = fn(R[a1], R[a2])
       return nx(fr, R)
     end
   end
   return function(fr, R)
     fr.cur = pc
-    if fr.interpret then return general(fr, R) end
     local fn = R[a]
+    if fr.interpret or SPECIAL[fn] then return general(fr, R) end
     R[a] = fn(R[a1], R[a2], R[a3])
     return nx(fr, R)
   end
@@ -1258,8 +1323,8 @@ C[OP.TFORCALL] = function(_, pc, a, b, c, k, d, S)
   if c == 1 then
     return function(fr, R)
       fr.cur = pc
-      if fr.interpret then return general(fr, R) end
       local fn, s, ctl = R[a], R[a1], R[a2]
+      if fr.interpret or SPECIAL[fn] then return general(fr, R) end
       R[a4], R[a5], R[a6] = fn, s, ctl
       R[a4] = fn(s, ctl)
       return nx(fr, R)
@@ -1267,8 +1332,8 @@ C[OP.TFORCALL] = function(_, pc, a, b, c, k, d, S)
   elseif c == 2 then
     return function(fr, R)
       fr.cur = pc
-      if fr.interpret then return general(fr, R) end
       local fn, s, ctl = R[a], R[a1], R[a2]
+      if fr.interpret or SPECIAL[fn] then return general(fr, R) end
       R[a4], R[a5], R[a6] = fn, s, ctl
       R[a4], R[a5] = fn(s, ctl)
       return nx(fr, R)
@@ -1469,13 +1534,6 @@ local function varinfo(kind, name)
   return " (" .. kind .. " '" .. name .. "')"
 end
 
--- The type and variable info of a native error about register `reg` of a
--- frame of `proto` at its instruction `pc` (1-based), as ldebug.c words
--- them (frames.lua finishes a restored concatenation with them).
-function F.typeinfo(proto, pc, reg, v)
-  return objtypename(v), varinfo(getobjname(proto, pc - 1, reg))
-end
-
 -- The pc natively current when the instruction at fr.cur fails: an
 -- arithmetic instruction fails in its OP_MMBIN*.
 local function errpc(fr)
@@ -1483,28 +1541,6 @@ local function errpc(fr)
   local nx = fr.dec[cur + 1]
   if nx and MMBINS[nx[1]] and not MMBINS[fr.dec[cur][1]] then return cur end
   return cur - 1
-end
-
-local function isstr(v) return type(v) == "string" or type(v) == "number" end
-
-local function hasconcat(v)
-  local mt = debug_getmetatable(v)
-  return mt ~= nil and rawget(mt, "__concat") ~= nil
-end
-
--- The register luaV_concat blames, replaying OP_CONCAT A B from the right
--- (its registers are unchanged by a failure); nil when a __concat ran
--- first (its result is unknown).
-local function concat_culprit(R, a, b)
-  local top = a + b - 1
-  for r = top - 1, a, -1 do
-    local x, right = R[r], (r == top - 1) and R[top] or ""
-    if not (isstr(x) and isstr(right)) then
-      if hasconcat(x) or hasconcat(right) then return nil end
-      return isstr(x) and r + 1 or r
-    end
-  end
-  return nil
 end
 
 -- varinfo for the operand a native error of the instruction at fr.cur
@@ -1527,7 +1563,9 @@ local function blame(fr, body, fname)
       reg = b
     end
   elseif op == OP.CONCAT then
-    reg = concat_culprit(fr.R, a, b)
+    -- `R[r] .. v` failed (luaG_concaterror blames the right operand when the
+    -- left one is a string or a number): v is what natively is in R[r + 1]
+    reg = (fname == "v") and fr.catr + 1 or fr.catr
   elseif op == OP.UNM or op == OP.BNOT or op == OP.LEN then
     reg = b
   elseif pc ~= fr.cur - 1 then             -- arithmetic: `x op y` in ARITH
@@ -1578,14 +1616,116 @@ local function argerror(fr, n, tail)
   return "bad argument #" .. n .. " to '" .. name .. "' " .. tail
 end
 
+-- ------------------------------------------------------------- levels ---
+
+-- luaL_where and `error(msg, level)` count stack levels, one per function
+-- natively; here an interpreted frame is several native levels (an op
+-- closure, execute, pcall, F.run, ...). So levels are counted over the
+-- interpreted frames instead. A level is a finisher frame (at its current
+-- line), a C level ({c = true, caller = x}: a C function x called, which
+-- has no position), or a frame of a restored coroutine waiting in its
+-- record (fr.rec, fr.at: frames.lua runs frame fr.at of the record, whose
+-- callers are the frames after it: a Lua frame at its pending instruction,
+-- {c = "pcall"} / {c = "xpcall"} a C level); past the last, nothing (the
+-- coroutine's base; a frame started by native code: its caller).
+
+local function position(p, pc, src)
+  local line = line_of(p, pc)
+  if line == nil then return "" end      -- ar.currentline > 0 fails
+  return src .. ":" .. line .. ": "
+end
+
+local execute, finish        -- (below) the levels that show a frame's F.run
+
+-- The n-th native level above the F.run of finisher frame fr, which native
+-- code started (F.call, F.run): found on the stack by its execute(fr) (or
+-- finish(fr), which F.run calls once the frame's pcall returned).
+local function native_where(fr, n)
+  local l = 2
+  while true do
+    local info = debug_getinfo(l, "f")
+    if info == nil then return "" end
+    local f = info.func
+    if (f == execute or f == finish) and rawequal(select(2, debug_getlocal(l, 1)), fr) then
+      info = debug_getinfo(l + (f == execute and 2 or 1) + n, "Sl")
+      if info == nil or info.currentline <= 0 then return "" end
+      return info.short_src .. ":" .. info.currentline .. ": "
+    end
+    l = l + 1
+  end
+end
+
+-- luaL_where(L, level) as seen from x (level 1)
+local function where(x, level)
+  local rec, k
+  for n = 2, level do
+    if rec then
+      k = k + 1
+    elseif x.caller then
+      x = x.caller
+    elseif x.rec then
+      rec, k = x.rec, x.at + 1
+    else
+      return native_where(x, level - n + 1)
+    end
+  end
+  if rec then
+    local e = rec[k]
+    if e == nil or e.c then return "" end
+    local f = e[1]
+    local p = proto_of(f)
+    return position(p, e[2], short_src_of(f, p))
+  end
+  if x.c then return "" end
+  return position(x.p, x.cur, x.short_src)
+end
+
+-- `error` called from level x (luaB_error: a string message gets the
+-- position of `level`, counted from x).
+local function error_from(x)
+  return function(...)
+    local msg, level = ...
+    level = math_tointeger(level == nil and 1 or level)   -- luaL_optinteger
+    if type(msg) ~= "string" or level == nil then return error(...) end
+    if level > 0 then msg = where(x, level) .. msg end
+    error(msg, 0)
+  end
+end
+
+local function clevel(caller) return {c = true, caller = caller} end
+
+-- pcall/xpcall called from level x: what they call is called by a C level
+-- above x; so `error` (pcall(error, m, 2)) and pcall/xpcall again count
+-- their levels from there. `leveled` is SPECIAL, or conformance's own.
+local function protect(leveled)
+  return function(x)
+    return function(...)
+      local special = leveled[(...)]
+      if special then return pcall(special(clevel(x)), select(2, ...)) end
+      return pcall(...)
+    end
+  end, function(x)
+    return function(...)
+      local f, msgh = ...
+      local special = leveled[f]
+      if special then return xpcall(special(clevel(x)), msgh, select(3, ...)) end
+      return xpcall(...)
+    end
+  end
+end
+SPECIAL[error] = error_from
+SPECIAL[pcall], SPECIAL[xpcall] = protect(SPECIAL)
+
 -- ------------------------------------------------------------ running ---
 
 -- Runs frame fr: an op continues with the next by a tail call, so this
 -- returns when the frame returned (fr.done), or when a tail call made fr the
 -- callee's frame (fr.ops, fr.R, fr.pc are new).
-local function execute(fr)
+function execute(fr)
   repeat fr.ops[fr.pc](fr, fr.R) until fr.done
 end
+-- the line a level of execute(fr) shows: it stands for fr's caller
+local EXECUTE_LINE = debug_getinfo(execute, "S").linedefined + 1
 
 local PREFIX = "^" .. string_gsub(MY_SRC, "%p", "%%%0") .. ":%d+: "
 
@@ -1601,6 +1741,15 @@ local VM_ERRORS = {"^attempt to ", "^number.* has no integer representation$",
 local function rewrite(fr, e)
   if type(e) ~= "string" or not string_find(e, PREFIX) then return e end
   local rest = string_gsub(e, PREFIX, "", 1)
+  -- A native callee's luaL_where one level further than this frame (the
+  -- caller of the callee's caller): this frame's caller. So is the caller
+  -- of a Lua function this frame tail-called (natively it replaced the
+  -- frame; a C function runs above it).
+  local at = tonumber(string_match(e, ":(%d+): "))
+  local d = fr.dec[fr.cur]
+  if at == EXECUTE_LINE or d[1] == OP.TAILCALL and is_lua(fr.R[d[2]]) then
+    return where(fr, 2) .. rest
+  end
   local body, fname = string_match(rest, "^(attempt to .-) %([%a ]+ '([^']*)'%)$")
   local n, tail = string_match(rest, "^bad argument #(%d+) to 'fn' (.*)$")
   if body then
@@ -1623,7 +1772,37 @@ local function rewrite(fr, e)
   return rest
 end
 
-local function finish(fr, ok, e)
+-- Message handlers. Natively an xpcall's handler runs where the error is
+-- raised, before any to-be-closed variable closes (ldebug.c luaG_errormsg),
+-- and stays active while the catching call closes them (ldo.c luaD_pcall
+-- restores errfunc after luaD_closeprotected). F.run given opts.msgh runs
+-- its frame in an xpcall with it; the frame's variables close natively,
+-- by GUARD's stand-ins, when the error is caught, so the error of a
+-- __close reaches the active handler too. frames.lua gives a restored
+-- frame the handler of the xpcall it waits in, and keeps that xpcall's
+-- re-created handler from running it again (handler_of). In conformance
+-- mode every frame under an interpreted xpcall has a handler (the xpcall
+-- replacement's C level passes it down, fr.msgh) and an error passes
+-- several F.runs: the first to see it runs the user's handler and boxes
+-- the result, HANDLED {v = result}, which the others pass on, the
+-- stand-ins unbox for __close, and the xpcall replacement unboxes.
+
+-- A handler that fails is called again with its own error, natively until
+-- the C stack overflows (LUAI_MAXCCALLS, 200), which ends in "error in
+-- error handling" (ldo.c luaE_checkcstack, luaD_seterrorobj).
+local function boxing(msgh)
+  return function(e)
+    if debug_getmetatable(e) == HANDLED then return e end
+    for _ = 1, 200 do
+      local ok, v = pcall(msgh, e)
+      if ok then return setmetatable({v = v}, HANDLED) end
+      e = v
+    end
+    return setmetatable({v = "error in error handling"}, HANDLED)
+  end
+end
+
+function finish(fr, ok, e)
   if ok then
     local ret = fr.ret
     return table_unpack(ret, 1, ret.n)
@@ -1644,9 +1823,18 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     top = top or proto.maxstacksize, tbc = tbc,
     dec = decode_proto(proto), ops = ops_of(proto), interpret = opts.interpret,
     short_src = short_src_of(cl, proto), caller = opts.caller,
+    rec = opts.rec, at = opts.at, msgh = opts.msgh,
   }
+  local cat = opts.cat
+  if cat then
+    -- pc is an OP_CONCAT whose __concat ran (before a restore) and left its
+    -- result in R[cat + 1]: the rest of it, then on (luaV_finishOp)
+    local d = fr.dec[pc]
+    assert(d[1] == OP.CONCAT, "finisher: cat without a pending OP_CONCAT")
+    fr.ops, fr.pc = {[0] = concat_op(pc, d[2], cat, fr.ops[pc + 1])}, 0
+  end
   local guard <close> = setmetatable({fr = fr}, GUARD)
-  local msgh = opts.msgh
+  local msgh = fr.msgh
   if msgh then     -- the message handler of the xpcall the frame runs in
     return finish(fr, xpcall(execute, function(e) return msgh(rewrite(fr, e)) end, fr))
   end
@@ -1656,7 +1844,8 @@ end
 function start(f, interpret, caller, args)
   local proto = proto_of(f)
   local regs, varargs = arguments(proto, args)
-  return F.run(f, proto, 1, regs, varargs, nil, {interpret = interpret, caller = caller})
+  return F.run(f, proto, 1, regs, varargs, nil,
+    {interpret = interpret, caller = caller, msgh = caller and caller.msgh})
 end
 
 function F.call(f, ...)
@@ -1669,51 +1858,50 @@ function F.call_hooked(interpret, f, ...)
   return start(f, interpret, nil, table_pack(...))
 end
 
-local lua_functions = setmetatable({}, {__mode = "k"})
-local function is_lua(f)
-  if type(f) ~= "function" then return false end
-  local yes = lua_functions[f]
-  if yes == nil then
-    yes = debug_getinfo(f, "S").what ~= "C"
-    lua_functions[f] = yes
-  end
-  return yes
-end
 F.is_lua = is_lua
 
 -- ------------------------------------------------------- conformance ---
 
 local conform                              -- the hook of F.conformance
 
--- A function for C code to call back that runs f interpreted.
-local function interpreted(f)
+-- A function for C code to call back that runs f interpreted; its caller
+-- is that C code (a C level), or nothing (a coroutine's body).
+local function interpreted(f, caller)
   if not is_lua(f) then return f end
-  return function(...) return start(f, conform, nil, table_pack(...)) end
+  return function(...) return start(f, conform, caller, table_pack(...)) end
 end
 
 -- C functions that call back an argument: its index.
 local CALLBACK = {[coroutine_create] = 1, [coroutine_wrap] = 1, [table_sort] = 2,
   [string_gsub] = 3, [load] = 1}
+local COROUTINE = {[coroutine_create] = true, [coroutine_wrap] = true}
+
+-- The callback's caller: the C function fn called from level x.
+local function callback(fn, i, x, args)
+  args[i] = interpreted(args[i], (not COROUTINE[fn]) and clevel(x) or nil)
+end
 
 -- In place of such a function called by interpreted code: not a tail call,
 -- so that its argument errors name `fn`, which rewrite() corrects.
 local function calling_back(fn, i)
-  return function(...)
-    local args = table_pack(...)
-    args[i] = interpreted(args[i])
-    local r = table_pack(fn(table_unpack(args, 1, args.n)))
-    return table_unpack(r, 1, r.n)
+  return function(fr)
+    return function(...)
+      local args = table_pack(...)
+      callback(fn, i, fr, args)
+      local r = table_pack(fn(table_unpack(args, 1, args.n)))
+      return table_unpack(r, 1, r.n)
+    end
   end
 end
 
--- What pcall/xpcall call for f: f interpreted, or f with its callback
--- interpreted, called by pcall again so that its errors are as when
--- called by pcall (no position; named by pushglobalfuncname).
-local function protected(f, ...)
+-- What pcall/xpcall (the C level x) call for f: f interpreted, or f with
+-- its callback interpreted, called by pcall again so that its errors are
+-- as when called by pcall (no position; named by pushglobalfuncname).
+local function protected(x, f, ...)
   local i = CALLBACK[f]
-  if i == nil then return start(f, conform, nil, table_pack(...)) end
+  if i == nil then return start(f, conform, x, table_pack(...)) end
   local args = table_pack(...)
-  args[i] = interpreted(args[i])
+  callback(f, i, x, args)
   local r = table_pack(pcall(f, table_unpack(args, 1, args.n)))
   if not r[1] then error(r[2], 0) end
   return table_unpack(r, 2, r.n)
@@ -1721,45 +1909,47 @@ end
 
 local function reaches(f) return is_lua(f) or CALLBACK[f] ~= nil end
 
--- luaL_where for finisher frames: level 1 is fr, then its callers; past a
--- frame started by native code the caller is native (no position).
-local function where(fr, level)
-  for _ = 2, level do
-    fr = fr.caller
-    if fr == nil then return "" end
-  end
-  local line = line_of(fr.p, fr.cur)
-  if line == nil then return "" end
-  return fr.short_src .. ":" .. line .. ": "
+-- xpcall's results: an error is what the handler returned (HANDLED).
+local function unhandled(ok, ...)
+  if ok then return ok, ... end
+  return false, unboxed((...))
 end
 
-local REPLACE = {
-  [pcall] = function(...)
-    if reaches((...)) then return pcall(protected, ...) end
-    return pcall(...)
-  end,
-  [xpcall] = function(...)
+-- error, pcall and xpcall (see "Levels"); pcall/xpcall of a Lua function
+-- or of a function calling back run it interpreted.
+local LEVELED = {[error] = error_from}
+local plain_pcall, plain_xpcall = protect(LEVELED)
+LEVELED[pcall] = function(x)
+  local plain = plain_pcall(x)
+  return function(...)
+    local f = ...
+    if reaches(f) then return pcall(protected, clevel(x), ...) end
+    return plain(...)
+  end
+end
+LEVELED[xpcall] = function(x)
+  local plain = plain_xpcall(x)
+  return function(...)
     local f, msgh = ...
-    if reaches(f) and type(msgh) == "function" then
-      return xpcall(protected, interpreted(msgh), f, select(3, ...))
+    if type(msgh) ~= "function" then return plain(...) end
+    msgh = interpreted(msgh)
+    if is_lua(f) then         -- its frames run the handler (HANDLED)
+      local h = boxing(msgh)
+      return unhandled(xpcall(protected, h, {c = true, caller = x, msgh = h}, f,
+        select(3, ...)))
     end
-    return xpcall(...)
-  end,
-}
+    if reaches(f) then return xpcall(protected, msgh, clevel(x), f, select(3, ...)) end
+    return plain(f, msgh, select(3, ...))
+  end
+end
+local REPLACE = {}
+for fn, make in next, LEVELED do REPLACE[fn] = make end
 for fn, i in next, CALLBACK do REPLACE[fn] = calling_back(fn, i) end
 
 function conform(fn, fr)
   if is_lua(fn) then return true end
-  if rawequal(fn, error) then
-    return function(...)
-      local msg, level = ...
-      level = math_tointeger(level == nil and 1 or level)   -- luaL_optinteger
-      if type(msg) ~= "string" or level == nil then return error(...) end
-      if level > 0 then msg = where(fr, level) .. msg end
-      error(msg, 0)
-    end
-  end
-  return REPLACE[fn]
+  local replace = REPLACE[fn]
+  return replace and replace(fr)
 end
 
 -- Run f with every Lua function it reaches interpreted (see the header).

@@ -307,7 +307,7 @@ end
 
 local resume_restored     -- the function a restored coroutine runs (below)
 local finish_upto, guarded  -- its levels, one per record frame (below)
-local guard_close, guard_closing, registers, value_of, closers_of, concat_error  -- (below)
+local guard_close, guard_closing, registers, value_of, closers_of  -- (below)
 local FRAME_GUARD         -- the metatable of a waiting frame's <close> guard (below)
 -- the finisher's stand-ins for a frame's variables while its GUARD closes them
 local CLOSE_CHAIN = assert(upvalue_named(FIN_GUARD.__close, "close_chain"),
@@ -766,25 +766,6 @@ function CF.adopt(co, rec)
   restored[co] = rec
 end
 
-local sfind = original("string.find", string.find)
-local function concat2(x, v) return x .. v end
-local CONCAT_ERR = "^" .. MY_SRC:gsub("%p", "%%%0") .. ":%d+: attempt to concatenate"
-local line_of = B.line_of
-
--- An error of the concatenation itself is worded as luaG_concaterror would
--- word it in the restored frame: its position, the culprit (the right
--- operand when the left one is a string or number) and the variable info
--- of the culprit's register; an error of a __concat passes unchanged.
-function concat_error(fr, p, cur, r, x, v, e)
-  if type(e) ~= "string" or not sfind(e, CONCAT_ERR) then error(e, 0) end
-  local reg, culprit = r, x
-  local tx = type(x)
-  if tx == "string" or tx == "number" then reg, culprit = r + 1, v end
-  local tname, info = F.typeinfo(p, cur, reg, culprit)
-  error(sformat("%s:%d: attempt to concatenate a %s value%s", getinfo(fr[FN], "S").short_src,
-    line_of(p, cur) or -1, tname, info), 0)
-end
-
 -- Put the results of frame fr's pending instruction in place (luaV_finishOp);
 -- returns the pc to continue from and the new top, or nil and the frame's
 -- own results (a pending tail call).
@@ -817,20 +798,9 @@ local function deliver(fr, p, R, ...)
   elseif COMPARE[op] then
     if (not not (...)) ~= (k == 1) then return cur + 2 end
     return cur + 1                 -- the OP_JMP
-  elseif op == OP.CONCAT then
-    -- luaV_finishOp goes on concatenating, right to left; another __concat
-    -- may yield, so the record says how far it got: its result ends the
-    -- operands a .. fr.cat
-    local v = (...)
-    for r = fr.cat, a, -1 do
-      fr.cat = r - 1
-      local x = R[r]
-      local ok, res = PCALL(concat2, x, v)
-      if not ok then concat_error(fr, p, cur, r, x, v, res) end
-      v = res
-    end
-    R[a] = v
-    return cur + 1
+  elseif op == OP.CONCAT then     -- the finisher concatenates the rest (opts.cat)
+    R[fr.cat + 1] = (...)
+    return cur
   elseif op == OP.CLOSE or op == OP.RETURN then
     return cur, fr.top             -- again, to close the remaining variables
   elseif SETS[op] then
@@ -889,7 +859,8 @@ local function run_frame(st, k, ...)
   st.handled = nil
   if pc == nil then return unpack(top, 1, top.n) end
   return F.run(f, p, pc, R, copy_va(fr.va), top,
-    { links = fr.links, tbc = fr.tbc, msgh = msgh_for(st, k) })
+    { links = fr.links, tbc = fr.tbc, cat = fr.cat, rec = st.rec, at = k,
+      msgh = msgh_for(st, k) })
 end
 
 -- Each pending to-be-closed variable of a waiting frame is stood for by a

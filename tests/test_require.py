@@ -1,0 +1,69 @@
+"""`require` finds what Lua users install, C modules included (issue 13)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kernel_client import execute, running_kernel, stdout_of
+from lua_sources import lua54_dir
+
+pytestmark = pytest.mark.kernel
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def notebook_dir(tmp_path_factory):
+    """A notebook's folder with a project-local LuaRocks tree: a pure-Lua
+    module and a C module compiled against Lua 5.4's headers."""
+    root = tmp_path_factory.mktemp("project")
+    share = root / "lua_modules" / "share" / "lua" / "5.4"
+    lib = root / "lua_modules" / "lib" / "lua" / "5.4"
+    share.mkdir(parents=True)
+    lib.mkdir(parents=True)
+    (share / "greet.lua").write_text(
+        "local M = {}\nfunction M.hello(name) return 'hello, ' .. name end\nreturn M\n")
+    (share / "shapes").mkdir()
+    (share / "shapes" / "init.lua").write_text("return {sides = {square = 4}}\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-I", str(lua54_dir()),
+                    str(HERE / "data" / "tiny_module.c"), "-o", str(lib / "tiny.so")],
+                   check=True)
+    return root
+
+
+def value(kc, code):
+    reply, msgs = execute(kc, code)
+    assert reply["content"]["status"] == "ok", msgs
+    results = [m for m in msgs if m["msg_type"] == "execute_result"]
+    return results[0]["content"]["data"]["text/plain"] if results else None
+
+
+def test_modules_in_the_notebooks_lua_modules_tree(notebook_dir):
+    with running_kernel(cwd=notebook_dir) as (km, kc):
+        assert value(kc, "require('greet').hello('Ada')") == '"hello, Ada"'
+        assert value(kc, "require('shapes').sides.square") == "4"
+        assert value(kc, "tiny = require('tiny'); return tiny.twice(21)") == "42"
+        assert value(kc, "box = tiny.box(5); return type(box)") == '"userdata"'
+
+
+def test_c_module_values_are_reported_by_path_at_save(notebook_dir):
+    with running_kernel(cwd=notebook_dir) as (km, kc):
+        execute(kc, "%session tiny-values")
+        execute(kc, "tiny = require('tiny'); box = tiny.box(); twice = tiny.twice")
+        _, msgs = execute(kc, "%save")
+        text = stdout_of(msgs)
+        assert "Saved the Lua state" in text and "Not saved:" in text
+        assert "_G.box: userdata tiny.box" in text
+        assert "C function that is not part of the standard environment" in text
+
+
+def test_search_paths_cover_the_user_tree_and_the_system():
+    from lua_kernel import Session
+
+    path, cpath = Session().execute("return package.path, package.cpath")
+    assert path.startswith("lua_modules/share/lua/5.4/?.lua;")
+    assert str(Path.home() / ".luarocks/share/lua/5.4/?.lua") in path
+    assert path.endswith("/usr/share/lua/5.4/?.lua;/usr/share/lua/5.4/?/init.lua")
+    assert cpath.startswith("lua_modules/lib/lua/5.4/?.so;")
+    assert "/usr/lib/lua/5.4/?.so" in cpath
