@@ -792,6 +792,44 @@ def test_conformance_message_handler_runs_at_the_error(check):
     assert got == native
 
 
+def test_conformance_message_handler_in_callbacks(check):
+    # Regression: the handler of an error raised in a table.sort comparator,
+    # string.gsub function or load reader ran once the error left the
+    # callback's frames, after their variables closed (natively at the
+    # error; lua_load runs the reader under the handler too, and returns
+    # the handled error).
+    lua, F = check.lua, check.F
+    f = lua.eval("""function(F)
+      local chunk = load([==[
+        local log = {}
+        local function add(v) log[#log + 1] = tostring(v) end
+        local function var(name)
+          return setmetatable({}, {__close = function(_, e) add(name .. ":" .. tostring(e)) end})
+        end
+        local function h(e) add("handler:" .. tostring(e)); return "H" end
+        local function g() local w <close> = var("w"); error("G", 0) end
+        local function cb() local y <close> = var("y"); g() end
+        add(select(2, xpcall(function()
+          local x <close> = var("x")
+          table.sort({3, 2, 1}, cb)
+        end, h)))
+        add(select(2, xpcall(table.sort, h, {3, 2, 1}, cb)))
+        add(select(2, xpcall(string.gsub, h, "abc", "%w", cb)))
+        add(select(2, xpcall(function() return select(2, load(cb)) end, h)))
+        add(select(2, xpcall(function()
+          local ok, e = pcall(function() local x <close> = var("x"); g() end)
+          add(e); error("after", 0)
+        end, h)))
+        return table.concat(log, " ")
+      ]==], "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    native, got = f(F)
+    assert native == ("handler:G w:H y:H x:H H handler:G w:H y:H H handler:G w:H y:H H "
+                      "handler:G w:H y:H H w:G x:G G handler:after H")
+    assert got == native
+
+
 def test_conformance_failing_message_handler(check):
     # A failing handler is called again with its own error; one that always
     # fails ends in "error in error handling" (it used to be called again by

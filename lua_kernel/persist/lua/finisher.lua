@@ -25,7 +25,7 @@
 --                        any variable closes, as natively),
 --                 interpret = function(callee, fr) -> true | function | nil,
 --                 caller = the finisher frame that calls this one (or
---                 a C level {c = true, caller = frame}),
+--                 a C level {c = true, caller = frame, msgh = its handler}),
 --                 rec, at = a restored coroutine's record and the index
 --                 of this frame in it (its callers follow it),
 --                 cat = last register still to concatenate: pc is an
@@ -1876,9 +1876,12 @@ local CALLBACK = {[coroutine_create] = 1, [coroutine_wrap] = 1, [table_sort] = 2
   [string_gsub] = 3, [load] = 1}
 local COROUTINE = {[coroutine_create] = true, [coroutine_wrap] = true}
 
--- The callback's caller: the C function fn called from level x.
+-- The callback's caller: the C function fn called from level x, under the
+-- same message handler (a coroutine's body: nothing, and none).
 local function callback(fn, i, x, args)
-  args[i] = interpreted(args[i], (not COROUTINE[fn]) and clevel(x) or nil)
+  local caller = nil
+  if not COROUTINE[fn] then caller = {c = true, caller = x, msgh = x.msgh} end
+  args[i] = interpreted(args[i], caller)
 end
 
 -- In place of such a function called by interpreted code: not a tail call,
@@ -1889,6 +1892,9 @@ local function calling_back(fn, i)
       local args = table_pack(...)
       callback(fn, i, fr, args)
       local r = table_pack(fn(table_unpack(args, 1, args.n)))
+      -- load returns a reader's error, handled (lua_load runs the reader
+      -- under the active handler: ldo.c luaD_protectedparser)
+      if r[1] == nil and fn == load then r[2] = unboxed(r[2]) end
       return table_unpack(r, 1, r.n)
     end
   end
@@ -1933,13 +1939,10 @@ LEVELED[xpcall] = function(x)
     local f, msgh = ...
     if type(msgh) ~= "function" then return plain(...) end
     msgh = interpreted(msgh)
-    if is_lua(f) then         -- its frames run the handler (HANDLED)
-      local h = boxing(msgh)
-      return unhandled(xpcall(protected, h, {c = true, caller = x, msgh = h}, f,
-        select(3, ...)))
-    end
-    if reaches(f) then return xpcall(protected, msgh, clevel(x), f, select(3, ...)) end
-    return plain(f, msgh, select(3, ...))
+    if not reaches(f) then return plain(f, msgh, select(3, ...)) end
+    -- its frames run the handler (HANDLED)
+    local h = boxing(msgh)
+    return unhandled(xpcall(protected, h, {c = true, caller = x, msgh = h}, f, select(3, ...)))
   end
 end
 local REPLACE = {}
