@@ -33,9 +33,15 @@ LUA_MASKCOUNT = 1 << 3
 # checked against the source; the interrupter's and framepeek's self-checks
 # confirm it at run time.
 L_CI = 32                # lua_State.ci: the innermost CallInfo
+L_STACK = 48             # lua_State.stack: the stack base (StkId)
+L_TBCLIST = 64           # lua_State.tbclist: the innermost to-be-closed slot
+STACKVALUE_SIZE = 16     # StackValue; its tbclist.delta (unsigned short) at +10
+TBC_DELTA = 10
+MAXDELTA = 0xFFFF        # lfunc.c: USHRT_MAX, a gap bridged by dummy nodes (delta 0)
 CI_FUNC = 0              # CallInfo.func: the frame's function slot (StkId)
 CI_PREVIOUS = 16         # CallInfo.previous
 CI_SAVEDPC = 32          # CallInfo.u.l.savedpc (Lua frames)
+CI_U2 = 56               # CallInfo.u2 (int: funcidx, nyield, nres, ...)
 CI_CALLSTATUS = 62       # CallInfo.callstatus (unsigned short)
 CI_SIZE = 64
 CIST_C = 1 << 1          # the frame runs a C function

@@ -757,20 +757,33 @@ def test_conformance_long_string_constants_are_one_string(check):
     assert list(native.values()) == list(got.values()) == [True, True, True, 3]
 
 
+# Handler cases: `add` logs, `var(name)` is a to-be-closed value that logs
+# its closing, `h` a handler that logs and returns "H"; the chunk's result
+# is the log, natively and in conformance mode.
+HANDLER_LOG = """
+local log = {}
+local function add(v) log[#log + 1] = tostring(v) end
+local function var(name)
+  return setmetatable({}, {__close = function(_, e) add(name .. ":" .. tostring(e)) end})
+end
+local function h(e) add("handler:" .. tostring(e)); return "H" end
+"""
+
+
+def handler_case(check, body):
+    run = check.lua.eval("""function(F, src)
+      local chunk = load(src, "=case")
+      return chunk(), F.conformance(chunk)
+    end""")
+    return run(check.F, HANDLER_LOG + body + '\nreturn table.concat(log, " ")\n')
+
+
 def test_conformance_message_handler_runs_at_the_error(check):
     # Regression: an xpcall message handler ran where the finisher
     # re-raised the error, after the interpreted frames in between had
     # closed their to-be-closed variables (natively it runs at the error,
     # once, and the variables close with what it returned).
-    lua, F = check.lua, check.F
-    f = lua.eval("""function(F)
-      local chunk = load([[
-        local log = {}
-        local function add(v) log[#log + 1] = tostring(v) end
-        local function var(name)
-          return setmetatable({}, {__close = function(_, e) add(name .. ":" .. tostring(e)) end})
-        end
-        local function h(e) add("handler:" .. tostring(e)); return "H" end
+    native, got = handler_case(check, """
         local function inner() local y <close> = var("y"); error("E", 0) end
         add(select(2, xpcall(function() local x <close> = var("x"); inner() end, h)))
         add(select(2, xpcall(function()
@@ -782,13 +795,35 @@ def test_conformance_message_handler_runs_at_the_error(check):
           local z <close> = setmetatable({}, {__close = function() error("Z", 0) end})
           error("E", 0)
         end, h)))
-        return table.concat(log, " ")
-      ]], "=case")
-      return chunk(), F.conformance(chunk)
-    end""")
-    native, got = f(F)
+    """)
     assert native == ("handler:E y:H x:H H 'newindex' handler:outer H "
                       "handler:E handler:Z H")
+    assert got == native
+
+
+def test_conformance_message_handler_in_callbacks(check):
+    # Regression: the handler of an error raised in a table.sort comparator,
+    # string.gsub function or load reader ran once the error left the
+    # callback's frames, after their variables closed (natively at the
+    # error; lua_load runs the reader under the handler too, and returns
+    # the handled error).
+    native, got = handler_case(check, """
+        local function g() local w <close> = var("w"); error("G", 0) end
+        local function cb() local y <close> = var("y"); g() end
+        add(select(2, xpcall(function()
+          local x <close> = var("x")
+          table.sort({3, 2, 1}, cb)
+        end, h)))
+        add(select(2, xpcall(table.sort, h, {3, 2, 1}, cb)))
+        add(select(2, xpcall(string.gsub, h, "abc", "%w", cb)))
+        add(select(2, xpcall(function() return select(2, load(cb)) end, h)))
+        add(select(2, xpcall(function()
+          local ok, e = pcall(function() local x <close> = var("x"); g() end)
+          add(e); error("after", 0)
+        end, h)))
+    """)
+    assert native == ("handler:G w:H y:H x:H H handler:G w:H y:H H handler:G w:H y:H H "
+                      "handler:G w:H y:H H w:G x:G G handler:after H")
     assert got == native
 
 

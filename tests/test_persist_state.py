@@ -718,6 +718,22 @@ def _as_version_1(body: bytes) -> bytes:
 
 def test_bodies_of_format_version_1_are_still_read(tmp_path):
     body, issues, _ = capture("kept = {1, 2, {three = 3}} function f(x) return x * 2 end")
-    assert issues == [] and body[8:12] == b"\x02\x00\x00\x00"
+    assert issues == [] and body[8:12] == b"\x03\x00\x00\x00"
     out = restore_elsewhere(_as_version_1(body), [[0, "return kept[3].three, f(21)"]], tmp_path)
     assert out == {"results": [[3, 42]], "issues": []}
+
+
+def test_bodies_of_format_version_2_are_still_read(tmp_path):
+    """Version 3 only adds a thread state (2: dead by an error), so a version-2
+    body is a version-3 body without such threads."""
+    body, issues, _ = capture("""
+    kept = {1, 2, {three = 3}}
+    co = coroutine.create(function(a) local b = coroutine.yield(a); return a + b end)
+    coroutine.resume(co, 20)
+    dead = coroutine.create(function() end); coroutine.resume(dead)
+    """)
+    assert issues == [] and body[8:12] == b"\x03\x00\x00\x00"
+    old = body[:8] + b"\x02\x00\x00\x00" + body[12:]
+    out = restore_elsewhere(old, [[0, "return kept[3].three, coroutine.status(dead), "
+                                      "coroutine.resume(co, 22)"]], tmp_path)
+    assert out == {"results": [[3, "dead", True, 42]], "issues": []}

@@ -246,31 +246,6 @@ function coroutine.create(f)
   return co
 end
 
--- A coroutine restored from a snapshot and not resumed since has its frames
--- in a record (persist/lua/frames.lua), where Lua's coroutine.close cannot
--- see their pending to-be-closed variables: frames.lua registers a closer
--- for it here, which runs first (and returns false, err if one fails).
-local coclose = coroutine.close
-local before_close = setmetatable({}, { __mode = "k" })
-M.before_close = before_close
-
-function coroutine.close(...)
-  local co = ...
-  if type(co) ~= "thread" then
-    error(sformat("bad argument #1 to 'close' (thread expected, got %s)",
-      select("#", ...) == 0 and "no value" or type(co)), 2)
-  end
-  local closer = before_close[co]
-  if closer then
-    before_close[co] = nil
-    local ok, err = closer()
-    coclose(co)
-    if not ok then return false, err end
-    return true
-  end
-  return coclose(co)
-end
-
 function coroutine.wrap(f)
   check_function(f, "wrap", f ~= nil)
   local w = cowrap(f)

@@ -11,6 +11,8 @@ a crash, using the struct layout of the Lua 5.4.8 that lupa bundles.
 
     pcs = saved_pcs(session, co)     # [FramePC(level, pc, line, method), ...]
     answer = saved_pcs_many(session, batch, tables)   # snapshots: bytes in, out
+    tbc_slots(thread), ci_states(thread)   # frames.lua: pending to-be-closed
+                                           # slots, CallInfo status and nres
 
 A snapshot (persist/lua/frames.lua) asks only about the frames whose own
 bytecode does not pin the pc down (see "inferred" below: when exactly one
@@ -63,7 +65,8 @@ import struct
 from dataclasses import dataclass
 
 from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, CIST_C,
-                      L_CI, LCL_P, MEMORY, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
+                      CI_U2, L_CI, L_STACK, L_TBCLIST, LCL_P, MAXDELTA, MEMORY, STACKVALUE_SIZE,
+                      TBC_DELTA, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
                       P_LINEINFO, P_SIZEABSLINEINFO, P_SIZECODE, P_SIZELINEINFO, TAG_CCL,
                       TAG_LCF, TAG_LCL)
 from ..runtime import load_lua, to_bytes
@@ -487,6 +490,74 @@ def saved_pcs_many(session, batch: bytes, tables) -> bytes:
         out.append(struct.pack(f"<BI{2 * len(pcs)}i", 0, len(pcs),
                                *[x for f in pcs for x in (f.level, f.pc)]))
     return b"".join(out)
+
+
+def ci_states(thread: int) -> bytes | None:
+    """Per level of a thread, innermost first, its CallInfo's `callstatus`
+    (H: CIST_RECST, bits 10-12, is the error a pcall is recovering from
+    while it closes variables; CIST_CLSRET a frame closing variables in its
+    return) and `u2` (i4: nres while a Lua frame closes variables in
+    OP_RETURN), as bytes; None if the memory cannot be read."""
+    ci = MEMORY.pointer(thread + L_CI)
+    out = []
+    while ci:
+        previous = MEMORY.pointer(ci + CI_PREVIOUS)
+        data = MEMORY.read(ci + CI_U2, CI_CALLSTATUS + 2 - CI_U2)
+        if previous is None or data is None or len(out) > MAX_LEVELS:
+            return None
+        if previous == 0:             # base_ci: not a level
+            break
+        (u2,) = struct.unpack_from("<i", data, 0)
+        (status,) = struct.unpack_from("<H", data, CI_CALLSTATUS - CI_U2)
+        out.append(struct.pack("<Hi", status, u2))
+        ci = previous
+    return b"".join(out)
+
+
+def tbc_slots(thread: int) -> bytes | None:
+    """Where the pending to-be-closed variables of a thread are, outermost
+    first, as i4 pairs (level, n) for `debug.getlocal(co, level, n)`; None if
+    the memory cannot be read. The list is lua_State.tbclist: the innermost
+    variable's slot, each slot's `delta` back to the one before it, dummy
+    nodes (delta 0) bridging gaps of MAXDELTA (lfunc.c, luaF_newtbcupval and
+    poptbclist); a slot belongs to the innermost frame whose function slot
+    is below it, and is that frame's local n = slot - func. The caller
+    checks every answer with the debug library."""
+    stack = MEMORY.pointer(thread + L_STACK)
+    tbc = MEMORY.pointer(thread + L_TBCLIST)
+    ci = MEMORY.pointer(thread + L_CI)
+    if stack is None or tbc is None or ci is None:
+        return None
+    funcs = []                        # function slot of each level, innermost first
+    while ci:
+        previous = MEMORY.pointer(ci + CI_PREVIOUS)
+        if previous is None:
+            return None
+        if previous == 0:             # base_ci: not a level
+            break
+        func = MEMORY.pointer(ci + CI_FUNC)
+        if func is None or len(funcs) > MAX_LEVELS:
+            return None
+        funcs.append(func)
+        ci = previous
+    slots = []
+    while tbc > stack:
+        if len(slots) > MAX_LEVELS:
+            return None
+        data = MEMORY.read(tbc + TBC_DELTA, 2)
+        if data is None:
+            return None
+        (delta,) = struct.unpack("<H", data)
+        if delta == 0:                # a dummy node
+            tbc -= MAXDELTA * STACKVALUE_SIZE
+            continue
+        level = next((i for i, f in enumerate(funcs) if f < tbc), None)
+        if level is None:
+            return None
+        slots.append((level, (tbc - funcs[level]) // STACKVALUE_SIZE))
+        tbc -= delta * STACKVALUE_SIZE
+    slots.reverse()
+    return struct.pack(f"<{2 * len(slots)}i", *[x for s in slots for x in s])
 
 
 _self_check_result: bool | None = None

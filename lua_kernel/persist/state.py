@@ -64,7 +64,21 @@ def attach(session):
     session._framepeek = (lua, peek)
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
+    frames.use_readers(_reader(framepeek.tbc_slots), _reader(framepeek.ci_states))
     return module
+
+
+def _reader(read):
+    """One of frames.lua's readers of a thread's memory (framepeek.tbc_slots,
+    framepeek.ci_states): bytes, or None when it cannot read them."""
+
+    def reader(thread):
+        try:
+            return read(int(thread))
+        except Exception:  # noqa: BLE001 - never raise into Lua
+            return None
+
+    return reader
 
 
 def _saved_pcs_many(session):

@@ -20,9 +20,12 @@
 --               default proto.maxstacksize
 --       opts    { links = {[reg] = {f = closure, n = upvalue index}},
 --                 tbc = {reg, ...},       -- active to-be-closed registers
+--                 msgh = the message handler of the xpcall the frame
+--                        runs in (called where the error is raised, before
+--                        any variable closes, as natively),
 --                 interpret = function(callee, fr) -> true | function | nil,
 --                 caller = the finisher frame that calls this one (or
---                 a C level {c = true, caller = frame}),
+--                 a C level {c = true, caller = frame, msgh = its handler}),
 --                 rec, at = a restored coroutine's record and the index
 --                 of this frame in it (its callers follow it),
 --                 cat = last register still to concatenate: pc is an
@@ -82,25 +85,24 @@
 -- level)`, luaL_where) are counted over interpreted frames (see "levels").
 -- On error, pending
 -- to-be-closed variables are closed with the error object, in reverse
--- order, when a pcall in the thread catches it; an error that kills a
--- coroutine leaves them to coroutine.close, as natively (which also closes
--- the pending ones of a suspended coroutine).
+-- order, by F.run's own <close> variable: when a pcall catches the error,
+-- or at coroutine.close for an error that killed the coroutine, as
+-- natively (coroutine.close also closes those of a suspended coroutine).
 --
 -- Tables. OP_NEWTABLE and OP_SETLIST run natively (tiny functions made of
 -- the instruction), so array sizes, `#` of constructors with holes and
 -- `next` order are native.
 --
--- Message handlers: in conformance mode an interpreted xpcall's handler
--- runs at the error, before to-be-closed variables close, and once (see
--- HANDLED); a frame run by F.run without an xpcall above it in
--- conformance mode (a restored frame) leaves handlers to its caller.
+-- Message handlers: an xpcall's handler runs where the error is raised,
+-- before to-be-closed variables close, and once (see "Message handlers"
+-- below): F.run given opts.msgh (restored frames; conformance mode's
+-- frames under an interpreted xpcall) calls it there, and the frame's
+-- variables close natively when the error is caught, under the handler.
 --
 -- Known differences: a native function's luaL_where at a level that lands
--- on this file's machinery other than an op or execute (see "levels"); an
--- xpcall message handler of a restored coroutine runs after the
--- interpreted frames between the error and the xpcall have closed their
--- to-be-closed variables (natively, before); the debug library (stack
--- levels, getinfo, hooks, tracebacks) sees the finisher's own functions.
+-- on this file's machinery other than an op or execute (see "levels"); the
+-- debug library (stack levels, getinfo, hooks, tracebacks) sees the
+-- finisher's own functions.
 
 local B = ...
 
@@ -120,8 +122,7 @@ local maxinteger, mininteger = math.maxinteger, math.mininteger
 local table_unpack, table_pack, table_sort = table.unpack, table.pack, table.sort
 local string_dump, string_format, string_find, string_gsub, string_match, string_sub =
   string.dump, string.format, string.find, string.gsub, string.match, string.sub
-local coroutine_create, coroutine_wrap, coroutine_running =
-  coroutine.create, coroutine.wrap, coroutine.running
+local coroutine_create, coroutine_wrap = coroutine.create, coroutine.wrap
 local decode, OP, line_of = B.decode, B.OP, B.line_of
 
 local F = {}
@@ -364,55 +365,62 @@ local function callclose(fr, tm, v, err)
 end
 
 -- Call the pending to-be-closed variables >= level, last first (luaF_close).
--- With `err` (an error is propagating) a failing __close replaces it.
--- (`msgh`: a message handler still active, which sees a __close's error
--- unless an interpreted __close's frame did: HANDLED, below.)
-local HANDLED = {}
-local function handled(msgh, e)
-  if debug_getmetatable(e) == HANDLED then return e.v end
-  return msgh(e)
-end
-
-local function closetbc(fr, level, haserr, err, msgh)
+local function closetbc(fr, level)
   local t = fr.tbc
   while #t > 0 and t[#t] >= level do
     local reg = t[#t]
     t[#t] = nil
     local v = fr.R[reg]
     local mt = debug_getmetatable(v)
-    local tm = mt and rawget(mt, "__close")
-    if haserr then
-      local ok, e = pcall(callclose, fr, tm, v, err)
-      if not ok then
-        err = e
-        if msgh then err = handled(msgh, e) end
-      end
-    else
-      callclose(fr, tm, v, nil)
-    end
+    callclose(fr, mt and rawget(mt, "__close"), v, nil)
   end
-  return err
 end
 
 local function close(fr, level)
   closeupvals(fr, level)
-  closetbc(fr, level, false)
+  closetbc(fr, level)
 end
 
 -- F.run's own to-be-closed variable: coroutine.close of a suspended
--- coroutine, or of one an error killed, closes the frame's pending
--- variables (with the error), as natively; a failing __close passes its
--- error to the ones below it.
+-- coroutine, or of one an error killed, and an error caught below the frame
+-- close the frame's pending variables (with the error), as natively. Each
+-- gets a native to-be-closed stand-in (PROXY, in close_chain), so a failing
+-- __close raises within Lua's own closing: the active message handler sees
+-- its error and the next variable gets that, as in luaF_close.
+-- (conformance mode: an error a message handler has handled, HANDLED {v =
+-- what it returned}; see "Message handlers")
+local HANDLED = {}
+local function unboxed(e)
+  if debug_getmetatable(e) == HANDLED then return e.v end
+  return e
+end
+
+local PROXY = {__close = function(p, err)
+  local c = p.c                  -- shared by one chain: {fr, e, busy, raised}
+  if c.busy then c.raised = true end   -- the previous __close raised
+  if not c.raised then err = c.e end   -- closed by close_chain's return (nil)
+  c.busy = true
+  local fr = c.fr
+  local t = fr.tbc
+  t[#t] = nil                    -- p.reg, the last pending one
+  local v = fr.R[p.reg]
+  local mt = debug_getmetatable(v)
+  callclose(fr, mt and rawget(mt, "__close"), v, unboxed(err))
+  c.busy = false
+end}
+
+local function close_chain(c, i)
+  local t = c.fr.tbc
+  if i > #t then return end
+  local p <close> = setmetatable({c = c, reg = t[i]}, PROXY)
+  close_chain(c, i + 1)
+end
+
 local GUARD = {__close = function(g, e)
   local fr = g.fr
   closeupvals(fr, 0)
   if #fr.tbc == 0 then return end
-  if e == nil then
-    local ok, err = pcall(closetbc, fr, 0, false)
-    if ok then return end
-    e = err
-  end
-  error(closetbc(fr, 0, true, e), 0)
+  close_chain({fr = fr, e = e}, 1)
 end}
 
 -- ------------------------------------------------------ table sizes ---
@@ -1764,41 +1772,29 @@ local function rewrite(fr, e)
   return rest
 end
 
--- Is an error raised in finish() caught in this thread (a pcall or xpcall
--- other than F.run's own; the host's lua_pcall under the main thread)?
--- Natively an uncaught error kills a coroutine without closing its
--- variables; coroutine.close closes them later (GUARD).
-local function caught()
-  if select(2, coroutine_running()) then return true end
-  local level = 3                        -- finish's caller
-  while true do
-    local info = debug_getinfo(level, "f")
-    if info == nil then return false end
-    local f = info.func
-    if (f == pcall or f == xpcall) and debug_getinfo(level - 1, "f").func ~= execute then
-      return true
-    end
-    level = level + 1
-  end
-end
-
--- Message handlers (conformance mode: frames under an interpreted xpcall
--- have `msgh`). Natively the handler runs where the error is raised,
--- before to-be-closed variables close (ldebug.c luaG_errormsg), and once;
--- so the frame's own pcall is an xpcall whose handler runs it there, and
--- the error goes on as HANDLED {v = what the handler returned}, which the
--- frames it passes through close their variables with and do not handle
--- again; the xpcall replacement unwraps it.
+-- Message handlers. Natively an xpcall's handler runs where the error is
+-- raised, before any to-be-closed variable closes (ldebug.c luaG_errormsg),
+-- and stays active while the catching call closes them (ldo.c luaD_pcall
+-- restores errfunc after luaD_closeprotected). F.run given opts.msgh runs
+-- its frame in an xpcall with it; the frame's variables close natively,
+-- by GUARD's stand-ins, when the error is caught, so the error of a
+-- __close reaches the active handler too. frames.lua gives a restored
+-- frame the handler of the xpcall it waits in, and keeps that xpcall's
+-- re-created handler from running it again (handler_of). In conformance
+-- mode every frame under an interpreted xpcall has a handler (the xpcall
+-- replacement's C level passes it down, fr.msgh) and an error passes
+-- several F.runs: the first to see it runs the user's handler and boxes
+-- the result, HANDLED {v = result}, which the others pass on, the
+-- stand-ins unbox for __close, and the xpcall replacement unboxes.
 
 -- A handler that fails is called again with its own error, natively until
 -- the C stack overflows (LUAI_MAXCCALLS, 200), which ends in "error in
 -- error handling" (ldo.c luaE_checkcstack, luaD_seterrorobj).
-local function handler(fr)
+local function boxing(msgh)
   return function(e)
     if debug_getmetatable(e) == HANDLED then return e end
-    e = rewrite(fr, e)
     for _ = 1, 200 do
-      local ok, v = pcall(fr.msgh, e)
+      local ok, v = pcall(msgh, e)
       if ok then return setmetatable({v = v}, HANDLED) end
       e = v
     end
@@ -1811,19 +1807,9 @@ function finish(fr, ok, e)
     local ret = fr.ret
     return table_unpack(ret, 1, ret.n)
   end
-  if debug_getmetatable(e) == HANDLED then
-    if caught() then
-      closeupvals(fr, 0)
-      e.v = closetbc(fr, 0, true, e.v, fr.msgh)
-    end
-    error(e, 0)
-  end
-  e = rewrite(fr, e)
-  if caught() then
-    closeupvals(fr, 0)
-    e = closetbc(fr, 0, true, e)
-  end
-  error(e, 0)
+  -- the frame's variables close natively, by F.run's GUARD, when the error
+  -- is caught (after a message handler ran) or at coroutine.close
+  error(rewrite(fr, e), 0)
 end
 
 function F.run(cl, proto, pc, regs, varargs, top, opts)
@@ -1837,7 +1823,7 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     top = top or proto.maxstacksize, tbc = tbc,
     dec = decode_proto(proto), ops = ops_of(proto), interpret = opts.interpret,
     short_src = short_src_of(cl, proto), caller = opts.caller,
-    rec = opts.rec, at = opts.at, msgh = opts.caller and opts.caller.msgh,
+    rec = opts.rec, at = opts.at, msgh = opts.msgh,
   }
   local cat = opts.cat
   if cat then
@@ -1848,14 +1834,18 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
     fr.ops, fr.pc = {[0] = concat_op(pc, d[2], cat, fr.ops[pc + 1])}, 0
   end
   local guard <close> = setmetatable({fr = fr}, GUARD)
-  if fr.msgh then return finish(fr, xpcall(execute, handler(fr), fr)) end
+  local msgh = fr.msgh
+  if msgh then     -- the message handler of the xpcall the frame runs in
+    return finish(fr, xpcall(execute, function(e) return msgh(rewrite(fr, e)) end, fr))
+  end
   return finish(fr, pcall(execute, fr))
 end
 
 function start(f, interpret, caller, args)
   local proto = proto_of(f)
   local regs, varargs = arguments(proto, args)
-  return F.run(f, proto, 1, regs, varargs, nil, {interpret = interpret, caller = caller})
+  return F.run(f, proto, 1, regs, varargs, nil,
+    {interpret = interpret, caller = caller, msgh = caller and caller.msgh})
 end
 
 function F.call(f, ...)
@@ -1886,9 +1876,12 @@ local CALLBACK = {[coroutine_create] = 1, [coroutine_wrap] = 1, [table_sort] = 2
   [string_gsub] = 3, [load] = 1}
 local COROUTINE = {[coroutine_create] = true, [coroutine_wrap] = true}
 
--- The callback's caller: the C function fn called from level x.
+-- The callback's caller: the C function fn called from level x, under the
+-- same message handler (a coroutine's body: nothing, and none).
 local function callback(fn, i, x, args)
-  args[i] = interpreted(args[i], (not COROUTINE[fn]) and clevel(x) or nil)
+  local caller = nil
+  if not COROUTINE[fn] then caller = {c = true, caller = x, msgh = x.msgh} end
+  args[i] = interpreted(args[i], caller)
 end
 
 -- In place of such a function called by interpreted code: not a tail call,
@@ -1899,6 +1892,9 @@ local function calling_back(fn, i)
       local args = table_pack(...)
       callback(fn, i, fr, args)
       local r = table_pack(fn(table_unpack(args, 1, args.n)))
+      -- load returns a reader's error, handled (lua_load runs the reader
+      -- under the active handler: ldo.c luaD_protectedparser)
+      if r[1] == nil and fn == load then r[2] = unboxed(r[2]) end
       return table_unpack(r, 1, r.n)
     end
   end
@@ -1919,15 +1915,10 @@ end
 
 local function reaches(f) return is_lua(f) or CALLBACK[f] ~= nil end
 
--- xpcall's results from pcall(protected, ...): an error the frames handled
--- is what the handler returned; one they did not (raised before any frame
--- ran) is handled here.
-local function unhandled(msgh, ok, ...)
+-- xpcall's results: an error is what the handler returned (HANDLED).
+local function unhandled(ok, ...)
   if ok then return ok, ... end
-  local e = ...
-  if debug_getmetatable(e) == HANDLED then return false, e.v end
-  local good, v = pcall(msgh, e)
-  return false, good and v or "error in error handling"
+  return false, unboxed((...))
 end
 
 -- error, pcall and xpcall (see "Levels"); pcall/xpcall of a Lua function
@@ -1948,12 +1939,10 @@ LEVELED[xpcall] = function(x)
     local f, msgh = ...
     if type(msgh) ~= "function" then return plain(...) end
     msgh = interpreted(msgh)
-    if is_lua(f) then         -- its frames run the handler (HANDLED)
-      return unhandled(msgh, pcall(protected, {c = true, caller = x, msgh = msgh}, f,
-        select(3, ...)))
-    end
-    if reaches(f) then return xpcall(protected, msgh, clevel(x), f, select(3, ...)) end
-    return plain(f, msgh, select(3, ...))
+    if not reaches(f) then return plain(f, msgh, select(3, ...)) end
+    -- its frames run the handler (HANDLED)
+    local h = boxing(msgh)
+    return unhandled(xpcall(protected, h, {c = true, caller = x, msgh = h}, f, select(3, ...)))
   end
 end
 local REPLACE = {}

@@ -2,8 +2,8 @@
 --
 -- Loaded once per Lua state by persist/state.py, before any user code, with
 -- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua, whose `original`
--- gives library functions as they were before user code ran) and `kernel`,
--- lua/session.lua's module (its before_close table). Returns CF:
+-- gives library functions as they were before user code ran) and
+-- lua/session.lua's module (unused now). Returns CF:
 --
 --   CF.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
@@ -19,12 +19,21 @@
 --   CF.pending(co)  -> record | nil    a restored coroutine not resumed yet
 --   CF.revive(rec)  -> body           the function for coroutine.create or
 --       coroutine.wrap that continues the record; CF.adopt(co, rec) marks
---       the new thread as restored (so that it is saved as the same record)
+--       the new thread as restored (so that it is saved as the same record
+--       until it is resumed or closed); CF.start(threads) then starts them
+--       up to their first resume (once records are complete), so that
+--       its frames' pcalls, xpcalls and to-be-closed guards are native
+--       levels of the thread: coroutine.close and errors close them natively
 --
 -- A RECORD is plain data the serializer writes like any table:
 --   { n = N, [1] = innermost frame, ..., [N] = outermost frame }
 -- and a frame is one of
---   { c = "pcall" }  |  { c = "xpcall", h = message handler }
+--   { c = "pcall" }  |  { c = "xpcall", h = message handler }, with
+--     u = {e = error, n = k, [1..k] = values, first created first} when the
+--     call was closing, after catching e, the variables of the frames e
+--     unwound and a __close yielded (finishpcallk): the values still to close
+--   { c = "raise", u = ... } a restored frame unwinding: its own pcall in
+--     F.run was closing a native callee's variables; then e goes on from it
 --   { closure, cur, n, R[0], R[1], ..., R[n - 1] } (cur: the pending
 --     instruction, a 1-based index into the prototype's code; n: the number
 --     of registers; frame[R0 + r] is register r), and where needed:
@@ -45,14 +54,16 @@
 -- remaining variables; the outermost frame's results end the coroutine.
 --
 -- A restored coroutine runs its frames in the finisher, innermost first;
--- `pcall`/`xpcall` frames are re-created around the frames above them. While
+-- `pcall`/`xpcall` frames are re-created around the frames above them, and
+-- a frame with pending to-be-closed variables gets one native <close>
+-- guard for them (no pcall, so no C stack per frame). While
 -- it runs, its state is `st` = {rec = record, running = k} (frames above k
 -- are done, k runs in the finisher, frames below k wait in `rec`), so a
 -- coroutine suspended inside finisher frames is captured again from the
 -- finisher's own frame tables, the native frames above them, and the frames
 -- still waiting in `rec`.
 
-local B, F, FP, kernel = ...
+local B, F, FP = ...
 local original = FP.original
 
 local getinfo = original("debug.getinfo", debug.getinfo)
@@ -60,6 +71,7 @@ local getlocal = original("debug.getlocal", debug.getlocal)
 local getupvalue = original("debug.getupvalue", debug.getupvalue)
 local getmetatable = original("debug.getmetatable", debug.getmetatable)
 local corunning = original("coroutine.running", coroutine.running)
+local costatus = original("coroutine.status", coroutine.status)
 local next, pcall, rawget, rawequal = original("next", next), original("pcall", pcall),
   original("rawget", rawget), original("rawequal", rawequal)
 local type, select, error = original("type", type), original("select", select),
@@ -100,6 +112,8 @@ end
 
 -- The finisher's `execute(fr)`: its levels stand for finisher frames.
 local EXECUTE = assert(upvalue_named(F.run, "execute"), "frames.lua: no finisher execute")
+-- F.run's own to-be-closed guard (closes a finisher frame's variables).
+local FIN_GUARD = assert(upvalue_named(F.run, "GUARD"), "frames.lua: no finisher GUARD")
 
 ---------------------------------------------------------------------------
 -- What a prototype says about its registers (cached per prototype).
@@ -292,6 +306,109 @@ local function local_named(co, level, name)
 end
 
 local resume_restored     -- the function a restored coroutine runs (below)
+local finish_upto, guarded  -- its levels, one per record frame (below)
+local guard_close, guard_closing, registers, value_of, closers_of  -- (below)
+local FRAME_GUARD         -- the metatable of a waiting frame's <close> guard (below)
+-- the finisher's stand-ins for a frame's variables while its GUARD closes them
+local CLOSE_CHAIN = assert(upvalue_named(FIN_GUARD.__close, "close_chain"),
+  "frames.lua: no finisher close_chain")
+local PROXY = assert(upvalue_named(CLOSE_CHAIN, "PROXY"), "frames.lua: no finisher PROXY")
+
+-- Readers of a thread's memory (framepeek.py, given by persist/state.py):
+-- tbc_slots(address) -> i4 pairs (level, n) of its pending to-be-closed
+-- variables, outermost first; ci_states(address) -> per level, innermost
+-- first, H callstatus and i4 u2. Either may give nil.
+local tbc_slots, ci_states
+function CF.use_readers(tbc, states) tbc_slots, ci_states = tbc, states end
+local sunpack = original("string.unpack", string.unpack)
+
+local function address(co) return tonumber(sformat("%p", co)) end
+
+-- CallInfo facts of a thread, read once per capture of it: states[level] =
+-- {status, u2}, or nil when unreadable.
+local function read_states(co)
+  local bytes = ci_states and ci_states(address(co))
+  if type(bytes) ~= "string" or #bytes % 6 ~= 0 then return nil end
+  local states = {}
+  for pos = 1, #bytes, 6 do
+    local status, u2 = sunpack("<Hi4", bytes, pos)
+    states[(pos - 1) // 6] = { status, u2 }
+  end
+  return states
+end
+
+-- The values of the pending to-be-closed variables at `level` (all levels
+-- when nil), first created first, checked with the debug library; nil
+-- when they cannot be read.
+local function tbc_values(co, level)
+  local slots = tbc_slots and tbc_slots(address(co))
+  if type(slots) ~= "string" or #slots % 8 ~= 0 then return nil end
+  local list = {}
+  for pos = 1, #slots, 8 do
+    local lv, n = sunpack("<i4i4", slots, pos)
+    if level == nil or lv == level then
+      local name, v = getlocal(co, lv, n)
+      local mt = getmetatable(v)
+      if name == nil or v == nil or v == false then return nil end
+      -- (a value may have lost its __close since it became pending)
+      -- a luaL_Buffer's box (lauxlib.c newbox, line 508) only frees memory
+      if not (mt and rawget(mt, "__name") == "_UBOX*") then list[#list + 1] = v end
+    end
+  end
+  return list
+end
+
+-- The last slot of a level (luaD_seterrorobj put the error there).
+local function last_slot(co, level)
+  local e, i = nil, 1
+  while true do
+    local name, v = getlocal(co, level, i)
+    if name == nil then return e end
+    e, i = v, i + 1
+  end
+end
+
+-- The registers of the pending to-be-closed variables of Lua level
+-- `level`, ascending (read once per plan); nil when unreadable.
+local function tbc_registers(plan, level)
+  if plan.slots == nil then
+    local bytes = tbc_slots and tbc_slots(address(plan.co))
+    plan.slots = type(bytes) == "string" and #bytes % 8 == 0 and bytes or false
+  end
+  if not plan.slots then return nil end
+  local list = {}
+  for pos = 1, #plan.slots, 8 do
+    local lv, n = sunpack("<i4i4", plan.slots, pos)
+    if lv == level then list[#list + 1] = n - 1 end
+  end
+  return list
+end
+
+local RECST_SHIFT = 10                   -- lstate.h: CIST_RECST
+
+-- A pcall/xpcall at `level` whose callee is not the function it was given
+-- may be recovering from an error (finishpcallk: closing the variables of
+-- the frames the error unwound, with a __close that yielded): then the
+-- error and the variables still to close, {e = error, n = k, ...}.
+local function recovering(co, plan, level)
+  local t = plan.table
+  if rawequal(t[level - 1].func, select(2, getlocal(co, level, 1))) then return nil end
+  plan.states = plan.states or read_states(co) or false
+  if not plan.states then
+    return nil, "cannot tell whether a pcall is closing variables after an error " ..
+      "(its call record cannot be read)"
+  end
+  local state = plan.states[level]
+  if state == nil or (state[1] >> RECST_SHIFT) & 7 == 0 then return nil end
+  local list = tbc_values(co, level)
+  if list == nil then return nil, "cannot read the variables a pcall is closing after an error" end
+  -- the error sits just below the __close's function slot; restored
+  -- frames' stand-ins give the variables they close
+  local u = { e = last_slot(co, level) }
+  for _, v in ipairs(list) do closers_of(v, u) end
+  u.n = #u
+  return u
+end
 
 -- The pc of a frame waiting on a call, when its bytecode pins it down: the
 -- one call-like instruction on its current line that the callee's name
@@ -322,22 +439,97 @@ local function pinned_pc(t, level)
   return found
 end
 
+-- A recovering pcall/xpcall at `level` that is the finisher's own, around a
+-- running restored frame (F.run's pcall/xpcall of execute): when it has
+-- closed its level, the frame's error goes on and F.run's guard closes the
+-- frame's variables. Returns the item standing for both: {c = "raise",
+-- u = the frame's variables, then u's}, or nil when the call is not F.run's.
+local function finisher_unwinding(co, t, caller, u)
+  if caller >= t.n or not rawequal(t[caller].func, F.run) then return nil end
+  local fr = local_named(co, caller, "fr")
+  local list = { e = u.e }
+  for _, r in ipairs(fr.tbc) do list[#list + 1] = fr.R[r] end
+  for i = 1, u.n do list[#list + 1] = u[i] end
+  list.n = #list
+  return { c = "raise", u = list }
+end
+
+-- A __close yielding while a restored frame's variables close after an
+-- error: inside F.run's guard (the finisher's closetbc has the error and
+-- the frame's variables still to close) or a waiting frame's guard (its
+-- `e`). Returns {e = error, list = values still to close, first created
+-- first}, or nil and why not.
+function guard_close(f)
+  return rawequal(f, PROXY.__close) or rawequal(f, FRAME_GUARD.__close)
+end
+
+-- A stand-in's __close (finisher PROXY, frames.lua FRAME_GUARD) closes one
+-- variable, with the error it passes on (`err`, `e`). The other stand-ins
+-- still to close are in the catching call's tbclist, or, while the
+-- finisher's close_chain returns, in its levels: then F.run's GUARD level,
+-- further out, gives the frame's variables not closed yet (fr.tbc).
+function guard_closing(co, t, level)
+  local lv = t[level]
+  if rawequal(lv.func, PROXY.__close) then
+    return { e = local_named(co, level, "err"), list = {} }
+  end
+  return { e = local_named(co, level, "e"), list = {} }
+end
+
 -- The logical frames of a suspended coroutine, innermost first.
 function CF.prepare(co)
   local t, why = FP.frames(co, true)
   if t == nil then return nil, why end
   local items, wanted, pcs = {}, {}, {}
+  local plan = { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
+  local kx_u        -- a recovering real xpcall inside the kernel's xpcall
+  local closing     -- a guard of a restored frame closing after an error (below)
+  local rest_from   -- the first record frame still waiting, when not st.running + 1
   for level = 1, t.n - 1 do
     local lv = t[level]
     local f = lv.func
-    if lv.what == "C" then
+    if closing and closing.caught then
+      -- between the catching pcall and the finish_upto level that made it
+      if rawequal(f, finish_upto) then
+        rest_from, closing = lv.regs[2] + 1, nil
+      elseif not rawequal(f, KXPCALL) then
+        return nil, "it is suspended in a __close while a restored frame closes " ..
+          "its variables after an error, inside another such closing"
+      end
+    elseif lv.what == "C" and closing and (rawequal(f, pcall) or rawequal(f, REAL_XPCALL))
+        and (guard_close(t[level - 1].func) or rawequal(t[level - 1].func, FIN_GUARD.__close)) then
+      -- the pcall that caught the error: it closes, with the error, what the
+      -- guard has still to close, then the variables of the other frames
+      -- the error unwound (its own level's tbclist), then returns false, e
+      local list = {}
+      for _, v in ipairs(tbc_values(co, level) or {}) do closers_of(v, list) end
+      for _, v in ipairs(closing.list) do list[#list + 1] = v end
+      list.e, list.n = closing.e, #list
+      items[#items + 1] = { c = "pcall", u = list }
+      closing.caught = true
+    elseif lv.what == "C" then
       if level + 1 < t.n and rawequal(t[level + 1].func, KXPCALL) then
         -- inside the kernel's xpcall, which is recorded as the xpcall
+        if not internal(t[level - 1]) then
+          local why
+          kx_u, why = recovering(co, plan, level)
+          if why then return nil, why end
+        end
       elseif rawequal(f, pcall) then
-        if not internal(t[level - 1]) then items[#items + 1] = { c = "pcall" } end
+        if not internal(t[level - 1]) then
+          local u, why = recovering(co, plan, level)
+          if why then return nil, why end
+          items[#items + 1] = u and finisher_unwinding(co, t, level + 1, u) or { c = "pcall", u = u }
+          if u and rawequal(t[level + 1].func, finish_upto) then
+            closing = { caught = true }   -- a restored pcall: the record goes on after it
+          end
+        end
       elseif rawequal(f, REAL_XPCALL) then
         if not internal(t[level - 1]) then
-          items[#items + 1] = { c = "xpcall", h = select(2, getlocal(co, level, 2)) }
+          local u, why = recovering(co, plan, level)
+          if why then return nil, why end
+          items[#items + 1] = u and finisher_unwinding(co, t, level + 1, u)
+            or { c = "xpcall", h = select(2, getlocal(co, level, 2)), u = u }
         end
       else
         return nil, sformat("it is suspended inside a C function (%s) that cannot " ..
@@ -345,8 +537,13 @@ function CF.prepare(co)
       end
     elseif rawequal(f, KXPCALL) then
       if not (level >= 2 and internal(t[level - 2])) then
-        items[#items + 1] = { c = "xpcall", h = lv.regs[2] }
+        items[#items + 1] = kx_u and finisher_unwinding(co, t, level + 1, kx_u)
+          or { c = "xpcall", h = lv.regs[2], u = kx_u }
+        if kx_u and rawequal(t[level + 1].func, finish_upto) then
+          closing = { caught = true }     -- a restored xpcall: the record goes on after it
+        end
       end
+      kx_u = nil
     elseif rawequal(f, EXECUTE) then
       local item = { fin = lv.regs[1] }
       if item.fin.dec[item.fin.cur][1] == OP.CONCAT then
@@ -354,11 +551,16 @@ function CF.prepare(co)
       end
       items[#items + 1] = item
     elseif rawequal(f, resume_restored) then
-      local st = lv.regs[1]
-      if st.busy then
-        return nil, "it is suspended while a restored frame " .. st.busy
+      items[#items + 1] = { rest = lv.regs[1], from = rest_from }
+    elseif guard_close(f) then
+      if closing then return nil, "it is suspended in a __close inside another one" end
+      closing = guard_closing(co, t, level)
+    elseif rawequal(f, FIN_GUARD.__close) then
+      if not closing then
+        return nil, "it is suspended while a restored frame closes its variables"
       end
-      items[#items + 1] = { rest = st }
+      local fr = lv.regs[1].fr
+      for j, r in ipairs(fr.tbc) do closing.list[j] = fr.R[r] end
     elseif internal(lv) then
       -- the finisher's own machinery between finisher frames
     elseif KERNEL_SRC and lv.src == KERNEL_SRC then
@@ -369,7 +571,7 @@ function CF.prepare(co)
       if ok and pc then pcs[level] = pc else wanted[#wanted + 1] = level end
     end
   end
-  return { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
+  return plan
 end
 
 function CF.packed(plan) return FP.pack(plan.table) end
@@ -378,6 +580,53 @@ local function copy_va(va)
   local out = { n = va and va.n or 0 }
   for i = 1, out.n do out[i] = va[i] end
   return out
+end
+
+-- Registers of a frame waiting on a metamethod that are dead: debug.getlocal
+-- shows all maxstacksize of them, and those above the live ones may hold
+-- whatever C code left there (table.concat's buffer placeholder, a light
+-- userdata, which cannot be saved). The code generator allocates registers
+-- as a stack (lcode.c, freereg): at an instruction, every live register is
+-- an active local or a temporary below the instruction's own operands, and
+-- a register above both is written before it is read. So registers from
+-- max(operands + 1, active locals) up are saved as nil. Not for frames
+-- without debug information (their active locals are unknown), nor for
+-- OP_CONCAT/OP_CLOSE/OP_RETURN and calls (their visible slots are exact or
+-- in use up to the top).
+local REGFIELDS = {}   -- op -> its register operands: "a", "b", "c", "ck" (C unless k), "a1"
+for names, fields in next, {
+  ["ADD SUB MUL MOD POW DIV IDIV BAND BOR BXOR SHL SHR GETTABLE LT LE EQ"] = "a b c",
+  ["ADDK SUBK MULK MODK POWK DIVK IDIVK BANDK BORK BXORK ADDI SHRI SHLI UNM BNOT LEN " ..
+   "GETI GETFIELD MMBIN"] = "a b",
+  ["MMBINI MMBINK GETTABUP LTI LEI GTI GEI"] = "a",
+  ["SELF"] = "a a1 b ck", ["SETTABUP"] = "ck", ["SETTABLE"] = "a b ck",
+  ["SETI SETFIELD"] = "a ck",
+} do
+  for name in names:gmatch("%S+") do
+    local set = {}
+    for f in fields:gmatch("%S+") do set[f] = true end
+    REGFIELDS[OP[name]] = set
+  end
+end
+
+local function live_bound(p, an, pc)
+  if #p.lineinfo == 0 then return nil end
+  local hi = 0
+  local function operands(ins)
+    local op, a, b, c, k = decode(ins)
+    local f = REGFIELDS[op]
+    if f == nil then hi = 1 << 30; return end   -- unknown: keep every register
+    if f.a and a + 1 > hi then hi = a + 1 end
+    if f.a1 and a + 2 > hi then hi = a + 2 end
+    if f.b and b + 1 > hi then hi = b + 1 end
+    if (f.c or (f.ck and k == 0)) and c + 1 > hi then hi = c + 1 end
+  end
+  operands(p.code[pc])
+  if MMBINS[(decode(p.code[pc]))] and pc > 1 then operands(p.code[pc - 1]) end
+  for j, v in ipairs(p.locvars or {}) do
+    if v.startpc < pc and pc <= v.endpc and an.reg[j] + 1 > hi then hi = an.reg[j] + 1 end
+  end
+  return hi
 end
 
 local function native_frame(plan, level, pc, probes)
@@ -396,8 +645,15 @@ local function native_frame(plan, level, pc, probes)
     fr.cat = nregs - 3
   elseif op == OP.CLOSE or op == OP.RETURN then
     if op == OP.RETURN and b == 0 then
-      return nil, "it is suspended in a __close while returning a variable number " ..
-        "of values (" .. sformat("%s:%d", lv.src, lv.line) .. ")"
+      -- returning R[A] .. top - 1: OP_RETURN kept the count in ci->u2.nres
+      -- while it closes the variables (lvm.c; luaV_finishOp sets top from it)
+      plan.states = plan.states or read_states(plan.co) or false
+      local state = plan.states and plan.states[level]
+      if state == nil or state[2] < 0 or a + state[2] > nregs then
+        return nil, "it is suspended in a __close while returning a variable number " ..
+          "of values, and their count cannot be read (" .. sformat("%s:%d", lv.src, lv.line) .. ")"
+      end
+      fr.top = a + state[2]
     end
     local callee = t[level - 1]
     closing = callee.regs and callee.regs[1]
@@ -407,9 +663,25 @@ local function native_frame(plan, level, pc, probes)
       OPNAMES[op] or "?", sformat("%s:%d", lv.src, lv.line))
   end
   local an = analyse(p)
-  local tbc, why = pending_tbc(p, an, fr, pc - 1, op, a, closing)
-  if why then return nil, sformat("%s (%s:%d)", why, lv.src, lv.line) end
+  local tbc, why
+  if op == OP.CLOSE or op == OP.RETURN then
+    -- a __close is running: the thread's tbclist says exactly which of the
+    -- frame's variables are still pending (luaF_close popped that one)
+    tbc = tbc_registers(plan, level)
+  end
+  if tbc == nil then
+    tbc, why = pending_tbc(p, an, fr, pc - 1, op, a, closing)
+    if why then return nil, sformat("%s (%s:%d)", why, lv.src, lv.line) end
+  elseif #tbc == 0 then
+    tbc = nil
+  end
   fr.tbc = tbc
+  if MMBINS[op] or TORA[op] or COMPARE[op] or SETS[op] then
+    local hi = live_bound(p, an, pc)
+    if hi then
+      for r = hi, nregs - 1 do fr[R0 + r] = nil end
+    end
+  end
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
     if r < nregs then probes[#probes + 1] = { level, r, fr, fr[R0 + r] } end
@@ -420,6 +692,7 @@ end
 local function finisher_frame(item)
   local x = item.fin
   local n = x.p.maxstacksize
+  if x.top and x.top > n then n = x.top end   -- results of a call above maxstacksize
   local fr = { x.cl, x.cur, n, top = x.top }
   for r = 0, n - 1 do fr[R0 + r] = rawget(x.R, r) end
   if x.varargs.n > 0 then fr.va = copy_va(x.varargs) end
@@ -452,13 +725,13 @@ function CF.build(plan, probe)
       rec[n] = finisher_frame(item)
     elseif item.rest then
       local st = item.rest
-      for k = st.running + 1, st.rec.n do
+      for k = item.from or st.running + 1, st.rec.n do
         n = n + 1
         rec[n] = st.rec[k]
       end
     else
       n = n + 1
-      rec[n] = { c = item.c, h = item.h }
+      rec[n] = { c = item.c, h = item.h, u = item.u }
     end
   end
   rec.n = n
@@ -472,38 +745,25 @@ end
 ---------------------------------------------------------------------------
 local restored = setmetatable({}, { __mode = "k" })   -- thread -> record, until resumed
 
-local function value_of(fr, r, R)
+function value_of(fr, r, R)
   local link = fr.links and fr.links[r]
   if link then return select(2, getupvalue(link.f, link.n)) end
   return R[r]
 end
 
--- What coroutine.close does to the pending to-be-closed variables of the
--- frames still waiting in a record (frames from+1 .. n, innermost first,
--- each frame's last first): call each __close; an error replaces the one
--- passed on. Returns true, or false and the error.
-local function close_waiting(rec, from)
-  local ok, err = true, nil
-  for k = from + 1, rec.n do
-    local fr = rec[k]
-    local tbc = fr.tbc
-    if tbc then
-      for i = #tbc, 1, -1 do
-        local r = tbc[i]
-        local v = value_of(fr, r, { [r] = fr[R0 + r] })
-        local mt = getmetatable(v)
-        local good, e = pcall(mt.__close, v, err)
-        if not good then ok, err = false, e end
-      end
-    end
+-- A restored thread is saved as its record until the user resumes it, and
+-- as dead once closed.
+function CF.pending(co)
+  local rec = restored[co]
+  if rec and costatus(co) == "dead" then
+    restored[co] = nil
+    return nil
   end
-  return ok, err
+  return rec
 end
 
-function CF.pending(co) return restored[co] end
 function CF.adopt(co, rec)
   restored[co] = rec
-  kernel.before_close[co] = function() return close_waiting(rec, 0) end
 end
 
 -- Put the results of frame fr's pending instruction in place (luaV_finishOp);
@@ -542,17 +802,51 @@ local function deliver(fr, p, R, ...)
     R[fr.cat + 1] = (...)
     return cur
   elseif op == OP.CLOSE or op == OP.RETURN then
-    return cur                     -- again, to close the remaining variables
+    return cur, fr.top             -- again, to close the remaining variables
   elseif SETS[op] then
     return cur + 1
   end
   error(sformat("restored frame pending on %s", OPNAMES[op] or "?"), 0)
 end
 
-local function registers(fr)
+function registers(fr)
   local R = {}
   for r = 0, fr[NREGS] - 1 do R[r] = fr[R0 + r] end
   return R
+end
+
+-- Message handlers. Natively an xpcall's handler runs where the error is
+-- raised, before any variable closes. A restored frame runs in F.run
+-- inside the re-created xpcall of the nearest protected frame below it, so
+-- F.run calls that handler itself where the error is raised (opts.msgh),
+-- marks it done in `st.handled`, and re-raises the handler's result, which
+-- the re-created xpcall's handler (handler_of) passes on unchanged.
+local function msgh_for(st, k)
+  local rec = st.rec
+  for j = k + 1, rec.n do
+    local c = rec[j].c
+    if c == "pcall" or (c == "xpcall" and rec[j].u) then return nil end
+    if c == "xpcall" then
+      local h = rec[j].h
+      return function(e)
+        local v = h(e)
+        st.handled = { v }
+        return v
+      end
+    end
+  end
+  return nil
+end
+
+local function handler_of(st, h)
+  return function(e)
+    local done = st.handled
+    if done then
+      st.handled = nil
+      return done[1]
+    end
+    return h(e)
+  end
 end
 
 local function run_frame(st, k, ...)
@@ -560,80 +854,184 @@ local function run_frame(st, k, ...)
   local f = fr[FN]
   local p = proto_of(f)
   local R = registers(fr)
-  st.busy = "is being finished"
   local pc, top = deliver(fr, p, R, ...)
-  st.busy = nil
   st.running = k
+  st.handled = nil
   if pc == nil then return unpack(top, 1, top.n) end
   return F.run(f, p, pc, R, copy_va(fr.va), top,
-    { links = fr.links, tbc = fr.tbc, cat = fr.cat, rec = st.rec, at = k })
+    { links = fr.links, tbc = fr.tbc, cat = fr.cat, rec = st.rec, at = k,
+      msgh = msgh_for(st, k) })
 end
 
--- An error from the frames above passes through frame k: its pending
--- to-be-closed variables are closed with it, last first, as natively.
-local function unwind(st, k, e)
+-- Each pending to-be-closed variable of a waiting frame is stood for by a
+-- native to-be-closed variable (FRAME_GUARD {st, k, i}: frame k's i-th), so
+-- Lua closes them when and where it would close the frame's own: when a
+-- pcall catches an error passing through (with the error; an error of a
+-- __close goes through the active message handler and on to the next, as
+-- in luaF_close), or in coroutine.close (with the error that killed the
+-- coroutine, or nil), inside the closed coroutine, where a yield is an
+-- error. Once frame k runs, F.run's own guard has them.
+-- (a capture while one of these __close yields reads its `e`)
+FRAME_GUARD = { __close = function(g, e)
+  local st, k, i = g[1], g[2], g[3]
+  if st.running >= k then return end
   local fr = st.rec[k]
-  local R = registers(fr)
-  st.running = k
-  st.busy = "closes its variables after an error"
-  for i = #fr.tbc, 1, -1 do   -- (only frames with a tbc list get here)
-    local v = value_of(fr, fr.tbc[i], R)
-    local mt = getmetatable(v)
-    local ok, e2 = pcall(mt.__close, v, e)
-    if not ok then e = e2 end
-  end
-  st.busy = nil
-  error(e, 0)
+  local r = fr.tbc[i]
+  local v = value_of(fr, r, { [r] = fr[R0 + r] })
+  local mt = getmetatable(v)
+  local tm = mt and rawget(mt, "__close")
+  tm(v, e)
+end }
+
+local yield = original("coroutine.yield", coroutine.yield)
+local START = {}            -- what a restored coroutine yields when started
+
+-- Frame 0: CF.start started the coroutine, which built the levels below
+-- (pcall/xpcall calls and guards) and waits here for the user's first resume.
+local function first_resume()
+  local r = pack(yield(START))
+  restored[corunning()] = nil
+  return unpack(r, 1, r.n)
 end
 
-local finish_upto
+-- A pcall/xpcall frame saved while it closed, after an error, the variables
+-- of the frames the error unwound (finishpcallk), one __close having
+-- yielded: that __close (frames 1 .. k-1) runs to its end (an error it
+-- raises replaces the one being passed on), then the variables still to
+-- close are closed with the error by Lua itself (closing_error: they are
+-- its to-be-closed variables, in a real pcall), which gives the call's
+-- results, false and the error. An xpcall's handler has run already.
+-- A value that lost its __close meanwhile gets one just long enough to
+-- become a to-be-closed variable (lfunc.c checkclosemth would refuse it), so
+-- closing it fails as natively (calling a nil __close).
+local setmetatable_raw = original("debug.setmetatable", debug.setmetatable)
+local CLOSABLE = { __close = function() end }
+local function closing_error(u, e, i)
+  if i > u.n then error(e, 0) end
+  local v = u[i]
+  local mt = getmetatable(v)
+  local bare = mt == nil or rawget(mt, "__close") == nil
+  if bare then setmetatable_raw(v, CLOSABLE) end
+  local c <close> = v
+  if bare then setmetatable_raw(v, mt) end
+  closing_error(u, e, i + 1)
+end
 
-local function after(st, k, ok, ...)
-  if ok then return run_frame(st, k, ...) end
-  return unwind(st, k, (...))
+-- The body of a coroutine restored dead by an error (CF.failed's record):
+-- it dies with the error over the same pending variables.
+function CF.die(rec) closing_error(rec, rec.e, 1) end
+
+-- A "raise" frame: a restored frame that was unwinding (its own pcall in
+-- F.run had caught the error and was closing its callees' variables): once
+-- that __close ends, the error goes on from the frame, through Lua's own
+-- closing of the variables left (an active message handler has seen it).
+local function recover(st, k)
+  local fr = st.rec[k]
+  local u = fr.u
+  local ok, e = PCALL(finish_upto, st, k - 1)
+  st.running = k
+  if ok then e = u.e end
+  if fr.c ~= "raise" then return PCALL(closing_error, u, e, 1) end
+  if msgh_for(st, k) then st.handled = { e } end
+  closing_error(u, e, 1)
 end
 
 -- The results of frames 1 .. k, given the resume values for frame 1.
-function finish_upto(st, k, ...)
-  if k == 0 then return ... end
+-- (a capture reads `st` and `k` of its levels)
+function finish_upto(st, k)
+  if k == 0 then return first_resume() end
   local fr = st.rec[k]
-  if fr.c == "pcall" then
-    return PCALL(finish_upto, st, k - 1, ...)
+  if fr.u then
+    return recover(st, k)
+  elseif fr.c == "pcall" then
+    return PCALL(finish_upto, st, k - 1)
   elseif fr.c == "xpcall" then
-    return KXPCALL(finish_upto, fr.h, st, k - 1, ...)
+    -- not a tail call (KXPCALL is a Lua function): a capture finds this
+    -- level, and its k, below the xpcall
+    local r = pack(KXPCALL(finish_upto, handler_of(st, fr.h), st, k - 1))
+    return unpack(r, 1, r.n)
   elseif fr.tbc then
-    return after(st, k, PCALL(finish_upto, st, k - 1, ...))
+    return guarded(st, k, 1)
   end
-  return run_frame(st, k, finish_upto(st, k - 1, ...))
+  return run_frame(st, k, finish_upto(st, k - 1))
 end
 
--- coroutine.close of a suspended restored coroutine closes the variables of
--- the frames still waiting in its record (the frames above them, native or
--- finisher, are closed first by Lua itself); after an error has passed
--- through them (unwind) or once all have run, there is nothing left.
-local GUARD = { __close = function(g, e)
-  local st = g.st
-  if e == nil and not st.done then
-    local ok, err = close_waiting(st.rec, st.running)
-    if not ok then error(err, 0) end
-  end
-end }
+-- Frame k's guards, one per pending variable, first created first; then
+-- the frame waits for the frames above it.
+function guarded(st, k, i)
+  if i > #st.rec[k].tbc then return run_frame(st, k, finish_upto(st, k - 1)) end
+  local guard <close> = setmetatable({ st, k, i }, FRAME_GUARD)
+  return guarded(st, k, i + 1)
+end
 
 -- Not a tail call: this level stays on the stack, and a capture finds `st`
 -- in it.
-function resume_restored(st, ...)
-  local co = corunning()
-  restored[co] = nil
-  kernel.before_close[co] = nil
-  local guard <close> = setmetatable({ st = st }, GUARD)
-  local r = pack(finish_upto(st, st.rec.n, ...))
-  st.done = true
+function resume_restored(st)
+  local r = pack(finish_upto(st, st.rec.n))
   return unpack(r, 1, r.n)
 end
 
 function CF.revive(rec)
   local st = { rec = rec, running = 0 }
-  return function(...) return resume_restored(st, ...) end
+  return function() return resume_restored(st) end
+end
+
+-- Start adopted threads (once a restore has set every record's contents
+-- and metatables): each runs to its first_resume, so that its frames'
+-- guards, pcalls and xpcalls are native levels before any user code can
+-- resume or close it. Returns a list of failures {index in list, reason}.
+local coresume = original("coroutine.resume", coroutine.resume)
+local tostring = original("tostring", tostring)
+function CF.start(list)
+  local failed = {}
+  for i, co in ipairs(list) do
+    local ok, v = coresume(co)
+    if not (ok and rawequal(v, START)) then failed[#failed + 1] = { i, tostring(v) } end
+  end
+  return failed
+end
+
+---------------------------------------------------------------------------
+-- Coroutines dead by an error.
+---------------------------------------------------------------------------
+-- Such a coroutine keeps its error and its pending to-be-closed variables
+-- (lua_resume leaves the stack as it is; luaB_close -> lua_closethread ->
+-- luaE_resetthread closes them with the error and returns false, error).
+-- CF.failed(co) -> {e = error, n = k, [1..k] = the values to close, first
+-- created first} for such a coroutine, nil for one that ended normally (or
+-- was closed: luaE_resetthread leaves only the base level). The error is
+-- the last slot of level 0 (luaD_seterrorobj pushed it); the variables come
+-- from the thread's tbclist (framepeek.py's tbc_slots, checked here with
+-- the debug library); the guards of restored frames stand for the
+-- variables they close. Without the memory reader, only the error is kept.
+
+function closers_of(v, out)
+  local mt = getmetatable(v)
+  if rawequal(mt, FRAME_GUARD) then
+    local st, k, i = v[1], v[2], v[3]
+    if st.running < k then
+      local fr = st.rec[k]
+      local r = fr.tbc[i]
+      out[#out + 1] = value_of(fr, r, { [r] = fr[R0 + r] })
+    end
+  elseif rawequal(mt, FIN_GUARD) then
+    local fr = v.fr
+    for _, r in ipairs(fr.tbc) do out[#out + 1] = fr.R[r] end
+  elseif rawequal(mt, PROXY) then
+    out[#out + 1] = v.c.fr.R[v.reg]
+  else
+    out[#out + 1] = v
+  end
+end
+
+function CF.failed(co)
+  if costatus(co) ~= "dead" or getinfo(co, 0, "f") == nil then return nil end
+  local rec = { e = last_slot(co, 0) }
+  local list = {}
+  for _, v in ipairs(tbc_values(co, nil) or {}) do closers_of(v, list) end
+  for j, v in ipairs(list) do rec[j] = v end
+  rec.n = #list
+  return rec
 end
 
 return CF

@@ -87,8 +87,12 @@
 --                                   In[3]:2); upvalues in C
 --   5 NIL where reason              could not be saved; restored as nil, and
 --                                   reported at restore time again
---   6 THREAD state                  a coroutine: 0 not started, 1 dead; its
---                                   function (not started) is its code in T
+--   6 THREAD state                  a coroutine: 0 not started, 1 dead, 2 dead
+--                                   by an error (version 3); its code in T is
+--                                   its function (not started) or, for 2, a
+--                                   table {e = error, n = k, [1..k] = values
+--                                   of its pending to-be-closed variables,
+--                                   first created first} (frames.lua CF.failed)
 --   7 WRAP                          a coroutine.wrap function; its thread in T
 --   8 FILE path mode pos where      a file handle. path nil: restored closed
 --                                   (closed, or not opened through io.open);
@@ -147,7 +151,8 @@ local kernel = ...
 
 local M = {}
 
-local MAGIC, VERSION = "LKSTATE\0", 2    -- version 1 (no suspended stacks) is read too
+local MAGIC, VERSION = "LKSTATE\0", 3    -- versions 1 (no suspended stacks) and 2
+                                         -- (no coroutines dead by an error) are read too
 
 -- Originals, before any user code can replace them.
 local type, next, pairs, ipairs, select, error, pcall = type, next, pairs, ipairs, select, error, pcall
@@ -454,6 +459,7 @@ local function capture(pickle_many)
   local uvowner = {}          -- upvalueid -> owner * 256 + index
   local HPOS = {}             -- suspended coroutine -> position of its header
   local plans = {}            -- suspended coroutine -> frames.lua plan, or reason
+  local FAILED = {}           -- id of a coroutine dead by an error -> CF.failed record
   local nproto, nfunc, ntable, nthread, nudata = 0, 0, 0, 0, 0
 
   -- The path of an object, from the parents recorded when it was found:
@@ -525,7 +531,11 @@ local function capture(pickle_many)
     if type(co) ~= "thread" then return nil, "coroutine.wrap function without its thread" end
     if CF and CF.pending(co) then return "live" end
     local st = costatus(co)
-    if st == "dead" then return "dead" end
+    if st == "dead" then
+      local rec = CF and CF.failed(co)
+      if rec then return "failed", rec end
+      return "dead"
+    end
     if st == "suspended" then
       if getinfo(co, 0, "l") == nil then
         if thread_fn[co] == nil then
@@ -595,7 +605,8 @@ local function capture(pickle_many)
         nthread = nthread + 1
       elseif st then
         K[id] = K_THREAD
-        H[nh + 1], H[nh + 2] = K_THREAD, st == "new" and 0 or 1
+        if st == "failed" then FAILED[id] = why end
+        H[nh + 1], H[nh + 2] = K_THREAD, st == "new" and 0 or st == "failed" and 2 or 1
         nh = nh + 2
         nthread = nthread + 1
       else
@@ -900,7 +911,11 @@ local function capture(pickle_many)
       end
     elseif kind == K_THREAD then
       nt = nt + 1
-      T[nt] = costatus(o) == "dead" and T_NIL or code(thread_fn[o], p, nil, E_FN)
+      if FAILED[p] then
+        T[nt] = code(FAILED[p], p, nil, E_STACK)
+      else
+        T[nt] = costatus(o) == "dead" and T_NIL or code(thread_fn[o], p, nil, E_FN)
+      end
     elseif kind == K_WRAP then
       local _, co = getupvalue(o, 1)
       nt = nt + 1
@@ -1060,7 +1075,7 @@ local function apply(body, unpickle_at)
   local ok, magic, version, slens, sblob, sH, sT, sC, sF, sJ, sX, tail =
     pcall(sunpack, "<c8I4s8s8s8s8s8s8s8s8", body)
   if not ok then error("the body is truncated", 0) end
-  if version ~= VERSION and version ~= 1 then
+  if version ~= VERSION and version ~= 1 and version ~= 2 then
     error(sformat("Lua state format version %d is not supported (this kernel reads %d)",
       version, VERSION), 0)
   end
@@ -1210,6 +1225,8 @@ local function apply(body, unpickle_at)
   -- with coroutine.wrap(fn), and its thread *is* the restored thread; a
   -- thread waits until its function exists (it may be a wrap function).
   local claimed = {}
+  local failing, nfailing = {}, 0       -- threads dead by an error, to kill in (7)
+  local adopted, adopted_at = {}, {}     -- restored suspended threads (and paths), started in (7)
   for wid, rec in next, pending do
     if rec[1] == K_WRAP then
       local c = rec[3]
@@ -1246,10 +1263,18 @@ local function apply(body, unpickle_at)
           local r = frames_of(rec)
           O[pid] = kcreate(CF.revive(r))
           CF.adopt(O[pid], r)
+          local n = #adopted + 1
+          adopted[n], adopted_at[n] = O[pid], rec.where
           rec.done, progress = true, true
         elseif kind == K_THREAD and not claimed[pid] then
           if state == 1 then
             O[pid] = dead_thread()
+            rec.done, progress = true, true
+          elseif state == 2 then      -- dies in (7), once its record is complete
+            if CF == nil then error("coroutines dead by an error cannot be restored here", 0) end
+            O[pid] = kcreate(CF.die)
+            nfailing = nfailing + 1
+            failing[nfailing] = { O[pid], c }
             rec.done, progress = true, true
           elseif ready(c) then
             local fn = value_of(c)
@@ -1265,8 +1290,10 @@ local function apply(body, unpickle_at)
               local w = kwrap(CF.revive(r))
               O[pid], O[tid] = w, select(2, getupvalue(w, 1))
               CF.adopt(O[tid], r)
+              local n = #adopted + 1
+              adopted[n], adopted_at[n] = O[tid], trec.where
               rec.done, trec.done, progress = true, true, true
-            elseif trec[2] == 1 then
+            elseif trec[2] == 1 or trec[2] == 2 then
               local w = kwrap(function() end)
               w()
               O[pid], O[tid] = w, select(2, getupvalue(w, 1))
@@ -1455,6 +1482,20 @@ local function apply(body, unpickle_at)
     local mt = c & 7 == T_OBJ and O[c >> 3] or nil
     if type(mt) == "table" or mt == nil then
       if not rawequal(dgetmt(samples[i - 1]), mt) then dsetmt(samples[i - 1], mt) end
+    end
+  end
+  -- (7) coroutines dead by an error die again, keeping the error and the
+  -- pending to-be-closed variables; restored suspended coroutines start, up
+  -- to their first resume (frames.lua: their pcalls and to-be-closed guards
+  -- become native levels)
+  for i = 1, nfailing do
+    local r = val(failing[i][2])
+    if type(r) ~= "table" then error("a coroutine dead by an error without its record", 0) end
+    coresume(failing[i][1], r)
+  end
+  if CF then
+    for _, f in ipairs(CF.start(adopted)) do
+      note(adopted_at[f[1]] or "?", "restored coroutine cannot be started: " .. f[2])
     end
   end
   return notes
