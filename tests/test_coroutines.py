@@ -959,7 +959,7 @@ def test_framepeek_fallback_infers_and_refuses(monkeypatch):
     and register shape; a line with two calls of the same shape is refused,
     naming the function and the line; everything else is saved."""
     from lua_kernel.persist import framepeek
-    monkeypatch.setenv(framepeek.BROKEN_ENV, "1")
+    monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC + 8)
     framepeek.reset_self_check()
     try:
         issues, restored = _saved_and_restored("""
@@ -973,7 +973,7 @@ def test_framepeek_fallback_infers_and_refuses(monkeypatch):
         """)
         assert framepeek.self_check(Session()) is False
     finally:
-        monkeypatch.delenv(framepeek.BROKEN_ENV)
+        monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC)
         framepeek.reset_self_check()
     assert [i.path for i in issues] == ["_G.twice"]
     assert "cannot locate the suspended call in function setup:" in issues[0].reason

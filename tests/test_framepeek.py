@@ -10,7 +10,7 @@ from lua_kernel.persist.framepeek import FramePC, FramePeekError, saved_pcs
 @pytest.fixture
 def reader_off(monkeypatch):
     """The self-check fails (wrong savedpc offset): every pc is inferred."""
-    monkeypatch.setenv(framepeek.BROKEN_ENV, "1")
+    monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC + 8)
     monkeypatch.setattr(framepeek, "_self_check_result", None)
     yield
     framepeek.reset_self_check()
@@ -157,7 +157,7 @@ coroutine.resume(co)
     read = pcs(session, "co")
     assert [f.method for f in read] == ["read", "read"]
     assert read[1].line == 5
-    monkeypatch.setenv(framepeek.BROKEN_ENV, "1")
+    monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC + 8)
     framepeek.reset_self_check()
     with pytest.raises(FramePeekError, match=r"get|In\[1\]:3.*line 5.*metamethod"):
         pcs(session, "co")
@@ -208,7 +208,7 @@ def test_inferred_pcs_equal_the_read_ones_when_the_line_is_unambiguous(session, 
     assert [f.line for f in read["co4"]] == [25, 29]     # in each; the first for
     assert [f.line for f in read["co5"]] == [30]         # the second for
     assert all(f.method == "read" for frames in read.values() for f in frames)
-    monkeypatch.setenv(framepeek.BROKEN_ENV, "1")
+    monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC + 8)
     framepeek.reset_self_check()
     assert framepeek.self_check(session) is False
     for name, frames in read.items():
@@ -328,7 +328,7 @@ coroutine.resume(co)
     framepeek.reset_self_check()
     read = pcs(session, "co")
     assert [(f.line, f.method) for f in read] == [(3, "read"), (8, "read")]
-    monkeypatch.setenv(framepeek.BROKEN_ENV, "1")
+    monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC + 8)
     framepeek.reset_self_check()
     assert pcs(session, "co") == [FramePC(f.level, f.pc, f.line, "inferred") for f in read]
     framepeek.reset_self_check()
@@ -349,7 +349,7 @@ coroutine.resume(co, 1)
     assert frame.method == "read" and frame.line == 153
     framepeek.reset_self_check()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(framepeek.BROKEN_ENV, "1")
+        mp.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC + 8)
         assert pcs(session, "co") == [FramePC(1, frame.pc, 153, "inferred")]
     framepeek.reset_self_check()
 
@@ -390,7 +390,7 @@ coroutine.resume(co)
     framepeek.reset_self_check()
     read = pcs(session, "co")
     assert [(f.level, f.line, f.method) for f in read] == [(1, 3, "read"), (2, 9, "read")]
-    monkeypatch.setenv(framepeek.BROKEN_ENV, "1")
+    monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC + 8)
     framepeek.reset_self_check()
     with pytest.raises(FramePeekError, match=r"In\[1\]:7, line 9: no call on that line"):
         pcs(session, "co")

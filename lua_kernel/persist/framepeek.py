@@ -53,14 +53,13 @@ find exactly those pcs by reading, and the prototypes it reads to equal
 what `string.dump` says. If it does not, the reader is switched
 off for the rest of the process and every pc is inferred.
 
-For tests: with LUA_KERNEL_FRAMEPEEK_BROKEN=1 in the environment the reader
-uses a wrong offset for `savedpc` (so every read fails its checks);
-`reset_self_check()` forgets the cached self-check result, so the next use
-checks again under the current environment.
+Tests move `savedpc_offset` (the offset of `CallInfo.u.l.savedpc` the
+reader uses) to prove that a reader reading wrong values refuses rather than
+guesses; `reset_self_check()` forgets the cached self-check result, so the
+next use checks again.
 """
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 
@@ -72,7 +71,7 @@ from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, 
 from ..runtime import load_lua, to_bytes
 
 LUA_FILE = "persist/lua/framepeek.lua"
-BROKEN_ENV = "LUA_KERNEL_FRAMEPEEK_BROKEN"
+savedpc_offset = CI_SAVEDPC     # see the module's docstring
 
 ABSLINEINFO = -0x80      # ldebug.h: lineinfo entry meaning "see abslineinfo"
 MAXIWTHABS = 128
@@ -249,7 +248,7 @@ def _thread_address(address: int) -> int:
 
 
 def _savedpc_offset() -> int:
-    return CI_SAVEDPC + (8 if os.environ.get(BROKEN_ENV) else 0)
+    return savedpc_offset
 
 
 def _walk(rec) -> list[tuple[int, bytes]] | None:
