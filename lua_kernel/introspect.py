@@ -29,12 +29,8 @@ from importlib import resources
 
 from lupa import lua54
 
-from .runtime import is_python_object, load_lua, to_bytes
+from .runtime import KEYWORDS, is_python_object, load_lua, to_bytes
 
-KEYWORDS = frozenset(
-    "and break do else elseif end false for function goto if in local nil not "
-    "or repeat return then true until while".split()
-)
 
 SOURCE_LINES_BRIEF = 40     # detail_level 0 shows at most this many source lines
 TABLE_KEYS_BRIEF = 50       # detail_level 0 lists at most this many table keys

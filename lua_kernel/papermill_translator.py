@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 
-from .introspect import KEYWORDS
+from .runtime import KEYWORDS
 
 INT64 = (-(1 << 63), (1 << 63) - 1)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -22,6 +22,11 @@ from importlib import resources
 from lupa import lua54
 
 LUA_VERSION = "5.4"
+# Lua's reserved words: the one list the package has (the Lua files get it
+# through lua/names.lua, see name_test)
+KEYWORDS = frozenset(
+    "and break do else elseif end false for function goto if in local nil not "
+    "or repeat return then true until while".split())
 
 CODEC = "lua_kernel_bytes"
 
@@ -103,6 +108,11 @@ def load_lua(lua: lua54.LuaRuntime, name: str, *args):
     except lua54.LuaSyntaxError as e:
         raise RuntimeError(f"cannot load lua_kernel/{name}: {e}") from None
     return chunk(*args)
+
+
+def name_test(lua: lua54.LuaRuntime):
+    """lua/names.lua's is_name for this runtime: a name that can be written bare."""
+    return load_lua(lua, "names.lua", lua.table_from(sorted(KEYWORDS)))
 
 
 def is_lua_object(value) -> bool:

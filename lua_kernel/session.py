@@ -22,8 +22,8 @@ from . import native
 from .persist import snapshot as envelope
 from .persist import state
 from .persist.snapshot import SnapshotError, SnapshotInfo
-from .runtime import (is_lua_object, is_python_object, load_lua, module_paths, new_runtime,
-                      to_bytes)
+from .runtime import (is_lua_object, is_python_object, load_lua, module_paths, name_test,
+                      new_runtime, to_bytes)
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
@@ -149,9 +149,10 @@ class Session:
             "publish": self._publish,
             "display_value": self._display_value,
         })
+        host["is_name"] = name_test(self.lua)
         self._lua_side = load_lua(self.lua, "session.lua", host)
         self._lua_side.search_paths(*module_paths())
-        self._repr = load_lua(self.lua, "repr.lua")
+        self._repr = load_lua(self.lua, "repr.lua", self._lua_side.is_name)
         self._repr.init(self.lua.globals())
         self._interrupter = self._make_interrupter()
         self._fresh_globals = self._globals_now()

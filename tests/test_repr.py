@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from lupa.lua54 import LuaRuntime
 
+from lua_kernel.runtime import name_test
+
 REPR_LUA = Path(__file__).resolve().parent.parent / "lua_kernel" / "lua" / "repr.lua"
 
 
@@ -13,9 +15,9 @@ REPR_LUA = Path(__file__).resolve().parent.parent / "lua_kernel" / "lua" / "repr
 def lua():
     rt = LuaRuntime(unpack_returned_tuples=True)
     load_module = rt.eval(
-        "function(src) return assert(load(src, '=lua_kernel/repr.lua'))() end"
+        "function(src, ...) return assert(load(src, '=lua_kernel/repr.lua'))(...) end"
     )
-    M = load_module(REPR_LUA.read_text(encoding="utf-8"))
+    M = load_module(REPR_LUA.read_text(encoding="utf-8"), name_test(rt))
     M.init(rt.globals())
     rt.globals().M = M
     return rt

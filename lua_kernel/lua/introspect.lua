@@ -31,16 +31,7 @@ local getinfo, getlocal, getregistry = debug.getinfo, debug.getlocal, debug.getr
 
 local M = {}
 
-local KEYWORDS = {}
-for _, w in next, { "and", "break", "do", "else", "elseif", "end", "false", "for", "function",
-                    "goto", "if", "in", "local", "nil", "not", "or", "repeat", "return", "then",
-                    "true", "until", "while" } do
-  KEYWORDS[w] = true
-end
-
-local function is_ident(s)
-  return type(s) == "string" and sfind(s, "^[A-Za-z_][A-Za-z0-9_]*$") ~= nil and not KEYWORDS[s]
-end
+local is_ident = repr.is_ident       -- a name that can be written bare
 
 local function is_python(v)
   if type(v) ~= "userdata" then return false end

@@ -34,15 +34,9 @@ local builtins = {}   -- C function -> "string.format", "print", "file:read", ..
 -- Small helpers
 ---------------------------------------------------------------------------
 
-local KEYWORDS = {}
-for w in ("and break do else elseif end false for function goto if in local nil not or repeat return then true until while"):gmatch("%a+") do
-  KEYWORDS[w] = true
-end
-
--- A string key that can be written bare: `x = 1`.
-local function is_ident(s)
-  return sfind(s, "^[A-Za-z_][A-Za-z0-9_]*$") ~= nil and not KEYWORDS[s]
-end
+-- A string key that can be written bare: `x = 1` (lua/names.lua).
+local is_ident = ...
+M.is_ident = is_ident
 
 -- Display width: characters for valid UTF-8, bytes otherwise.
 local function dwidth(s)

@@ -7,6 +7,7 @@
 --   host.interrupted()             true once the user asked to interrupt this cell
 --   host.publish(kind, data, meta) a display message (see M.display below)
 --   host.display_value(value)      display(value): Python builds the MIME bundle
+--   host.is_name(s)                a name that can be written bare (lua/names.lua)
 -- and returns the module table M.
 local host = ...
 
@@ -24,6 +25,8 @@ local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug
 local getupvalue, dgetmetatable = debug.getupvalue, debug.getmetatable
 local tointeger, mtype, floor, max = math.tointeger, math.type, math.floor, math.max
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
+M.is_name = host.is_name     -- lua/names.lua: for the serializer's paths
+
 ---------------------------------------------------------------------------
 -- Errors as the C library raises them. luaL_error positions a message at
 -- the line of the library function's caller (none when that is C, such as

@@ -208,15 +208,7 @@ local MAIN = coroutine.running()
 local POBJ_MT = type(python) == "table" and python.builtins ~= nil and dgetmt(python.builtins) or nil
 local LIGHT = upvalueid(function() return MAIN end, 1)     -- any light userdata
 
-local KEYWORDS = {}
-for w in string.gmatch("and break do else elseif end false for function goto if in " ..
-  "local nil not or repeat return then true until while", "%a+") do
-  KEYWORDS[w] = true
-end
-
-local function is_name(k)
-  return type(k) == "string" and smatch(k, "^[%a_][%w_]*$") ~= nil and not KEYWORDS[k]
-end
+local is_name = kernel.is_name       -- a key that can be written bare in a path
 
 -- "[3]", `["a b"]`, "[<table>]": a key written after a path
 local function key_text(k)
