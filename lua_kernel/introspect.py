@@ -47,12 +47,8 @@ def stdlib_docs() -> dict:
 def _lua(session):
     """The session's lua/introspect.lua module, loaded once per Lua runtime
     (Session.reset() makes a new runtime, which gets a new module)."""
-    cached = getattr(session, "_introspect", None)
-    if cached is None or cached[0] is not session.lua:
-        module = load_lua(session.lua, "introspect.lua", session.globals, session._repr)
-        cached = (session.lua, module)
-        session._introspect = cached
-    return cached[1]
+    return session.companion("introspect", lambda s: load_lua(
+        s.lua, "introspect.lua", s.globals, s.repr_lua))
 
 
 def remember_source(session, chunkname: str, code: str) -> None:

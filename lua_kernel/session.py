@@ -128,6 +128,7 @@ class Session:
         self.max_memory = parse_memory(max_memory)
         self.execution_count = 0
         self._lock = threading.Lock()
+        self._companions: dict[str, tuple] = {}
         self._running = False
         self._interrupted = False
         self._flush_timer: threading.Timer | None = None
@@ -193,6 +194,21 @@ class Session:
     def globals(self):
         """The Lua globals table (`_G`)."""
         return self.lua.globals()
+
+    @property
+    def repr_lua(self):
+        """lua/repr.lua's module for this runtime: how values look."""
+        return self._repr
+
+    def companion(self, name: str, make: Callable[["Session"], Any]):
+        """Another room's companion for this Lua runtime (the inspector's Lua
+        half, ...): made by `make(session)` at first use, and made again for
+        the new runtime after reset()."""
+        found = self._companions.get(name)
+        if found is None or found[0] is not self.lua:
+            found = (self.lua, make(self))
+            self._companions[name] = found
+        return found[1]
 
     @property
     def interrupts_in_coroutines(self) -> bool:
