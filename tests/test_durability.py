@@ -361,3 +361,29 @@ def test_a_big_state_is_saved_after_the_reply_newest_last(tmp_path, notebook):
         p.wait()
     assert newest_count(p, notebook) == 5 and p.saved == p.cells == 5
     p.close()
+
+
+# -- an object store (fsspec: S3 on a moto server here) ------------------------------
+
+def test_an_object_store_keeps_acknowledged_cells_and_one_writer(notebook, s3_url):
+    env = dict(JPY_SESSION_NAME=notebook, LUA_KERNEL_SNAPSHOTS=s3_url)
+    with running_kernel(**env) as (km, kc):
+        execute(kc, "x = 1")
+        execute(kc, "x = x + 1")
+        with running_kernel(**env) as (km2, kc2):      # the lease is held: read-only
+            _, msgs = execute(kc2, "y = 1")
+            assert "Another kernel is saving" in stdout_of(msgs, "stderr")
+        kill(km)                                        # right after the reply
+    with running_kernel(**env) as (km, kc):
+        _, msgs = execute(kc, "x")
+        # the killed holder's lease has not expired: this kernel restores,
+        # says who holds the notebook, and can take over
+        assert "Restored the Lua state" in stdout_of(msgs)
+        assert "Another kernel is saving" in stdout_of(msgs, "stderr")
+        assert value(kc, "x") == "2"
+        _, msgs = execute(kc, "%session takeover")
+        assert "This kernel now saves" in stdout_of(msgs)
+        execute(kc, "x = 3")
+        kill(km)
+    with running_kernel(**env) as (km, kc):
+        assert value(kc, "x") == "3"

@@ -187,31 +187,6 @@ def test_cli_trust_resigns_a_file(tmp_path, monkeypatch):
 
 # -- an S3 store, against a moto server on this machine ------------------------------
 
-@pytest.fixture(scope="module")
-def s3_url():
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lua-sessions")
-    try:
-        yield "s3://lua-sessions/team"
-    finally:
-        server.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def test_s3_store_saves_lists_loads_and_prunes(s3_url):
     store = Store(s3_url, keep=2)
     for i in range(3):
