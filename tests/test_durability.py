@@ -366,6 +366,8 @@ def test_a_big_state_is_saved_after_the_reply_newest_last(tmp_path, notebook):
 # -- an object store (fsspec: S3 on a moto server here) ------------------------------
 
 def test_an_object_store_keeps_acknowledged_cells_and_one_writer(notebook, s3_url):
+    """A remote lease has no OS lock: it expires (60 s) unless renewed, and
+    a holder that was a process of this machine is free once it is gone."""
     env = dict(JPY_SESSION_NAME=notebook, LUA_KERNEL_SNAPSHOTS=s3_url)
     with running_kernel(**env) as (km, kc):
         execute(kc, "x = 1")
@@ -376,13 +378,11 @@ def test_an_object_store_keeps_acknowledged_cells_and_one_writer(notebook, s3_ur
         kill(km)                                        # right after the reply
     with running_kernel(**env) as (km, kc):
         _, msgs = execute(kc, "x")
-        # the killed holder's lease has not expired: this kernel restores,
-        # says who holds the notebook, and can take over
+        # the killed holder's lease has not expired, but its process is gone
+        # from this machine: the lease is free
         assert "Restored the Lua state" in stdout_of(msgs)
-        assert "Another kernel is saving" in stdout_of(msgs, "stderr")
+        assert "Another kernel" not in stdout_of(msgs, "stderr")
         assert value(kc, "x") == "2"
-        _, msgs = execute(kc, "%session takeover")
-        assert "This kernel now saves" in stdout_of(msgs)
         execute(kc, "x = 3")
         kill(km)
     with running_kernel(**env) as (km, kc):

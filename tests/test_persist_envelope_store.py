@@ -271,3 +271,24 @@ def test_remote_lease_expires_unless_renewed(s3_url):
         assert other.acquire() is None and other.mine()
     finally:
         other.end()
+
+
+def test_remote_lease_of_a_dead_process_here_is_free(s3_url):
+    store = Store(s3_url)
+    code = ("import sys, time; from lua_kernel.persist.store import Store\n"
+            "lease = Store(sys.argv[1]).lease('gone.ipynb')\n"
+            "assert lease.acquire() is None\n"
+            "print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, s3_url], stdout=subprocess.PIPE,
+                            text=True)
+    other = store.lease("gone.ipynb")
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert other.acquire()["pid"] == proc.pid          # alive: held
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        assert other.acquire() is None                     # gone: free at once
+    finally:
+        other.end()

@@ -319,7 +319,8 @@ class Lease:
     descriptor, so holding it keeps no file open for writing (a disk can
     still be remounted read-only under a running kernel). An object store
     has no such lock, so the record carries an expiry that the holder renews
-    while it lives.
+    while it lives; a record of a process on this machine that is gone is
+    free at once.
     """
 
     TTL = 60.0          # seconds a remote lease lasts without renewal
@@ -358,8 +359,9 @@ class Lease:
             self._lock = lock
         else:
             other = self.holder()
-            if other and other.get("id") != self.id and other.get("expires", 0) > time.time():
-                return other
+            if other and other.get("id") != self.id and other.get("expires", 0) > time.time() \
+                    and (other.get("host") != socket.gethostname() or _alive_here(other)):
+                return other        # held, unexpired, and not by a dead process here
         self._claim()
         return None
 
