@@ -20,7 +20,7 @@ from pathlib import Path
 import zmq
 from ipykernel.kernelbase import Kernel
 
-from . import __version__, introspect
+from . import __version__, introspect, widgets
 from .magics import MagicError, Magics, is_magic_cell
 from .native import lua_release
 from .persist.snapshot import SnapshotError
@@ -78,6 +78,13 @@ class LuaKernel(Kernel):
         self.persistence.request_capture = self._request_capture
         self._interrupt_since: float | None = None    # the running cell's first interrupt
         self._escalate_after = float(os.environ.get(ESCALATE_ENV) or ESCALATE_AFTER)
+        # widgets (issue 11): comms, answered in the Lua thread like cells
+        self.comm_manager = widgets.install_comms(self)
+        self._comms_pending = 0
+        for msg_type in ("comm_open", "comm_msg", "comm_close"):
+            self.shell_handlers[msg_type] = self._comm_request
+        widgets.FRONTEND.parent = lambda: self._cell_parent
+        widgets.FRONTEND.show_error = lambda session, e: self._error_reply(e, False)
         restored = self._worker.submit(self.persistence.at_start, self._restore).result()
         self.lua_session: Session = restored or self._worker.submit(self._new_session).result()
         self.magics = Magics(self.lua_session, self._chunkname)
@@ -310,6 +317,36 @@ class LuaKernel(Kernel):
         if getter is not None:
             return getter(self._shell_parent_ident)
         return self._parent_ident.get("shell")
+
+    # -- comms (widgets) ----------------------------------------------------------
+
+    async def _comm_request(self, stream, ident, msg):
+        """comm_open / comm_msg / comm_close run in the Lua thread, after the
+        cell before them and never beside one; output and errors of the Lua
+        callbacks they cause have the comm message as parent. ipykernel
+        dispatches one that arrives during a cell at once (beside the cell's
+        handler, without pre/post_handler_hook), so Ctrl-C is kept on Lua
+        until it is done."""
+        self._comms_pending += 1
+        signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            await self._in_lua(self._comm_in_lua, stream, ident, msg)
+        except ShuttingDown:
+            pass
+        finally:
+            self._comms_pending -= 1
+
+    def post_handler_hook(self):
+        if not self._comms_pending:     # a queued callback keeps Ctrl-C on Lua
+            super().post_handler_hook()
+
+    def _comm_in_lua(self, stream, ident, msg):
+        self._cell_parent, self._cell_ident, self._cell_allow_stdin = msg, ident, False
+        try:
+            getattr(self.comm_manager, msg["header"]["msg_type"])(stream, ident, msg)
+            self.lua_session.widgets.run_events()
+        finally:
+            self._interrupt_since = None
 
     # -- history ----------------------------------------------------------------
 
