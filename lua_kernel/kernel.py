@@ -80,7 +80,6 @@ class LuaKernel(Kernel):
         self._escalate_after = float(os.environ.get(ESCALATE_ENV) or ESCALATE_AFTER)
         # widgets (issue 11): comms, answered in the Lua thread like cells
         self.comm_manager = widgets.install_comms(self)
-        self._comms_pending = 0
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = self._comm_request
         widgets.FRONTEND.parent = lambda: self._cell_parent
@@ -179,6 +178,12 @@ class LuaKernel(Kernel):
         # too) stops the running cell instead of raising KeyboardInterrupt in
         # the event loop.
         self.saved_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def post_handler_hook(self):
+        # ipykernel ignores SIGINT between handlers; ours stays, so Ctrl-C
+        # reaches a widget callback queued behind a cell or sent on a
+        # subshell. Between cells it does nothing (interrupt() is False).
+        pass
 
     def _on_sigint(self, signum, frame):
         if self.lua_session.interrupt():
@@ -323,22 +328,14 @@ class LuaKernel(Kernel):
     async def _comm_request(self, stream, ident, msg):
         """comm_open / comm_msg / comm_close run in the Lua thread, after the
         cell before them and never beside one; output and errors of the Lua
-        callbacks they cause have the comm message as parent. ipykernel
-        dispatches one that arrives during a cell at once (beside the cell's
-        handler, without pre/post_handler_hook), so Ctrl-C is kept on Lua
-        until it is done."""
-        self._comms_pending += 1
-        signal.signal(signal.SIGINT, self._on_sigint)
+        callbacks they cause have the comm message as parent. (ipykernel 7
+        dispatches a comm that arrives during a cell at once, and JupyterLab
+        sends widget comms on a subshell, whose thread cannot set signal
+        handlers: see post_handler_hook.)"""
         try:
             await self._in_lua(self._comm_in_lua, stream, ident, msg)
         except ShuttingDown:
             pass
-        finally:
-            self._comms_pending -= 1
-
-    def post_handler_hook(self):
-        if not self._comms_pending:     # a queued callback keeps Ctrl-C on Lua
-            super().post_handler_hook()
 
     def _comm_in_lua(self, stream, ident, msg):
         self._cell_parent, self._cell_ident, self._cell_allow_stdin = msg, ident, False
