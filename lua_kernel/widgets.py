@@ -151,16 +151,47 @@ def _saved(value):
     return value
 
 
+_NO_DEFAULT = object()
+_DEFAULTS: dict[tuple[type, str], Any] = {}
+
+
+def _default(widget, key: str):
+    """The class's default of a trait (cached), or _NO_DEFAULT."""
+    cache = (type(widget), key)
+    if cache not in _DEFAULTS:
+        try:
+            _DEFAULTS[cache] = widget.trait_defaults(key)
+        except Exception:  # noqa: BLE001 - no usable default: the value is always saved
+            _DEFAULTS[cache] = _NO_DEFAULT
+    return _DEFAULTS[cache]
+
+
+def _differs(value, default) -> bool:
+    if default is _NO_DEFAULT:
+        return True
+    try:
+        return bool(value != default)
+    except Exception:  # noqa: BLE001 - values that do not compare are saved
+        return True
+
+
 def _state_of(widget) -> dict:
-    """What recreates the widget: its synced traits (not the model's
-    bookkeeping, not an Output's capture id); a selection's options and
-    index stand for its value and label."""
+    """What recreates the widget: its synced traits that differ from the
+    class's defaults (not the model's bookkeeping, not an Output's capture
+    id); a selection's options and index stand for its value and label.
+    Widget-valued traits (layout, style, children) are always kept."""
+    from ipywidgets import Widget
     from ipywidgets.widgets.widget_selection import _MultipleSelection, _Selection
     keys = [k for k in widget.keys
             if (not k.startswith("_") or k == "_dom_classes") and k != "msg_id"]
     if isinstance(widget, (_Selection, _MultipleSelection)):
         keys = [k for k in keys if k not in ("value", "label")] + ["options"]
-    return {k: _saved(getattr(widget, k)) for k in keys}
+    state = {}
+    for k in keys:
+        value = getattr(widget, k)
+        if isinstance(value, Widget) or _differs(value, _default(widget, k)):
+            state[k] = _saved(value)
+    return state
 
 
 def _resolve(value, host):
