@@ -328,14 +328,29 @@ class LuaKernel(Kernel):
     async def _comm_request(self, stream, ident, msg):
         """comm_open / comm_msg / comm_close run in the Lua thread, after the
         cell before them and never beside one; output and errors of the Lua
-        callbacks they cause have the comm message as parent. (ipykernel 7
-        dispatches a comm that arrives during a cell at once, and JupyterLab
-        sends widget comms on a subshell, whose thread cannot set signal
-        handlers: see post_handler_hook.)"""
+        callbacks they cause have the comm message as parent, and the idle
+        status follows them (a widget manager's Output capture needs the
+        request alive until then). ipykernel 7 dispatches a comm that arrives
+        while another request runs at once, without busy/idle, and restores
+        the shell parent when the handler returns: such a comm is queued and
+        not waited for, or that restore would land on a later request (whose
+        idle then went out under the wrong parent). JupyterLab sends widget
+        comms on a subshell (another thread): see post_handler_hook."""
+        if _dispatched_beside_another_request():
+            try:
+                job = self._worker.submit(self._comm_in_lua, stream, ident, msg)
+            except RuntimeError:        # shutting down
+                return
+            job.add_done_callback(self._log_comm_failure)
+            return
         try:
             await self._in_lua(self._comm_in_lua, stream, ident, msg)
         except ShuttingDown:
             pass
+
+    def _log_comm_failure(self, job) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            self.log.error("a comm message failed: %r", job.exception())
 
     def _comm_in_lua(self, stream, ident, msg):
         self._cell_parent, self._cell_ident, self._cell_allow_stdin = msg, ident, False
@@ -536,6 +551,13 @@ class LuaKernel(Kernel):
         self.lua_session.reset()
         self.magics.out("Fresh Lua state: all globals, functions and coroutines are gone. "
                         + message)
+
+
+def _dispatched_beside_another_request() -> bool:
+    """True when ipykernel 7 runs this handler concurrently (its
+    dispatch_shell(concurrent=True), the frame that awaits the handler)."""
+    frame = sys._getframe(2)      # _comm_request's caller: dispatch_shell
+    return frame.f_code.co_name == "dispatch_shell" and bool(frame.f_locals.get("concurrent"))
 
 
 def _clean_bundle(data: dict) -> dict:

@@ -17,8 +17,10 @@ VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    with running_kernel() as (km, kc):
+def kernel(tmp_path_factory):
+    log = tmp_path_factory.mktemp("kernel") / "kernel.log"
+    with open(log, "w") as stderr, running_kernel(stderr=stderr) as (km, kc):
+        kc.log_path = log
         yield km, kc
 
 
@@ -226,13 +228,18 @@ def test_ctrl_c_interrupts_a_long_callback(kernel):
     msg_id, _ = send_comm(kc, comm_id, {"method": "update", "state": {"value": 2},
                                         "buffer_paths": []}, wait=False)
     collect_until(kc, [cell, msg_id], lambda got, idle: cell in idle and streams(got[msg_id]))
+    interrupted(km, kc, msg_id)
+
+
+def interrupted(km, kc, msg_id):
+    """Ctrl-C the callback that msg_id started: it ends in KeyboardInterrupt
+    and the kernel goes on."""
     km.interrupt_kernel()
     got = collect_until(kc, [msg_id], lambda got, idle: any(
         m["msg_type"] == "error" for m in got[msg_id]), timeout=20)
     [err] = [m for m in got[msg_id] if m["msg_type"] == "error"]
     assert err["content"]["ename"] == "KeyboardInterrupt"
-    reply, messages = execute(kc, "1")
-    assert reply["content"]["status"] == "ok"
+    run_ok(kc, "1")
 
 
 def test_callbacks_never_run_beside_a_cell(kernel):
@@ -264,3 +271,51 @@ def test_save_and_restore_bring_widgets_back(kernel):
     assert opened["content"]["data"]["state"]["value"] == 1.25
     _, messages = update(kc, opened["content"]["comm_id"], value=1.5)
     assert stdout_of(messages) == "restored observer\t1.5\n"
+
+
+def test_control_comm_answers_request_states(kernel):
+    """What JupyterLab does when it (re)connects to a kernel: open the
+    jupyter.widget.control comm and ask for every widget's state."""
+    _, kc = kernel
+    comm_id, _ = make(kc, "ctl_probe = widgets.Checkbox{value = true, description = 'probe'}",
+                      "CheckboxModel")
+    control = "control-" + comm_id
+    opened = kc.session.msg("comm_open", {"comm_id": control, "target_name": "jupyter.widget.control",
+                                          "data": {}})
+    opened["metadata"]["version"] = "1.0.0"
+    kc.shell_channel.send(opened)
+    msg_id, messages = send_comm(kc, control, {"method": "request_states"})
+    [reply] = [m for m in messages if m["msg_type"] == "comm_msg"
+               and m["content"]["data"].get("method") == "update_states"]
+    states = reply["content"]["data"]["states"]
+    assert states[comm_id]["state"]["description"] == "probe"
+    assert not [m for m in messages if m["msg_type"] == "stream"]
+
+
+def test_callbacks_sent_on_a_subshell_run_and_are_interrupted(kernel):
+    """JupyterLab 4 sends widget comms on a kernel subshell (its own thread
+    in ipykernel 7); they still run in the Lua thread, and Ctrl-C still
+    reaches them."""
+    km, kc = kernel
+    request = kc.session.msg("create_subshell_request", {})
+    kc.control_channel.send(request)
+    reply = kc.get_control_msg(timeout=10)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    subshell = reply["content"]["subshell_id"]
+    comm_id, _ = make(kc, 'sub = widgets.IntSlider{}\n'
+                          'sub:observe(function(c) print("on the subshell", c.new) io.stdout:flush()\n'
+                          '  if c.new == 2 then while true do end end end, "value")', "IntSliderModel")
+
+    def send(value):
+        msg = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {
+            "method": "update", "state": {"value": value}, "buffer_paths": []}})
+        msg["header"]["subshell_id"] = subshell
+        kc.shell_channel.send(msg)
+        return msg["header"]["msg_id"]
+
+    first = send(1)
+    got = collect_until(kc, [first], lambda got, idle: streams(got[first]))
+    assert stdout_of(got[first]) == "on the subshell\t1\n"
+    looping = send(2)
+    collect_until(kc, [looping], lambda got, idle: streams(got[looping]))
+    interrupted(km, kc, looping)
