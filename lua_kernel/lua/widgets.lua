@@ -158,7 +158,9 @@ function run_captured(p, fn, clear, wait, ...)
   end, ...))
   if not r[1] and not rawequal(r[2], kernel.INTERRUPTED) then
     kernel.flush()
-    host.show_error(kernel.message_of(r[2]), kernel.clean_traceback(tb))
+    -- the kernel's xpcall is a C call through its upvalue: not the user's
+    tb = kernel.clean_traceback(tb):gsub("\n%s*%[C%]: in upvalue 'real_xpcall'", "")
+    host.show_error(kernel.message_of(r[2]), tb)
   end
   kernel.flush()
   host.capture_end(p, previous)
@@ -257,8 +259,12 @@ function methods.capture(p, fn, opts)
   end
   local clear = type(opts) == "table" and opts.clear_output and true or false
   local wait = type(opts) == "table" and opts.wait and true or false
-  -- run_captured is a permanent, so the closure can be saved
-  return function(...) return run_captured(p, fn, clear, wait, ...) end
+  -- run_captured is a permanent, so the closure can be saved; not a tail
+  -- call, so a traceback keeps the caller's line
+  return function(...)
+    local r = pack(run_captured(p, fn, clear, wait, ...))
+    return unpack(r, 1, r.n)
+  end
 end
 
 -- out:clear_output([wait]): clear what `out` shows.
