@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,6 +73,9 @@ class LuaKernel(Kernel):
         self._cell_parent = None      # the execute_request being run
         self._cell_ident = None
         self._cell_allow_stdin = False
+        # what the Lua thread's current job answers (a cell or a widget comm):
+        # (parent, ident, allow_stdin, thread id); its output goes out under it
+        self._job: tuple | None = None
         self.history: list[tuple[int, int, str, str | None]] = []  # session, line, in, out
         self.history_session = 1
         self.persistence = Persistence(log=self.log)
@@ -82,7 +86,7 @@ class LuaKernel(Kernel):
         self.comm_manager = widgets.install_comms(self)
         for msg_type in ("comm_open", "comm_msg", "comm_close"):
             self.shell_handlers[msg_type] = self._comm_request
-        widgets.FRONTEND.parent = lambda: self._cell_parent
+        widgets.FRONTEND.parent = lambda: self._request()[0]
         widgets.FRONTEND.show_error = lambda session, e: self._error_reply(e, False)
         restored = self._worker.submit(self.persistence.at_start, self._restore).result()
         self.lua_session: Session = restored or self._worker.submit(self._new_session).result()
@@ -135,9 +139,21 @@ class LuaKernel(Kernel):
 
     # -- messages sent on behalf of the running cell ---------------------------
 
+    def _request(self) -> tuple:
+        """(parent, ident, allow_stdin) of the request being answered here: in
+        the Lua thread its job's (a widget callback queued behind a cell may
+        still run while the next cell is set up), elsewhere the cell's."""
+        job = self._job
+        if job is not None and job[3] == threading.get_ident():
+            return job[:3]
+        return self._cell_parent, self._cell_ident, self._cell_allow_stdin
+
+    def _start_job(self, parent, ident, allow_stdin: bool) -> None:
+        self._job = (parent, ident, allow_stdin, threading.get_ident())
+
     def _iopub(self, msg_type: str, content: dict) -> None:
         self.session.send(self.iopub_socket, msg_type, content,
-                          parent=self._cell_parent, ident=self._topic(msg_type))
+                          parent=self._request()[0], ident=self._topic(msg_type))
 
     def _stream(self, name: str, text: str) -> None:
         self._iopub("stream", {"name": name, "text": clean(text)})
@@ -152,7 +168,8 @@ class LuaKernel(Kernel):
     def _read_input(self, prompt: str) -> str | None:
         """Jupyter's input_request, from the worker thread; None at EOF or
         when the cell is interrupted while waiting."""
-        if not self._cell_allow_stdin:
+        parent, ident, allow_stdin = self._request()
+        if not allow_stdin:
             raise RuntimeError("this frontend does not support input requests (stdin)")
         while True:   # drop stale replies
             try:
@@ -161,7 +178,7 @@ class LuaKernel(Kernel):
                 break
         self.session.send(self.stdin_socket, "input_request",
                           {"prompt": clean(prompt), "password": False},
-                          parent=self._cell_parent, ident=self._cell_ident)
+                          parent=parent, ident=ident)
         while not self.lua_session.interrupted:
             if self.stdin_socket.poll(50):
                 _, reply = self.session.recv(self.stdin_socket)
@@ -244,6 +261,7 @@ class LuaKernel(Kernel):
     def _cell(self, code: str, silent: bool):
         """In the Lua thread: run the cell, format what it shows, and commit
         the new state before the reply can go out (Persistence.after_cell)."""
+        self._start_job(self._cell_parent, self._cell_ident, self._cell_allow_stdin)
         try:
             result = self._run(code)
             shown = None
@@ -353,7 +371,7 @@ class LuaKernel(Kernel):
             self.log.error("a comm message failed: %r", job.exception())
 
     def _comm_in_lua(self, stream, ident, msg):
-        self._cell_parent, self._cell_ident, self._cell_allow_stdin = msg, ident, False
+        self._start_job(msg, ident, False)
         try:
             getattr(self.comm_manager, msg["header"]["msg_type"])(stream, ident, msg)
             self.lua_session.widgets.run_events()

@@ -321,3 +321,23 @@ def test_callbacks_sent_on_a_subshell_run_and_are_interrupted(kernel):
     looping = send(2)
     collect_until(kc, [looping], lambda got, idle: streams(got[looping]))
     interrupted(km, kc, looping)
+
+
+def test_a_callback_queued_behind_a_cell_keeps_its_output(kernel):
+    """Cell A runs; a slider moves (its comm waits behind A in the Lua
+    thread); cell B is sent and set up as soon as A ends, while the callback
+    runs: every line goes out under its own request."""
+    _, kc = kernel
+    comm_id, _ = make(kc, 'slow3 = widgets.IntSlider{}\n'
+                          'slow3:observe(function(c) print("callback 1") io.stdout:flush()\n'
+                          '  local t = os.clock() while os.clock() - t < 0.4 do end\n'
+                          '  print("callback 2") end, "value")', "IntSliderModel")
+    a = kc.execute('local t = os.clock() while os.clock() - t < 0.4 do end print("cell A")')
+    callback, _ = send_comm(kc, comm_id, {"method": "update", "state": {"value": 1},
+                                          "buffer_paths": []}, wait=False)
+    b = kc.execute('print("cell B")')
+    got = collect_until(kc, [a, callback, b], lambda got, idle: {a, b} <= idle
+                        and "callback 2" in stdout_of(got[callback]))
+    assert stdout_of(got[a]) == "cell A\n"
+    assert stdout_of(got[callback]) == "callback 1\ncallback 2\n"
+    assert stdout_of(got[b]) == "cell B\n"
