@@ -8,11 +8,9 @@ measured in the same run.
 A. Round trip of a trivial cell through jupyter_client, from kc.execute()
    until the request's `idle` status arrives on iopub (when a frontend
    considers the cell done). Cells `x = 1` and `1 + 1`; the kernels and cells
-   are interleaved in rounds. Kernels: `lua`; `lua` under ipykernel's stock
-   application, with its shell-channel thread (`lua-threaded`, registered
-   for this run only: what dropping the thread buys); the ipykernel floor
-   (benchmarks/floor_kernel.py: do_execute returns at once, stock
-   application); ipykernel's `python3`. Ratios: lua over each of the others.
+   are interleaved in rounds. Kernels: `lua`; the ipykernel floor
+   (benchmarks/floor_kernel.py: do_execute returns at once, registered for
+   this run only); ipykernel's `python3`. Ratios: lua over each of the others.
 
 B. A CPU-heavy Lua cell (~0.5 s) through Session.execute and through the
    kernel (execute -> idle) vs the same code on a bare lupa.lua54.LuaRuntime()
@@ -144,19 +142,13 @@ class Kernel:
 
 # -- A. trivial cells -------------------------------------------------------------
 
-BASELINES = ("lua-threaded", "floor", "python3")
+BASELINES = ("floor", "python3")
 
 
 def extra_kernelspecs(folder: str) -> None:
-    """Kernelspecs for this run only: our kernel under ipykernel's stock
-    application, and the floor kernel. JUPYTER_PATH points at them."""
+    """The floor kernel's kernelspec, for this run only (JUPYTER_PATH)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    stock = ("import sys; sys.modules.setdefault('debugpy', None); "
-             "from ipykernel.kernelapp import IPKernelApp; "
-             "from lua_kernel.kernel import LuaKernel; "
-             "IPKernelApp.launch_instance(kernel_class=LuaKernel)")
-    specs = {"lua-threaded": [sys.executable, "-c", stock, "-f", "{connection_file}"],
-             "floor": [sys.executable, os.path.join(here, "floor_kernel.py"),
+    specs = {"floor": [sys.executable, os.path.join(here, "floor_kernel.py"),
                        "-f", "{connection_file}"]}
     for name, argv in specs.items():
         d = os.path.join(folder, "kernels", name)
@@ -324,7 +316,7 @@ def report(res: dict) -> None:
     log(f"lua_kernel execution overhead — {m['date']}, {m['nproc']} x {m['cpu']}, "
         f"Python {m['python']}, lupa {m['lupa']}, Lua {m['lua']}, ipykernel {m['ipykernel']}")
     rows = [("what", "ours", "baseline", "ratio", "target")]
-    targets = {"lua-threaded": "< 1", "floor": "<= 1", "python3": "<= 1"}
+    targets = {"floor": "<= 1", "python3": "<= 1"}
     for cell, r in res["roundtrip"].items():
         n = r["lua"]["n"]
         for b in BASELINES:

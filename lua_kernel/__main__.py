@@ -86,9 +86,11 @@ def _kernel(args, rest) -> int:
     # which would advertise a "debugger" feature we do not have and print a
     # frozen-modules warning into `jupyter console` at every start.
     sys.modules.setdefault("debugpy", None)
-    from .kernel import LuaKernel, LuaKernelApp
+    from ipykernel.kernelapp import IPKernelApp
 
-    LuaKernelApp.launch_instance(argv=rest, kernel_class=LuaKernel)
+    from .kernel import LuaKernel
+
+    IPKernelApp.launch_instance(argv=rest, kernel_class=LuaKernel)
     return 0
 
 

@@ -13,14 +13,14 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import zmq
-from ipykernel.kernelapp import IPKernelApp
 from ipykernel.kernelbase import Kernel
 
-from . import __version__, introspect
+from . import __version__, introspect, widgets
 from .magics import Magics, is_magic_cell
 from .native import lua_release
 from .persistence import Persistence, key_from_cell_id
@@ -71,12 +71,21 @@ class LuaKernel(Kernel):
         self._cell_parent = None      # the execute_request being run
         self._cell_ident = None
         self._cell_allow_stdin = False
+        # what the Lua thread's current job answers (a cell or a widget comm):
+        # (parent, ident, allow_stdin, thread id); its output goes out under it
+        self._job: tuple | None = None
         self.history: list[tuple[int, int, str, str | None]] = []  # session, line, in, out
         self.history_session = 1
         self.persistence = Persistence(log=self.log)
         self.persistence.request_capture = self._request_capture
         self._interrupt_since: float | None = None    # the running cell's first interrupt
         self._escalate_after = float(os.environ.get(ESCALATE_ENV) or ESCALATE_AFTER)
+        # widgets (issue 11): comms, answered in the Lua thread like cells
+        self.comm_manager = widgets.install_comms(self)
+        for msg_type in ("comm_open", "comm_msg", "comm_close"):
+            self.shell_handlers[msg_type] = self._comm_request
+        widgets.FRONTEND.parent = lambda: self._request()[0]
+        widgets.FRONTEND.show_error = lambda session, e: self._error_reply(e, False)
         restored = self._worker.submit(self.persistence.at_start, self.make_session).result()
         self.lua_session: Session = restored or self._worker.submit(self._new_session).result()
         self.magics = Magics(self.lua_session, self._chunkname)
@@ -131,9 +140,21 @@ class LuaKernel(Kernel):
 
     # -- messages sent on behalf of the running cell ---------------------------
 
+    def _request(self) -> tuple:
+        """(parent, ident, allow_stdin) of the request being answered here: in
+        the Lua thread its job's (a widget callback queued behind a cell may
+        still run while the next cell is set up), elsewhere the cell's."""
+        job = self._job
+        if job is not None and job[3] == threading.get_ident():
+            return job[:3]
+        return self._cell_parent, self._cell_ident, self._cell_allow_stdin
+
+    def _start_job(self, parent, ident, allow_stdin: bool) -> None:
+        self._job = (parent, ident, allow_stdin, threading.get_ident())
+
     def _iopub(self, msg_type: str, content: dict) -> None:
         self.session.send(self.iopub_socket, msg_type, content,
-                          parent=self._cell_parent, ident=self._topic(msg_type))
+                          parent=self._request()[0], ident=self._topic(msg_type))
 
     def _stream(self, name: str, text: str) -> None:
         self._iopub("stream", {"name": name, "text": clean(text)})
@@ -148,7 +169,8 @@ class LuaKernel(Kernel):
     def _read_input(self, prompt: str) -> str | None:
         """Jupyter's input_request, from the worker thread; None at EOF or
         when the cell is interrupted while waiting."""
-        if not self._cell_allow_stdin:
+        parent, ident, allow_stdin = self._request()
+        if not allow_stdin:
             raise RuntimeError("this frontend does not support input requests (stdin)")
         while True:   # drop stale replies
             try:
@@ -157,7 +179,7 @@ class LuaKernel(Kernel):
                 break
         self.session.send(self.stdin_socket, "input_request",
                           {"prompt": clean(prompt), "password": False},
-                          parent=self._cell_parent, ident=self._cell_ident)
+                          parent=parent, ident=ident)
         while not self.lua_session.interrupted:
             if self.stdin_socket.poll(50):
                 _, reply = self.session.recv(self.stdin_socket)
@@ -174,6 +196,12 @@ class LuaKernel(Kernel):
         # too) stops the running cell instead of raising KeyboardInterrupt in
         # the event loop.
         self.saved_sigint_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def post_handler_hook(self):
+        # ipykernel ignores SIGINT between handlers; ours stays, so Ctrl-C
+        # reaches a widget callback queued behind a cell or sent on a
+        # subshell. Between cells it does nothing (interrupt() is False).
+        pass
 
     def _on_sigint(self, signum, frame):
         if self.lua_session.interrupt():
@@ -234,6 +262,7 @@ class LuaKernel(Kernel):
     def _cell(self, code: str, silent: bool):
         """In the Lua thread: run the cell, format what it shows, and commit
         the new state before the reply can go out (Persistence.after_cell)."""
+        self._start_job(self._cell_parent, self._cell_ident, self._cell_allow_stdin)
         try:
             result = self._run(code)
             shown = None
@@ -313,6 +342,43 @@ class LuaKernel(Kernel):
             return getter(self._shell_parent_ident)
         return self._parent_ident.get("shell")
 
+    # -- comms (widgets) ----------------------------------------------------------
+
+    async def _comm_request(self, stream, ident, msg):
+        """comm_open / comm_msg / comm_close run in the Lua thread, after the
+        cell before them and never beside one; output and errors of the Lua
+        callbacks they cause have the comm message as parent, and the idle
+        status follows them (a widget manager's Output capture needs the
+        request alive until then). ipykernel 7 dispatches a comm that arrives
+        while another request runs at once, without busy/idle, and restores
+        the shell parent when the handler returns: such a comm is queued and
+        not waited for, or that restore would land on a later request (whose
+        idle then went out under the wrong parent). JupyterLab sends widget
+        comms on a subshell (another thread): see post_handler_hook."""
+        if _dispatched_beside_another_request():
+            try:
+                job = self._worker.submit(self._comm_in_lua, stream, ident, msg)
+            except RuntimeError:        # shutting down
+                return
+            job.add_done_callback(self._log_comm_failure)
+            return
+        try:
+            await self._in_lua(self._comm_in_lua, stream, ident, msg)
+        except ShuttingDown:
+            pass
+
+    def _log_comm_failure(self, job) -> None:
+        if not job.cancelled() and job.exception() is not None:
+            self.log.error("a comm message failed: %r", job.exception())
+
+    def _comm_in_lua(self, stream, ident, msg):
+        self._start_job(msg, ident, False)
+        try:
+            getattr(self.comm_manager, msg["header"]["msg_type"])(stream, ident, msg)
+            self.lua_session.widgets.run_events()
+        finally:
+            self._interrupt_since = None
+
     # -- history ----------------------------------------------------------------
 
     async def do_history(self, hist_access_type, output, raw, session=None, start=None,
@@ -381,20 +447,13 @@ class LuaKernel(Kernel):
         sys.exit(0)
 
 
+def _dispatched_beside_another_request() -> bool:
+    """True when ipykernel 7 runs this handler concurrently (its
+    dispatch_shell(concurrent=True), the frame that awaits the handler)."""
+    frame = sys._getframe(2)      # _comm_request's caller: dispatch_shell
+    return frame.f_code.co_name == "dispatch_shell" and bool(frame.f_locals.get("concurrent"))
+
+
 def _clean_bundle(data: dict) -> dict:
     return {k: clean(v) if isinstance(v, str) else v for k, v in data.items()}
 
-
-class LuaKernelApp(IPKernelApp):
-    """ipykernel's application, without the shell-channel thread.
-
-    ipykernel 7 receives every shell message on a thread of its own and
-    hands it to the main thread through inproc sockets, so that subshells
-    (concurrent shell requests) can exist. One Lua state runs one thing at a
-    time, so we offer no subshells, and without the thread each request
-    skips two socket hops (measured in benchmarks/RESULTS.md)."""
-
-    def init_sockets(self):
-        super().init_sockets()
-        if self.shell_channel_thread is not None:
-            self.shell_channel_thread = None

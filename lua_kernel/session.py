@@ -19,6 +19,7 @@ from typing import Any, Callable
 from lupa import lua54
 
 from . import native
+from .widgets import WidgetHost
 from .persist import snapshot as envelope
 from .persist import state
 from .persist.snapshot import SnapshotError, SnapshotInfo
@@ -155,6 +156,7 @@ class Session:
         self._lua_side.search_paths(*module_paths())
         self._repr = load_lua(self.lua, "repr.lua", self._lua_side.is_name)
         self._repr.init(self.lua.globals())
+        self.widgets = WidgetHost(self)     # the `widgets` module (ipywidgets, lazily)
         self._interrupter = self._make_interrupter()
         self._fresh_globals = self._globals_now()
         # before any user code: the serializer's baseline of permanents
@@ -352,6 +354,8 @@ class Session:
         """A MIME bundle (data, metadata) showing the values."""
         if len(values) == 1 and is_python_object(values[0]):
             return _python_bundle(values[0])
+        if len(values) == 1 and (bundle := self.widgets.bundle(values[0])) is not None:
+            return bundle
         texts = [self.text(v) for v in values]
         sep = "\n" if any("\n" in t for t in texts) else "\t"
         data = {"text/plain": sep.join(texts)}

@@ -117,6 +117,22 @@ def test_rich_displays(tour):
                for d in shown)
 
 
+def test_widgets(tour):
+    view = "application/vnd.jupyter.widget-view+json"
+    [box] = results(cell_with(tour, "widgets.VBox{n, out}"))
+    assert view in box and box["text/plain"].startswith("VBox(children=(IntSlider(value=5")
+    [data] = results(cell_with(tour, "n.value = 10"))
+    assert data["text/plain"] == "10\t20"
+    [shown] = results(cell_with(tour, "widgets.interact("), "display_data")
+    assert view in shown
+    # nbclient, like a widget manager, keeps what the Output widgets captured
+    # in the widget state: the observer's line and interact's first run
+    state = tour.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    captured = ["".join(o["text"] for o in m["state"]["outputs"]) for m in state.values()
+                if m["model_name"] == "OutputModel"]
+    assert sorted(captured) == ["10! = 3628800\n", "Lua Lua Lua \n"]
+
+
 def test_magics(tour):
     out = stdout(cell_with(tour, "%whos"))
     assert {"Vector", "fruits", "make_counter", "ocean"} <= set(out.splitlines()[0].split())

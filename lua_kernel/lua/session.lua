@@ -725,6 +725,7 @@ local function message_of(e)
   if type(e) == "number" then return tostring(e) end
   return sformat("(error object is a %s value)", type(e))
 end
+M.message_of = message_of
 
 -- Drop the kernel's own frames from a traceback: the machinery at the bottom
 -- (this file, the xpcall that runs the cell, the C entry from Python) and the
@@ -746,6 +747,7 @@ local function clean_traceback(tb)
   if #kept <= 1 then return "" end   -- only the "stack traceback:" header
   return concat(kept, "\n")
 end
+M.clean_traceback = clean_traceback
 
 -- Run a compiled cell (or any function, with arguments). Returns true, n,
 -- values... or false, kind, message, traceback, value where kind is "error",
