@@ -56,7 +56,8 @@
 -- A restored coroutine runs its frames in the finisher, innermost first;
 -- `pcall`/`xpcall` frames are re-created around the frames above them, and
 -- a frame with pending to-be-closed variables gets one native <close>
--- guard for them (no pcall, so no C stack per frame). While
+-- guard for them (no pcall, so no C stack per frame); frames needing
+-- neither run one after another from one level (run_plain). While
 -- it runs, its state is `st` = {rec = record, running = k} (frames above k
 -- are done, k runs in the finisher, frames below k wait in `rec`), so a
 -- coroutine suspended inside finisher frames is captured again from the
@@ -306,7 +307,7 @@ local function local_named(co, level, name)
 end
 
 local resume_restored     -- the function a restored coroutine runs (below)
-local finish_upto, guarded  -- its levels, one per record frame (below)
+local finish_upto, guarded, run_plain  -- its levels (below)
 local guard_close, guard_closing, registers, value_of, closers_of  -- (below)
 local FRAME_GUARD         -- the metatable of a waiting frame's <close> guard (below)
 -- the finisher's stand-ins for a frame's variables while its GUARD closes them
@@ -965,7 +966,24 @@ function finish_upto(st, k)
   elseif fr.tbc then
     return guarded(st, k, 1)
   end
-  return run_frame(st, k, finish_upto(st, k - 1))
+  -- frames b .. k need no level of their own below them (no pcall, xpcall
+  -- or guard): they run one after another from this level, so a start
+  -- makes one level for them, not one each
+  local rec, b = st.rec, k
+  while b > 1 do
+    local below = rec[b - 1]
+    if below.c or below.tbc then break end
+    b = b - 1
+  end
+  return run_plain(st, b, k, finish_upto(st, b - 1))
+end
+
+-- Frames b .. k, in turn, given the resume values for frame b.
+function run_plain(st, b, k, ...)
+  if b == k then return run_frame(st, k, ...) end
+  local r = pack(run_frame(st, b, ...))
+  for m = b + 1, k - 1 do r = pack(run_frame(st, m, unpack(r, 1, r.n))) end
+  return run_frame(st, k, unpack(r, 1, r.n))
 end
 
 -- Frame k's guards, one per pending variable, first created first; then
