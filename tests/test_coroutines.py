@@ -891,6 +891,51 @@ R(xf)
 """, "R(xe, 1); R(xf, 2)")
 
 
+scenario("close_while_a_pcall_closes_after_an_error_closes_the_rest", """
+local function closer(name, how)
+  return setmetatable({}, {__close = function(o, e)
+    L("closing " .. name, e, coroutine.isyieldable())
+    if how == "yields" then L("close resumed " .. name, coroutine.yield("in close " .. name)) end
+    if how == "fails" then error(name .. " failed", 0) end
+  end})
+end
+ca = coroutine.create(function()         -- closed while c3's __close waits
+  local outer <close> = closer("outer")
+  L("pcall gave", pcall(function()
+    local c1 <close> = closer("c1")
+    local c2 <close> = closer("c2", "fails")
+    local c3 <close> = closer("c3", "yields")
+    error("boom", 0)
+  end))
+end)
+R(ca)
+cx = coroutine.create(function()         -- an xpcall, and resumed once more first
+  local outer <close> = closer("outer x")
+  L("xpcall gave", xpcall(function()
+    local d1 <close> = closer("d1")
+    local d2 <close> = closer("d2", "yields")
+    error({}, 0)
+  end, function(e) return "handled" end))
+end)
+R(cx)
+local function unwinds()                 -- an error unwinding a restored frame
+  local a <close> = closer("a")
+  local v = coroutine.yield("before")
+  local function native_callee()
+    local n <close> = closer("n", "yields")
+    error("deep " .. v, 0)
+  end
+  native_callee()
+end
+cu = coroutine.create(function()
+  local outer <close> = closer("outer u")
+  L("pcall gave", pcall(unwinds))
+end)
+R(cu)
+""", "R(cu, 'y'); L('close', coroutine.close(ca))",
+    "L('close', coroutine.close(cu)); R(cx, 1); L('close', coroutine.close(cx))")
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     """(native logs, restored results) of every scenario."""

@@ -56,7 +56,8 @@
 -- A restored coroutine runs its frames in the finisher, innermost first;
 -- `pcall`/`xpcall` frames are re-created around the frames above them, and
 -- a frame with pending to-be-closed variables gets one native <close>
--- guard for them (no pcall, so no C stack per frame). While
+-- guard for them (no pcall, so no C stack per frame); frames needing
+-- neither run one after another from one level (run_plain). While
 -- it runs, its state is `st` = {rec = record, running = k} (frames above k
 -- are done, k runs in the finisher, frames below k wait in `rec`), so a
 -- coroutine suspended inside finisher frames is captured again from the
@@ -306,7 +307,7 @@ local function local_named(co, level, name)
 end
 
 local resume_restored     -- the function a restored coroutine runs (below)
-local finish_upto, guarded  -- its levels, one per record frame (below)
+local finish_upto, guarded, run_plain  -- its levels (below)
 local guard_close, guard_closing, registers, value_of, closers_of  -- (below)
 local FRAME_GUARD         -- the metatable of a waiting frame's <close> guard (below)
 -- the finisher's stand-ins for a frame's variables while its GUARD closes them
@@ -896,44 +897,56 @@ end
 
 -- A pcall/xpcall frame saved while it closed, after an error, the variables
 -- of the frames the error unwound (finishpcallk), one __close having
--- yielded: that __close (frames 1 .. k-1) runs to its end (an error it
--- raises replaces the one being passed on), then the variables still to
--- close are closed with the error by Lua itself (closing_error: they are
--- its to-be-closed variables, in a real pcall), which gives the call's
--- results, false and the error. An xpcall's handler has run already.
+-- yielded: the variables still to close are made Lua's own to-be-closed
+-- variables again (closing_error), then that __close (frames 1 .. k-1) runs
+-- to its end (an error it raises replaces the one being passed on), and the
+-- error is raised through them, so Lua closes them with it (in a real
+-- pcall, which gives the call's results, false and the error). An xpcall's
+-- handler has run already. They are pending while the __close runs, as
+-- natively (they are in the tbclist), so a coroutine.close meanwhile closes
+-- them (luaE_resetthread: with nil, the yield's status being LUA_OK).
 -- A value that lost its __close meanwhile gets one just long enough to
 -- become a to-be-closed variable (lfunc.c checkclosemth would refuse it), so
 -- closing it fails as natively (calling a nil __close).
 local setmetatable_raw = original("debug.setmetatable", debug.setmetatable)
 local CLOSABLE = { __close = function() end }
-local function closing_error(u, e, i)
-  if i > u.n then error(e, 0) end
+local recovered_error
+local function closing_error(u, e, i, st, k)
+  if i > u.n then
+    if st then e = recovered_error(st, k) end
+    error(e, 0)
+  end
   local v = u[i]
   local mt = getmetatable(v)
   local bare = mt == nil or rawget(mt, "__close") == nil
   if bare then setmetatable_raw(v, CLOSABLE) end
   local c <close> = v
   if bare then setmetatable_raw(v, mt) end
-  closing_error(u, e, i + 1)
+  closing_error(u, e, i + 1, st, k)
 end
 
 -- The body of a coroutine restored dead by an error (CF.failed's record):
 -- it dies with the error over the same pending variables.
 function CF.die(rec) closing_error(rec, rec.e, 1) end
 
--- A "raise" frame: a restored frame that was unwinding (its own pcall in
--- F.run had caught the error and was closing its callees' variables): once
--- that __close ends, the error goes on from the frame, through Lua's own
--- closing of the variables left (an active message handler has seen it).
-local function recover(st, k)
+-- The error recovering frame k passes on once its __close (frames 1 .. k-1)
+-- has ended. A "raise" frame: a restored frame that was unwinding (its own
+-- pcall in F.run had caught the error and was closing its callees'
+-- variables): the error goes on from the frame, through Lua's own closing
+-- of the variables left (an active message handler has seen it).
+function recovered_error(st, k)
   local fr = st.rec[k]
-  local u = fr.u
   local ok, e = PCALL(finish_upto, st, k - 1)
   st.running = k
-  if ok then e = u.e end
-  if fr.c ~= "raise" then return PCALL(closing_error, u, e, 1) end
-  if msgh_for(st, k) then st.handled = { e } end
-  closing_error(u, e, 1)
+  if ok then e = fr.u.e end
+  if fr.c == "raise" and msgh_for(st, k) then st.handled = { e } end
+  return e
+end
+
+local function recover(st, k)
+  local fr = st.rec[k]
+  if fr.c ~= "raise" then return PCALL(closing_error, fr.u, nil, 1, st, k) end
+  closing_error(fr.u, nil, 1, st, k)
 end
 
 -- The results of frames 1 .. k, given the resume values for frame 1.
@@ -953,7 +966,24 @@ function finish_upto(st, k)
   elseif fr.tbc then
     return guarded(st, k, 1)
   end
-  return run_frame(st, k, finish_upto(st, k - 1))
+  -- frames b .. k need no level of their own below them (no pcall, xpcall
+  -- or guard): they run one after another from this level, so a start
+  -- makes one level for them, not one each
+  local rec, b = st.rec, k
+  while b > 1 do
+    local below = rec[b - 1]
+    if below.c or below.tbc then break end
+    b = b - 1
+  end
+  return run_plain(st, b, k, finish_upto(st, b - 1))
+end
+
+-- Frames b .. k, in turn, given the resume values for frame b.
+function run_plain(st, b, k, ...)
+  if b == k then return run_frame(st, k, ...) end
+  local r = pack(run_frame(st, b, ...))
+  for m = b + 1, k - 1 do r = pack(run_frame(st, m, unpack(r, 1, r.n))) end
+  return run_frame(st, k, unpack(r, 1, r.n))
 end
 
 -- Frame k's guards, one per pending variable, first created first; then
