@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,10 @@ def s3_url():
            "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="lua-sessions")
+    bucket = f"lua-sessions-{uuid.uuid4().hex[:12]}"   # moto's state is per process
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
     try:
-        yield "s3://lua-sessions/team"
+        yield f"s3://{bucket}/team"
     finally:
         server.stop()
         for k, v in old.items():
