@@ -737,3 +737,34 @@ def test_bodies_of_format_version_2_are_still_read(tmp_path):
     out = restore_elsewhere(old, [[0, "return kept[3].three, coroutine.status(dead), "
                                       "coroutine.resume(co, 22)"]], tmp_path)
     assert out == {"results": [[3, "dead", True, 42]], "issues": []}
+
+
+def test_python_errors_in_the_serializers_callbacks_never_cross_into_lua(monkeypatch):
+    """The callbacks Lua makes into Python answer a failure instead of
+    raising: every Python object is reported, the rest of the Lua state is
+    saved and restored, both ways."""
+    from lua_kernel.persist import pyobjects
+
+    s = Session()
+    s.execute("objs = {python.builtins.len, python.builtins.abs}; kept = 42")
+
+    def broken(*args):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(pyobjects, "pickle_many", broken)
+        body, issues, _ = state.capture(s)
+    assert sorted(i.path for i in issues) == ["_G.objs[1]", "_G.objs[2]"]
+    assert all("cannot be pickled: RuntimeError: boom" in i.reason for i in issues)
+    fresh = Session()
+    state.apply(fresh, body)
+    assert fresh.execute("return kept, objs[1]") == (42, None)
+
+    body, issues, _ = state.capture(s)
+    assert issues == []
+    monkeypatch.setattr(pyobjects, "unpickle_many", broken)
+    fresh = Session()
+    issues = state.apply(fresh, body)
+    assert [str(i) for i in issues] == [
+        f"_G.objs[{n}]: cannot be unpickled: RuntimeError: boom; restored as nil" for n in (1, 2)]
+    assert fresh.execute("return kept, objs[1]") == (42, None)

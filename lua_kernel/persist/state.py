@@ -24,6 +24,7 @@ used. In the other direction Python bytes become Lua strings exactly.
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -68,30 +69,39 @@ def attach(session):
     return module
 
 
+def _never_raise(failure):
+    """For the callbacks Lua calls: a Python exception must not cross into
+    Lua (it would unwind the serializer half-way); it becomes the callback's
+    answer `failure(exception, *args)`. KeyboardInterrupt and SystemExit
+    still pass."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def guarded(*args):
+            try:
+                return fn(*args)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # noqa: BLE001 - answered, see the docstring
+                return failure(e, *args)
+        return guarded
+
+    return wrap
+
+
 def _reader(read):
     """One of frames.lua's readers of a thread's memory (framepeek.tbc_slots,
     framepeek.ci_states): bytes, or None when it cannot read them."""
-
-    def reader(thread):
-        try:
-            return read(int(thread))
-        except Exception:  # noqa: BLE001 - never raise into Lua
-            return None
-
-    return reader
+    return _never_raise(lambda e, thread: None)(lambda thread: read(int(thread)))
 
 
 def _saved_pcs_many(session):
     """The Python half of state.lua's batch of saved pcs (framepeek.py's
     saved_pcs_many: bytes in, bytes out)."""
 
+    @_never_raise(lambda e, *_: (None, f"the saved pcs cannot be read: {type(e).__name__}: {e}"))
     def many(batch, tables):
-        try:
-            return framepeek.saved_pcs_many(session, to_bytes(batch), tables)
-        except BaseException as e:
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            return None, f"the saved pcs cannot be read: {type(e).__name__}: {e}"
+        return framepeek.saved_pcs_many(session, to_bytes(batch), tables)
 
     return many
 
@@ -113,16 +123,15 @@ def capture(session) -> tuple[bytes, list[Issue], dict]:
     module = _module(session)
     lua = session.lua
 
+    def none_pickled(e, objs, n):
+        reason = f"Python objects cannot be pickled: {type(e).__name__}: {e}"
+        return None, lua.table_from({i: reason for i in range(1, int(n) + 1)})
+
+    @_never_raise(none_pickled)
     def pickle_many(objs, n):
-        try:
-            items = [objs[i] for i in range(1, int(n) + 1)]
-            blob, failures = pyobjects.pickle_many(items)
-            return blob, lua.table_from({i + 1: r for i, r in failures.items()})
-        except BaseException as e:
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            reason = f"Python objects cannot be pickled: {type(e).__name__}: {e}"
-            return None, lua.table_from({i: reason for i in range(1, int(n) + 1)})
+        items = [objs[i] for i in range(1, int(n) + 1)]
+        blob, failures = pyobjects.pickle_many(items)
+        return blob, lua.table_from({i + 1: r for i, r in failures.items()})
 
     try:
         addr, size, head, tail, lua_issues, lua_counts = module.capture(pickle_many)
@@ -150,19 +159,15 @@ def apply(session, body: bytes) -> list[Issue]:
     module = _module(session)
     lua = session.lua
 
+    @_never_raise(lambda e, *_: (False, f"{type(e).__name__}: {e}"))
     def unpickle_at(offset, length):
-        try:
-            offset, length = int(offset), int(length)
-            if offset < 0 or length < 0 or offset + length > len(body):
-                return False, "the Python objects record is outside the body"
-            ok, objs = pyobjects.unpickle_many(body[offset:offset + length])
-            if not ok:
-                return False, objs
-            return True, lua.table_from({i + 1: o for i, o in enumerate(objs) if o is not None})
-        except BaseException as e:
-            if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise
-            return False, f"{type(e).__name__}: {e}"
+        offset, length = int(offset), int(length)
+        if offset < 0 or length < 0 or offset + length > len(body):
+            return False, "the Python objects record is outside the body"
+        ok, objs = pyobjects.unpickle_many(body[offset:offset + length])
+        if not ok:
+            return False, objs
+        return True, lua.table_from({i + 1: o for i, o in enumerate(objs) if o is not None})
 
     try:
         ok, result = module.apply(body, unpickle_at)
