@@ -68,7 +68,7 @@ from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, 
                       TBC_DELTA, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
                       P_LINEINFO, P_SIZEABSLINEINFO, P_SIZECODE, P_SIZELINEINFO, TAG_CCL,
                       TAG_LCF, TAG_LCL)
-from ..runtime import load_lua, to_bytes
+from ..runtime import load_lua, new_runtime, to_bytes
 
 LUA_FILE = "persist/lua/framepeek.lua"
 savedpc_offset = CI_SAVEDPC     # see the module's docstring
@@ -78,8 +78,14 @@ MAXIWTHABS = 128
 MAX_CODE = 1 << 26       # no real prototype is bigger; bounds every read
 MAX_LEVELS = 1 << 20
 
-# lopcodes.h
-OP_CALL, OP_TAILCALL, OP_TFORCALL = 68, 69, 76
+def _opcodes(*names: str) -> tuple[int, ...]:
+    """Opcode numbers from bytecode.lua's table (lopcodes.h's order, checked
+    against lopnames.h by the tests): the package's one list of them."""
+    ops = load_lua(new_runtime(), "persist/lua/bytecode.lua").OP
+    return tuple(int(ops[name]) for name in names)
+
+
+OP_CALL, OP_TAILCALL, OP_TFORCALL = _opcodes("CALL", "TAILCALL", "TFORCALL")
 CALLS = (OP_CALL, OP_TAILCALL)
 
 
