@@ -61,7 +61,9 @@ def collect_until(kc, msg_ids, done, timeout=30):
     deadline = time.monotonic() + timeout
     while not done(messages, idle):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting; got {messages}")
+            log = getattr(kc, "log_path", None)
+            tail = log.read_text(encoding="utf-8", errors="replace")[-3000:] if log else ""
+            raise TimeoutError(f"gave up waiting; got {messages}; the kernel's log ends:\n{tail}")
         try:
             msg = kc.get_iopub_msg(timeout=0.2)
         except queue.Empty:
