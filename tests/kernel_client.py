@@ -83,3 +83,11 @@ def execute(kc, code: str, timeout: float = 30, stdin=None, metadata=None):
 def stdout_of(messages, name="stdout") -> str:
     return "".join(m["content"]["text"] for m in messages
                    if m["msg_type"] == "stream" and m["content"]["name"] == name)
+
+
+def value(kc, code):
+    """A cell's text/plain result (None when it shows nothing); the cell must succeed."""
+    reply, msgs = execute(kc, code)
+    assert reply["content"]["status"] == "ok", msgs
+    results = [m for m in msgs if m["msg_type"] == "execute_result"]
+    return results[0]["content"]["data"]["text/plain"] if results else None

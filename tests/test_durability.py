@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import crash_cycle
-from kernel_client import execute, running_kernel, stdout_of
+from kernel_client import execute, running_kernel, stdout_of, value
 from lua_kernel.persist.store import Store, slug
 
 pytestmark = pytest.mark.kernel
@@ -59,13 +59,6 @@ def fill(mnt: Path) -> Path:
         except OSError:
             pass
     return filler
-
-
-def value(kc, code):
-    reply, msgs = execute(kc, code)
-    assert reply["content"]["status"] == "ok", msgs
-    results = [m for m in msgs if m["msg_type"] == "execute_result"]
-    return results[0]["content"]["data"]["text/plain"] if results else None
 
 
 def kill(km) -> None:

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from kernel_client import execute, running_kernel, stdout_of
+from kernel_client import execute, running_kernel, stdout_of, value
 from lua_kernel.persist.store import Store
 
 pytestmark = pytest.mark.kernel
@@ -16,13 +16,6 @@ pytestmark = pytest.mark.kernel
 def notebook():
     """A fresh notebook key (what jupyter_server puts in JPY_SESSION_NAME)."""
     return f"work/{uuid.uuid4().hex[:8]}/analysis.ipynb"
-
-
-def value(kc, code):
-    reply, msgs = execute(kc, code)
-    assert reply["content"]["status"] == "ok", msgs
-    results = [m for m in msgs if m["msg_type"] == "execute_result"]
-    return results[0]["content"]["data"]["text/plain"] if results else None
 
 
 def wait_for_autosave(notebook, count, timeout=20):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_client import execute, running_kernel, stdout_of
+from kernel_client import execute, running_kernel, stdout_of, value
 from lua_sources import lua54_dir
 
 pytestmark = pytest.mark.kernel
@@ -30,13 +30,6 @@ def notebook_dir(tmp_path_factory):
                     str(HERE / "data" / "tiny_module.c"), "-o", str(lib / "tiny.so")],
                    check=True)
     return root
-
-
-def value(kc, code):
-    reply, msgs = execute(kc, code)
-    assert reply["content"]["status"] == "ok", msgs
-    results = [m for m in msgs if m["msg_type"] == "execute_result"]
-    return results[0]["content"]["data"]["text/plain"] if results else None
 
 
 def test_modules_in_the_notebooks_lua_modules_tree(notebook_dir):
