@@ -288,7 +288,18 @@ def test_control_comm_answers_request_states(kernel):
                                           "data": {}})
     opened["metadata"]["version"] = "1.0.0"
     kc.shell_channel.send(opened)
-    msg_id, messages = send_comm(kc, control, {"method": "request_states"})
+    msg_id, _ = send_comm(kc, control, {"method": "request_states"}, wait=False)
+    # The comm_msg may arrive while the comm_open is still being handled;
+    # ipykernel 7 then runs it concurrently, without busy/idle status, so
+    # the answer itself (and the open's idle) is what we wait for.
+    opened_id = opened["header"]["msg_id"]
+
+    def answered(got, idle):
+        return opened_id in idle and any(
+            m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update_states"
+            for m in got[msg_id])
+
+    messages = collect_until(kc, [opened_id, msg_id], answered)[msg_id]
     [reply] = [m for m in messages if m["msg_type"] == "comm_msg"
                and m["content"]["data"].get("method") == "update_states"]
     states = reply["content"]["data"]["states"]
