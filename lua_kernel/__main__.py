@@ -18,10 +18,10 @@ def _install(args) -> int:
 def _can_write_system() -> bool:
     import os
 
-    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_core.paths import SYSTEM_JUPYTER_PATH
 
-    target = KernelSpecManager()._get_destination_dir("lua", user=False, prefix=None)
-    parent = os.path.dirname(target)
+    # where jupyter_client's KernelSpecManager installs a system-wide kernelspec
+    parent = os.path.join(SYSTEM_JUPYTER_PATH[0], "kernels")
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     return os.access(parent, os.W_OK)

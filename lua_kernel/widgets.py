@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import uuid
+import weakref
 from typing import Any, Callable
 
 from lupa import lua54
@@ -133,11 +134,21 @@ def _revive(id: str, module: str, name: str, state: dict) -> Ref:
     return Ref(spec=(module, name, state), id=id)
 
 
+# id(widget) -> its Ref. The widget keeps its Ref alive (the Ref observes
+# it), so an entry lives exactly as long as its widget.
+_REFS: weakref.WeakValueDictionary[int, Ref] = weakref.WeakValueDictionary()
+
+
+def _tie(ref: Ref, widget) -> None:
+    _REFS[id(widget)] = ref
+    widget.observe(ref.changed)
+
+
 def _ref_of(widget) -> Ref:
-    ref = widget.__dict__.get("_lua_ref")
-    if ref is None:
+    ref = _REFS.get(id(widget))
+    if ref is None or ref.widget is not widget:
         ref = Ref(widget)
-        widget._lua_ref = ref
+        _tie(ref, widget)
     return ref
 
 
@@ -215,7 +226,7 @@ class WidgetHost:
             "repr": self._repr, "capture_begin": self._capture_begin,
             "capture_end": self._capture_end, "show_error": self._show_error,
         })
-        self.lua_side = load_lua(self.lua, "widgets.lua", host, session._lua_side)
+        self.lua_side = load_lua(self.lua, "widgets.lua", host, session.lua_side)
         self._rawget = self.lua.eval("rawget")
 
     # -- for the kernel and the session ------------------------------------
@@ -252,8 +263,7 @@ class WidgetHost:
         """Tie a widget to its Ref and this host: its changes and clicks are
         queued once Lua asks for them."""
         ref.widget, ref.host, ref.spec = widget, self, None
-        widget._lua_ref = ref
-        widget.observe(ref.changed)
+        _tie(ref, widget)
         if hasattr(widget, "on_click"):
             widget.on_click(ref.click)
         if ref.proxy is None:       # restored: its proxy (and callbacks) may be in Lua
@@ -380,7 +390,7 @@ class WidgetHost:
         except Exception as e:  # noqa: BLE001 - the method's error becomes a Lua error
             return False, f"{name}: {_message(e)}"
         if name == "close":
-            self.lua_side.forget(widget._lua_ref.id)
+            self.lua_side.forget(_ref_of(widget).id)
         return True, self.to_lua(result)
 
     def _observed(self, p) -> None:

@@ -40,3 +40,33 @@ def test_modules_that_start_kernels_carry_the_kernel_marker():
         if names & set(STARTS_A_KERNEL) and "pytestmark = pytest.mark.kernel" not in source:
             missing.append(path.name)
     assert missing == [], missing
+
+
+PACKAGE = Path(lua_kernel.__file__).resolve().parent
+# Names every module may use: Python's own (os._exit, sys._getframe,
+# namedtuple's _replace/_asdict); names ending in "_" are protocols
+# (_repr_mimebundle_, ctypes' _fields_).
+ALLOWED_PRIVATE = {"_exit", "_getframe", "_replace", "_asdict", "_fields"}
+
+
+def test_no_module_reaches_into_another_objects_private_attributes():
+    """The rooms keep to their borders (issue 9): `x._name` only on self/cls."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__") and not node.attr.endswith("_")
+                    and node.attr not in ALLOWED_PRIVATE
+                    and not (isinstance(node.value, ast.Name)
+                             and node.value.id in ("self", "cls"))):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: .{node.attr}")
+    assert found == [], found
+
+
+def test_session_imports_nothing_from_persistence():
+    tree = ast.parse((PACKAGE / "session.py").read_text(encoding="utf-8"))
+    imported = [(n.module or "") + ":" + ",".join(a.name for a in n.names)
+                for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert [i for i in imported if "persist" in i] == []

@@ -81,8 +81,8 @@ class Store:
         self.root = root.rstrip("/")
         self.keep = max(1, int(keep or os.environ.get(KEEP_ENV) or DEFAULT_KEEP))
         self._keyed: set[str] = set()      # folders whose key file is written
-        self._local = "://" not in self.root or self.root.startswith("file://")
-        if self._local:
+        self.local = "://" not in self.root or self.root.startswith("file://")
+        if self.local:
             self.root = self.root.removeprefix("file://")
             self.fs = None
         else:
@@ -95,20 +95,21 @@ class Store:
         return os.environ.get(STORE_ENV, "").strip().lower() in ("off", "none", "0", "false")
 
     def describe(self) -> str:
-        if self._local:
+        if self.local:
             return self.root
         proto = self.fs.protocol[0] if isinstance(self.fs.protocol, tuple) else self.fs.protocol
         return f"{proto}://{self.root}"
 
     # -- primitive file operations (local or fsspec) -----------------------------
 
-    def _path(self, *parts: str) -> str:
+    def path(self, *parts: str) -> str:
+        """The store's path (or URL) of a file inside it."""
         return "/".join([self.root, *parts])
 
-    def _write(self, path: str, data: bytes, durable: bool = True) -> None:
+    def write_file(self, path: str, data: bytes, durable: bool = True) -> None:
         """Atomic: the file appears whole or not at all. durable=False leaves
         the fsync to `sync` (the bytes survive the process, not the machine)."""
-        if not self._local:
+        if not self.local:
             tmp = path + PARTIAL
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, path)
@@ -134,24 +135,24 @@ class Store:
 
     def sync(self, entry: Entry) -> None:
         """Make a snapshot written with durable=False survive a machine crash."""
-        if self._local and entry.path:
+        if self.local and entry.path:
             try:
                 _fsync_path(entry.path)
             except FileNotFoundError:      # pruned meanwhile: nothing to keep
                 return
             _fsync_path(os.path.dirname(entry.path))
 
-    def _read(self, path: str) -> bytes | None:
+    def read_file(self, path: str) -> bytes | None:
         try:
-            if self._local:
+            if self.local:
                 return Path(path).read_bytes()
             return self.fs.cat_file(path)
         except (FileNotFoundError, IsADirectoryError):
             return None
 
-    def _remove(self, path: str) -> bool:
+    def remove_file(self, path: str) -> bool:
         try:
-            if self._local:
+            if self.local:
                 os.unlink(path)
             else:
                 self.fs.rm_file(path)
@@ -163,7 +164,7 @@ class Store:
         """(name, size, modified) of the files directly in path."""
         out = []
         try:
-            if self._local:
+            if self.local:
                 with os.scandir(path) as it:
                     for e in it:
                         if e.is_file():
@@ -195,11 +196,11 @@ class Store:
         else:
             check_name(name)
         if folder not in self._keyed:
-            if self._read(self._path(folder, "key")) is None:
-                self._write(self._path(folder, "key"), key.encode())
+            if self.read_file(self.path(folder, "key")) is None:
+                self.write_file(self.path(folder, "key"), key.encode())
             self._keyed.add(folder)
-        path = self._path(folder, name + SUFFIX)
-        self._write(path, data, durable)
+        path = self.path(folder, name + SUFFIX)
+        self.write_file(path, data, durable)
         if prune and name.startswith(AUTO_PREFIX):
             self.prune(key)
         return Entry(key, name, len(data), time.time(), path)
@@ -208,43 +209,43 @@ class Store:
         """Keep the newest `keep` autosaves."""
         autos = [e for e in self.list(key) if e.auto]
         for old in autos[:-self.keep]:
-            self._remove(self._path(slug(key), old.name + SUFFIX))
+            self.remove_file(self.path(slug(key), old.name + SUFFIX))
 
     def clean_partials(self, key: str) -> int:
         """Remove temporary files left by writes that were killed midway."""
-        names = [n for n, _, _ in self._listdir(self._path(slug(key)))
+        names = [n for n, _, _ in self._listdir(self.path(slug(key)))
                  if n.startswith(PARTIAL + "-") or n.endswith(PARTIAL)]
-        return sum(self._remove(self._path(slug(key), n)) for n in names)
+        return sum(self.remove_file(self.path(slug(key), n)) for n in names)
 
     def list(self, key: str) -> list[Entry]:
         """The snapshots of one notebook, oldest first."""
-        entries = [Entry(key, n[:-len(SUFFIX)], size, mtime, self._path(slug(key), n))
-                   for n, size, mtime in self._listdir(self._path(slug(key)))
+        entries = [Entry(key, n[:-len(SUFFIX)], size, mtime, self.path(slug(key), n))
+                   for n, size, mtime in self._listdir(self.path(slug(key)))
                    if n.endswith(SUFFIX)]
         return sorted(entries, key=lambda e: (e.modified, e.name))
 
     def keys(self) -> list[str]:
         """Every notebook key that has a folder here."""
         out = []
-        if self._local:
+        if self.local:
             folders = [e.path for e in os.scandir(self.root)] if os.path.isdir(self.root) else []
         else:
             folders = [i["name"] for i in self.fs.ls(self.root, detail=True)
                        if i.get("type") == "directory"] if self.fs.exists(self.root) else []
         for folder in folders:
-            raw = self._read(folder.rstrip("/") + "/key")
+            raw = self.read_file(folder.rstrip("/") + "/key")
             if raw is not None:
                 out.append(raw.decode("utf-8", "replace"))
         return sorted(out)
 
     def read(self, entry: Entry) -> bytes | None:
-        return self._read(entry.path or self._path(slug(entry.key), entry.name + SUFFIX))
+        return self.read_file(entry.path or self.path(slug(entry.key), entry.name + SUFFIX))
 
     def readable(self, key: str) -> bool:
         """Can this notebook's snapshots be read (even if not written)?"""
-        folder = self._path(slug(key))
+        folder = self.path(slug(key))
         try:
-            if self._local:
+            if self.local:
                 return os.path.isdir(folder) or not os.path.exists(folder)
             return not self.fs.exists(folder) or self.fs.isdir(folder)
         except OSError:
@@ -256,7 +257,7 @@ class Store:
         if name is not None:
             entries = [e for e in entries if e.name == name]
         for entry in reversed(entries):
-            data = self._read(self._path(slug(key), entry.name + SUFFIX))
+            data = self.read_file(self.path(slug(key), entry.name + SUFFIX))
             if data is not None:
                 return entry, data
         return None
@@ -266,13 +267,13 @@ class Store:
         entries = self.list(key)
         if name is not None:
             entries = [e for e in entries if e.name == name]
-        n = sum(self._remove(self._path(slug(key), e.name + SUFFIX)) for e in entries)
+        n = sum(self.remove_file(self.path(slug(key), e.name + SUFFIX)) for e in entries)
         if name is None:                  # the notebook is forgotten entirely
-            self._remove(self._path(slug(key), "restart"))
-            self._remove(self._path(slug(key), "key"))
-            if self._local:
+            self.remove_file(self.path(slug(key), "restart"))
+            self.remove_file(self.path(slug(key), "key"))
+            if self.local:
                 try:
-                    os.rmdir(self._path(slug(key)))
+                    os.rmdir(self.path(slug(key)))
                 except OSError:
                     pass
         return n
@@ -280,17 +281,17 @@ class Store:
     # -- marks left for the next kernel -------------------------------------------
 
     def mark(self, key: str, name: str, text: str = "") -> None:
-        self._write(self._path(slug(key), name), text.encode())
+        self.write_file(self.path(slug(key), name), text.encode())
 
     def take_mark(self, key: str, name: str) -> str | None:
         """The mark's text (and the mark is gone), or None if there is none.
         A mark that cannot be removed (read-only store) is still read."""
-        path = self._path(slug(key), name)
-        raw = self._read(path)
+        path = self.path(slug(key), name)
+        raw = self.read_file(path)
         if raw is None:
             return None
         try:
-            self._remove(path)
+            self.remove_file(path)
         except OSError:
             pass
         return raw.decode("utf-8", "replace")
@@ -328,7 +329,7 @@ class Lease:
     def __init__(self, store: Store, key: str):
         self.store, self.key = store, key
         self.id = uuid.uuid4().hex
-        self._path = store._path(slug(key), "lease")
+        self._path = store.path(slug(key), "lease")
         self._lock = None
         self._renewer: threading.Timer | None = None
         self.held = False
@@ -338,7 +339,7 @@ class Lease:
                 "since": time.time(), "expires": time.time() + self.TTL}
 
     def holder(self) -> dict | None:
-        raw = self.store._read(self._path)
+        raw = self.store.read_file(self._path)
         try:
             return json.loads(raw) if raw else None
         except ValueError:
@@ -347,7 +348,7 @@ class Lease:
     def acquire(self) -> dict | None:
         """Take the lease: None when it is ours now, else the holder's record.
         Raises OSError when the store cannot be written."""
-        if self.store._local:
+        if self.store.local:
             lock = self._open_lock()
             other = self.holder()
             if not _try_lock(lock):
@@ -366,9 +367,9 @@ class Lease:
         return None
 
     def _claim(self) -> None:
-        self.store._write(self._path, json.dumps(self._record()).encode())
+        self.store.write_file(self._path, json.dumps(self._record()).encode())
         self.held = True
-        if not self.store._local:
+        if not self.store.local:
             self._renew_later()
 
     def _renew_later(self) -> None:
@@ -379,7 +380,7 @@ class Lease:
     def _renew(self) -> None:
         try:
             if self.mine():
-                self.store._write(self._path, json.dumps(self._record()).encode())
+                self.store.write_file(self._path, json.dumps(self._record()).encode())
                 self._renew_later()
         except Exception:  # noqa: BLE001 - any backend's error: a write will report it
             self._renew_later()     # try again
@@ -399,7 +400,7 @@ class Lease:
         stops writing at its next save. Returns the previous holder's record."""
         before = self.holder()
         self._claim()
-        if self.store._local and self._lock is None:
+        if self.store.local and self._lock is None:
             threading.Thread(target=self._wait_for_lock, daemon=True).start()
         return before
 
@@ -425,7 +426,7 @@ class Lease:
         """A kernel that shuts down: the record goes, then the lock."""
         try:
             if self.mine():
-                self.store._remove(self._path)
+                self.store.remove_file(self._path)
         except OSError:
             pass
         self.release()
