@@ -35,6 +35,7 @@ import sys
 import time
 
 from lua_kernel import Session
+from lua_kernel.persist import new_session
 from lua_kernel.persist import state
 from lua_kernel.session import seal
 
@@ -105,7 +106,7 @@ def part_a(reps: int):
     expected = None
     for label, start in (("not started", ""), ("same data in plain tables", PLAIN),
                          ("suspended 10 frames deep", START)):
-        s = Session()
+        s = new_session()
         run(s, DEEP % "" + start if start == PLAIN else DEEP % start)
         body = None
 
@@ -119,13 +120,13 @@ def part_a(reps: int):
         restored = []
 
         def restore(body=body, restored=restored):
-            fresh = Session()
+            fresh = new_session()
             assert state.apply(fresh, body) == []
             restored.append(fresh)
 
         t_restore = median_time(restore, reps)
         if start == START:
-            native = Session()
+            native = new_session()
             run(native, DEEP % start)
             expected = run(native, FINISH)
             got = run(restored[-1], FINISH)
@@ -138,7 +139,7 @@ def part_b(reps: int, n: int):
     native_t, finisher_t = [], []
     result = None
     for _ in range(reps):
-        s = Session()
+        s = new_session()
         run(s, LOOP % n)
         run(s, f"native = coroutine.create(body); coroutine.resume(native, {n})")
         t0 = time.perf_counter()
@@ -146,7 +147,7 @@ def part_b(reps: int, n: int):
         native_t.append(time.perf_counter() - t0)
         body, issues, _ = state.capture(s)
         assert not issues
-        fresh = Session()
+        fresh = new_session()
         state.apply(fresh, body)
         t0 = time.perf_counter()
         got = run(fresh, "return coroutine.resume(looper, true)")

@@ -7,10 +7,10 @@ For each data set, in one Session:
                  of the same prototypes with copied (and rejoined) upvalues;
                  strings are shared, being values: the baseline, measured in
                  the same run;
-  * capture    — Session.capture(): the serialization, the only part on the
+  * capture    — persist.capture(): the serialization, the only part on the
                  request path;
-  * snapshot   — Session.snapshot(): capture + zstd + HMAC;
-  * restore    — Session.restore(data): verify, inflate, a fresh Lua state,
+  * snapshot   — persist.snapshot_of(): capture + zstd + HMAC;
+  * restore    — persist.restore(data): verify, inflate, a fresh Lua state,
                  and rebuilding the data in it;
   * size       — the snapshot's bytes.
 Then the per-cell autosave overhead through a real kernel: the round trip of
@@ -115,19 +115,19 @@ def median_time(fn, reps: int) -> float:
 
 
 def bench_datasets(reps: int) -> list[dict]:
-    from lua_kernel import Session
+    from lua_kernel import persist
 
     rows = []
     for name, setup in DATASETS.items():
-        s = Session()
+        s = persist.new_session()
         s.execute(setup + "\n" + DEEP_COPY, name="setup")
         copy = s.lua.eval("function() local c = deep_copy(data) return c ~= nil end")
         t_copy = median_time(copy, reps)
-        t_capture = median_time(s.capture, reps)
-        data = s.snapshot()
-        t_snapshot = median_time(s.snapshot, reps)
-        t_restore = median_time(lambda data=data: Session.restore(data), reps)
-        r = Session.restore(data)
+        t_capture = median_time(lambda s=s: persist.capture(s), reps)
+        data = persist.snapshot_of(s).data
+        t_snapshot = median_time(lambda s=s: persist.snapshot_of(s), reps)
+        t_restore = median_time(lambda data=data: persist.restore(data), reps)
+        r = persist.restore(data).session
         assert r.execute("#data")[0] == s.execute("#data")[0], name
         rows.append({"data": name, "deep_copy": t_copy, "capture": t_capture,
                      "snapshot": t_snapshot, "restore": t_restore, "size": len(data),
@@ -164,12 +164,13 @@ def bench_autosave(rounds: int) -> list[dict]:
                     times[autosave] = statistics.median(samples)
                     if autosave == "1":
                         window = commit_window(kc, env, execute)
-            from lua_kernel import Session
+            from lua_kernel import persist
 
-            s = Session()
+            s = persist.new_session()
             s.execute(setup, name="setup")
             rows.append({"state": label, "lua_mb": mb, "autosave_on": times["1"],
-                         "autosave_off": times["0"], "capture": median_time(s.capture, 3),
+                         "autosave_off": times["0"],
+                         "capture": median_time(lambda s=s: persist.capture(s), 3),
                          "window": window})
     return rows
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import zmq
 from ipykernel.kernelbase import Kernel
 
-from . import __version__, introspect, widgets
+from . import __version__, introspect, persist, widgets
 from .magics import Magics, is_magic_cell
 from .native import lua_release
 from .persistence import Persistence, key_from_cell_id
@@ -76,8 +76,7 @@ class LuaKernel(Kernel):
         self._job: tuple | None = None
         self.history: list[tuple[int, int, str, str | None]] = []  # session, line, in, out
         self.history_session = 1
-        self.persistence = Persistence(log=self.log)
-        self.persistence.request_capture = self._request_capture
+        self.persistence = Persistence(log=self.log, request_capture=self._request_capture)
         self._interrupt_since: float | None = None    # the running cell's first interrupt
         self._escalate_after = float(os.environ.get(ESCALATE_ENV) or ESCALATE_AFTER)
         # widgets (issue 11): comms, answered in the Lua thread like cells
@@ -102,19 +101,19 @@ class LuaKernel(Kernel):
         )
 
     def _new_session(self) -> Session:
-        return Session(**self._session_kwargs())
+        return persist.new_session(**self._session_kwargs())
 
     # -- what persistence needs from the kernel (persistence_magics.Host):
     #    lua_session, make_session, use_session, snapshot_extras
 
-    def make_session(self, data: bytes) -> Session:
+    def make_session(self, data: bytes) -> persist.Restored:
         """A session from a snapshot; the kernel's counters continue from it, so
         chunk names (In[n]) of restored functions stay unique."""
-        session = Session.restore(data, **self._session_kwargs())
-        extras = session.restored_from.kernel
-        session.cell_sources = dict(extras.get("cell_sources", {}))
+        restored = persist.restore(data, **self._session_kwargs())
+        extras = restored.info.kernel
+        restored.session.cell_sources = dict(extras.get("cell_sources", {}))
         self.execution_count = max(self.execution_count, extras.get("execution_count", 0))
-        return session
+        return restored
 
     def use_session(self, session: Session) -> None:
         self.lua_session = session
@@ -235,9 +234,9 @@ class LuaKernel(Kernel):
         self._cell_allow_stdin = allow_stdin
         if self.persistence.key is None:
             await self._key_from_frontend(cell_meta, cell_id)
-        if self.persistence.notice and not silent:
-            self._stream("stdout", self.persistence.notice + "\n")
-            self.persistence.notice = None
+        notice = None if silent else self.persistence.take_notice()
+        if notice:
+            self._stream("stdout", notice + "\n")
         self._tell_persistence(silent)
         if store_history and not silent:
             self.history.append((self.history_session, self.execution_count, code, None))
@@ -285,7 +284,7 @@ class LuaKernel(Kernel):
         key = key_from_cell_id(cell_id or (cell_meta or {}).get("cellId"))
         if key is None:
             return
-        self.persistence.key = key
+        self.persistence.use_key(key)
         if self.execution_count <= 1 and not self.lua_session.user_globals():
             restored = await self._in_lua(self.persistence.at_start, self.make_session)
             if restored is not None:

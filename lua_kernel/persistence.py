@@ -32,9 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from .persist import Restored, capture, seal
 from .persist.snapshot import SnapshotError, info_of, load_secret
 from .persist.store import SUFFIX, Entry, Store
-from .session import Session, format_bytes, seal
+from .session import Session, format_bytes
 
 KEY_ENV = "JPY_SESSION_NAME"
 AUTOSAVE_ENV = "LUA_KERNEL_AUTOSAVE"
@@ -87,7 +88,10 @@ class Persistence:
     """The autosave and restore policy of one kernel."""
 
     def __init__(self, key: str | None = None, store: Store | None = None,
-                 log: logging.Logger | None = None):
+                 log: logging.Logger | None = None,
+                 request_capture: Callable[[], None] | None = None):
+        """`request_capture()` asks the kernel to call capture_due() in its Lua
+        thread when it is free (a big state is saved between cells)."""
         self.store = None if Store.disabled() else (store or Store())
         self.key = key if key is not None else os.environ.get(KEY_ENV) or None
         self.autosave = os.environ.get(AUTOSAVE_ENV, "1").strip().lower() not in (
@@ -106,10 +110,11 @@ class Persistence:
         self._told: list[str] = []            # messages for the next cell's stderr
         self._save_times: deque[float] = deque([0.0], maxlen=RECENT_SAVES)
         self.restore_seconds = 0.0
+        self.restored: Restored | None = None  # the last restore: its issues and header
         # cell generations: every cell bumps `cells`; `saved` is the newest on disk
         self.cells = 0
         self.saved = 0
-        self.request_capture: Callable[[], None] | None = None   # set by the kernel
+        self.request_capture = request_capture
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="snapshot-writer")
         self._lock = threading.Lock()
         self._in_flight = 0                   # big-state writes queued or running
@@ -234,7 +239,7 @@ class Persistence:
             return
         t0 = time.perf_counter()
         try:
-            body, issues, counts = session.capture()
+            body, issues, counts = capture(session)
             if not self._may_write():
                 return
             data = self._seal(body, counts, kernel)
@@ -257,7 +262,7 @@ class Persistence:
         generation = self.cells
         t0 = time.perf_counter()
         try:
-            body, issues, counts = session.capture()
+            body, issues, counts = capture(session)
         except Exception as e:  # noqa: BLE001
             self._failed(e, "autosave")
             return
@@ -323,7 +328,7 @@ class Persistence:
             raise SnapshotError(self.why_inactive())
         if self.read_only:
             raise SnapshotError(f"this kernel does not save: {self.read_only}")
-        body, issues, counts = session.capture()
+        body, issues, counts = capture(session)
         self.wait()
         if not self._may_write():
             raise SnapshotError(f"this kernel does not save: {self.read_only}")
@@ -377,7 +382,7 @@ class Persistence:
 
     # -- restoring -----------------------------------------------------------------
 
-    def restore(self, make: Callable[[bytes], Session], name: str | None = None,
+    def restore(self, make: Callable[[bytes], Restored], name: str | None = None,
                 *, only_own: bool = False) -> Session | None:
         """A Session restored from this notebook's newest (or named) snapshot,
         or None if there is none. Raises SnapshotError for unusable data.
@@ -400,13 +405,11 @@ class Persistence:
                         skipped.append(f"'{entry.name}' belongs to another notebook "
                                        f"({owner}); %restore {entry.name} loads it anyway")
                         continue
-                t0 = time.perf_counter()
-                session = make(data)
+                session = self._restore_from(make, data)
             except SnapshotError as e:
                 first_error = first_error or e
                 skipped.append(f"'{entry.name}' cannot be restored: {e}")
                 continue
-            self.restore_seconds = time.perf_counter() - t0
             self.skipped = skipped
             return session
         self.skipped = skipped
@@ -414,7 +417,14 @@ class Persistence:
             raise first_error
         return None
 
-    def at_start(self, make: Callable[[bytes], Session]) -> Session | None:
+    def _restore_from(self, make: Callable[[bytes], Restored], data: bytes) -> Session:
+        t0 = time.perf_counter()
+        restored = make(data)
+        self.restore_seconds = time.perf_counter() - t0
+        self.restored = restored
+        return restored.session
+
+    def at_start(self, make: Callable[[bytes], Restored]) -> Session | None:
         """What a new kernel does first: restore, unless it was restarted."""
         if not self.active:
             return None
@@ -443,7 +453,7 @@ class Persistence:
         if self.skipped:
             notes += ["Passed over: " + s for s in self.skipped]
         if session is not None:
-            notes.append(self.restore_report(session))
+            notes.append(self.restore_report())
         self.notice = "\n".join(notes) or None
         return session
 
@@ -469,7 +479,7 @@ class Persistence:
         except OSError as e:
             self.log.error("could not leave a note for the next kernel: %s", e)
 
-    def restore_chosen(self, make: Callable[[bytes], Session], name: str | None) -> Session:
+    def restore_chosen(self, make: Callable[[bytes], Restored], name: str | None) -> Session:
         """%restore: the newest snapshot, a named one, or a .luasnap file the
         user received. No name right after a restart means the pre-restart
         state. Raises SnapshotError when there is nothing usable."""
@@ -478,9 +488,7 @@ class Persistence:
         self.wait()
         self.skipped = []
         if name and name.endswith(SUFFIX) and os.path.isfile(name):
-            t0 = time.perf_counter()
-            session = make(Path(name).read_bytes())
-            self.restore_seconds = time.perf_counter() - t0
+            session = self._restore_from(make, Path(name).read_bytes())
         else:
             session = self.restore(make, name)
         if session is None:
@@ -516,8 +524,18 @@ class Persistence:
         return (f"The previous state is kept as '{BEFORE_RESET}': %restore {BEFORE_RESET} "
                 f"brings it back.")
 
-    def restore_report(self, session: Session) -> str:
-        info = session.restored_from
+    def use_key(self, key: str) -> None:
+        """The notebook's key, learnt from the frontend after start (VS Code)."""
+        self.key = key
+
+    def take_notice(self) -> str | None:
+        """What the kernel shows with the next cell's output, once."""
+        notice, self.notice = self.notice, None
+        return notice
+
+    def restore_report(self) -> str:
+        """What the last restore brought back (and what it could not)."""
+        info = self.restored.info
         c = info.counts
         parts = [f"{c[k]:,} {one if c[k] == 1 else many}" for k, one, many in (
             ("tables", "table", "tables"), ("functions", "function", "functions"),
@@ -527,7 +545,7 @@ class Persistence:
                 f"{format_bytes(info.size)}, restored in {self.restore_seconds * 1000:.0f} ms.")
         if self.key and info.notebook and info.notebook != self.key:
             text += f"\nNote: this snapshot was saved by another notebook ({info.notebook})."
-        more = describe_issues(session.restore_issues, "restored")
+        more = describe_issues(self.restored.issues, "restored")
         return text + ("\n" + more if more else "")
 
     def shutdown(self, session: Session, kernel: dict, restart: bool) -> None:

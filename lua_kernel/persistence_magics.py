@@ -12,6 +12,7 @@ import time
 from typing import Protocol
 
 from .magics import MagicError, Magics
+from .persist import Restored
 from .persist.snapshot import SnapshotError
 from .persistence import Persistence, describe_issues, when
 from .session import Session, format_bytes
@@ -22,7 +23,7 @@ class Host(Protocol):
 
     lua_session: Session
 
-    def make_session(self, data: bytes) -> Session: ...
+    def make_session(self, data: bytes) -> Restored: ...
 
     def use_session(self, session: Session) -> None: ...
 
@@ -76,7 +77,7 @@ class PersistenceMagics:
         self.host.use_session(session)
         for note in self.p.skipped:
             self.out("Passed over: " + note)
-        self.out(self.p.restore_report(session))
+        self.out(self.p.restore_report())
 
     def snapshots(self, args: str) -> None:
         self._active("snapshots")
@@ -114,7 +115,7 @@ class PersistenceMagics:
         elif outcome == "restore":      # nothing to lose here: the saved session comes in
             session = self.p.restore(self.host.make_session)
             self.host.use_session(session)
-            self.out(self.p.restore_report(session))
+            self.out(self.p.restore_report())
         else:
             self.out(f"Session '{key}' has a saved state: %restore brings it back, %save "
                      f"replaces it with this one (nothing is saved until you choose).")

@@ -14,15 +14,12 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from lupa import lua54
 
 from . import native
 from .widgets import WidgetHost
-from .persist import snapshot as envelope
-from .persist import state
-from .persist.snapshot import SnapshotError, SnapshotInfo
 from .runtime import (is_lua_object, is_python_object, load_lua, module_paths, name_test,
                       new_runtime, to_bytes)
 
@@ -107,6 +104,12 @@ class Session:
     `clear_output(wait)` a request to clear the cell's output. `max_memory`
     is bytes, a string such as "512M", or 0 for no limit; by default
     $LUA_KERNEL_MAX_MEMORY or 2 GiB.
+
+    `companions` are other rooms' halves that must see the Lua state from
+    its first line: name -> make(session), made at the start of every Lua
+    state (and again after reset()) before any user code, and found with
+    companion(name). Persistence is one (lua_kernel.persist.new_session):
+    it tracks the coroutines and files user code makes.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Session:
         display: Callable[[dict, dict], Any] | None = None,
         clear_output: Callable[[bool], Any] | None = None,
         max_memory: int | str | None = None,
+        companions: Mapping[str, Callable[["Session"], Any]] | None = None,
     ):
         self.stdout = stdout or (lambda text: sys.stdout.write(text))
         self.stderr = stderr or (lambda text: sys.stderr.write(text))
@@ -130,13 +134,11 @@ class Session:
         self.execution_count = 0
         self._lock = threading.Lock()
         self._companions: dict[str, tuple] = {}
+        self._eager = dict(companions or {})
         self._running = False
         self._interrupted = False
         self._flush_timer: threading.Timer | None = None
         self.cell_sources: dict[str, str] = {}   # chunk name -> cell text (inspection)
-        self.save_issues: list = []
-        self.restore_issues: list = []
-        self.restored_from: SnapshotInfo | None = None
         self._start()
 
     # -- the Lua state ------------------------------------------------------
@@ -159,8 +161,9 @@ class Session:
         self.widgets = WidgetHost(self)     # the `widgets` module (ipywidgets, lazily)
         self._interrupter = self._make_interrupter()
         self._fresh_globals = self._globals_now()
-        # before any user code: the serializer's baseline of permanents
-        self._state = state.attach(self)
+        self._companions = {}
+        for name, make in self._eager.items():     # before any user code
+            self._companions[name] = (self.lua, make(self))
 
     def _make_interrupter(self) -> native.Interrupter | None:
         if not native.Interrupter.supported():
@@ -198,16 +201,26 @@ class Session:
         return self.lua.globals()
 
     @property
+    def lua_side(self):
+        """lua/session.lua's module for this runtime: the kernel's Lua half
+        (run, flush, display, watch, is_name, hook, ...), for other rooms'
+        Lua files."""
+        return self._lua_side
+
+    @property
     def repr_lua(self):
         """lua/repr.lua's module for this runtime: how values look."""
         return self._repr
 
-    def companion(self, name: str, make: Callable[["Session"], Any]):
+    def companion(self, name: str, make: Callable[["Session"], Any] | None = None):
         """Another room's companion for this Lua runtime (the inspector's Lua
         half, ...): made by `make(session)` at first use, and made again for
-        the new runtime after reset()."""
+        the new runtime after reset(). Without `make`, one given to
+        Session(companions=...) or made before; LookupError if there is none."""
         found = self._companions.get(name)
         if found is None or found[0] is not self.lua:
+            if make is None:
+                raise LookupError(f"this Session has no companion {name!r}")
             found = (self.lua, make(self))
             self._companions[name] = found
         return found[1]
@@ -315,35 +328,6 @@ class Session:
                 self._interrupter.arm()
         return True
 
-    # -- snapshots ----------------------------------------------------------
-
-    def capture(self) -> tuple[bytes, list, dict]:
-        """Serialize the Lua state: (body, issues, counts). Synchronous and
-        fast; sealing (compression, signing) can happen in another thread."""
-        return state.capture(self)
-
-    def snapshot(self, *, notebook: str = "", kernel: dict | None = None) -> bytes:
-        """The whole Lua state as signed, compressed bytes. Anything that
-        could not be saved is listed, by path, in `self.save_issues`."""
-        body, issues, counts = self.capture()
-        self.save_issues = issues
-        return seal(body, counts, notebook=notebook, kernel=kernel)
-
-    @classmethod
-    def restore(cls, data: bytes, **kwargs) -> "Session":
-        """A new Session that behaves like the one saved in `data` (keyword
-        arguments as for Session()). Unsigned, altered, truncated or foreign
-        data raise SnapshotError. What could not be brought back is listed in
-        `restore_issues`; `restored_from` describes the snapshot."""
-        info, body = envelope.open_snapshot(data, lua_version=native.lua_release())
-        session = cls(**kwargs)
-        try:
-            session.restore_issues = state.apply(session, body)
-        except ValueError as e:
-            raise SnapshotError(f"the snapshot's Lua state cannot be read: {e}") from None
-        session.restored_from = info
-        return session
-
     # -- how values look ----------------------------------------------------
 
     def text(self, value) -> str:
@@ -398,17 +382,6 @@ class Session:
 
     def _display_value(self, value) -> None:
         self.display(*self.format(value))
-
-
-def seal(body: bytes, counts: dict, *, notebook: str = "", kernel: dict | None = None,
-         key: bytes | None = None) -> bytes:
-    """Compress and sign a body from Session.capture() (with the user's
-    secret, or `key`)."""
-    counts = dict(counts)
-    seconds = counts.pop("seconds", None)
-    return envelope.seal(body, notebook=notebook, lua_version=native.lua_release(),
-                         counts=counts, timings={"serialize": seconds}, kernel=kernel,
-                         key=key)
 
 
 # kind -> (MIME type, text/plain fallback; None means the data itself)

@@ -23,6 +23,8 @@ import time
 import pytest
 
 from lua_kernel import Session
+from lua_kernel import persist
+from lua_kernel.persist import new_session
 from lua_kernel.persist import state
 
 # Lua helpers every scenario has: L(...) logs its arguments, tostring'd and
@@ -40,6 +42,7 @@ function R(co, ...) L(coroutine.resume(co, ...)) end
 RESTORER = textwrap.dedent(r"""
     import json, sys
     from lua_kernel import Session
+    from lua_kernel.persist import new_session
     from lua_kernel.persist import state
 
     def run(s, code, name):
@@ -53,7 +56,7 @@ RESTORER = textwrap.dedent(r"""
         issues = []
         result = None
         for i, step in enumerate(case["steps"]):
-            s = Session()
+            s = new_session()
             issues += [str(x) for x in state.apply(s, body)]
             result = run(s, step, f"step{i + 1}")
             body, more, _ = state.capture(s)
@@ -941,13 +944,13 @@ def outcomes(tmp_path_factory):
     """(native logs, restored results) of every scenario."""
     native, cases = {}, {}
     for name, sc in SCENARIOS.items():
-        s = Session()
+        s = new_session()
         run(s, sc["setup"], "setup")
         log = None
         for i, step in enumerate(sc["steps"]):
             log = run(s, step, f"step{i + 1}")
         native[name] = log[0]
-        s = Session()
+        s = new_session()
         run(s, sc["setup"], "setup")
         body, issues, _ = state.capture(s)
         assert not issues, [str(i) for i in issues]
@@ -972,10 +975,10 @@ def test_scenario_matches_native_run(outcomes, name):
 # -- what cannot be captured is refused by path; the rest is saved ----------------
 
 def _saved_and_restored(setup: str):
-    s = Session()
+    s = new_session()
     run(s, PRELUDE + setup, "setup")
-    data = s.snapshot()
-    return s.save_issues, Session.restore(data)
+    saved = persist.snapshot_of(s)
+    return saved.issues, persist.restore(saved.data)
 
 
 def test_a_frame_that_cannot_be_continued_is_refused_by_path(tmp_path):
@@ -995,8 +998,9 @@ def test_a_frame_that_cannot_be_continued_is_refused_by_path(tmp_path):
     """)
     assert [i.path for i in issues] == ["_G.holder.rz"]
     assert "inside a C function" in issues[0].reason
-    assert run(restored, "return keep.answer, holder.rz, keepf()", "check") == (42, None, 42)
-    assert [i.path for i in restored.restore_issues] == ["_G.holder.rz"]
+    assert run(restored.session, "return keep.answer, holder.rz, keepf()", "check") == \
+        (42, None, 42)
+    assert [i.path for i in restored.issues] == ["_G.holder.rz"]
 
 
 def test_framepeek_fallback_infers_and_refuses(monkeypatch):
@@ -1016,21 +1020,21 @@ def test_framepeek_fallback_infers_and_refuses(monkeypatch):
         end)
         coroutine.resume(twice)
         """)
-        assert framepeek.self_check(Session()) is False
+        assert framepeek.self_check(new_session()) is False
     finally:
         monkeypatch.setattr(framepeek, "savedpc_offset", framepeek.CI_SAVEDPC)
         framepeek.reset_self_check()
     assert [i.path for i in issues] == ["_G.twice"]
     assert "cannot locate the suspended call in function setup:" in issues[0].reason
     assert "line 13" in issues[0].reason and "2 calls" in issues[0].reason
-    assert run(restored, "return coroutine.resume(ok, 7)", "check") == (True, 42)
-    assert run(restored, "return twice", "check") == (None,)
+    assert run(restored.session, "return coroutine.resume(ok, 7)", "check") == (True, 42)
+    assert run(restored.session, "return twice", "check") == (None,)
 
 
 def test_probed_registers_get_their_values_back():
     """Sentinel probing sets registers for the duration of a capture only: the
     live coroutine and its closures go on as if nothing happened."""
-    s = Session()
+    s = new_session()
     run(s, """
     co = coroutine.create(function()
       local x, y = 1, {}
@@ -1054,7 +1058,7 @@ def test_a_restored_frame_looping_forever_can_be_interrupted():
 
     from lua_kernel import LuaInterrupt
 
-    s = Session()
+    s = new_session()
     run(s, """
     spin = coroutine.create(function()
       local n = coroutine.yield("ready")
@@ -1062,7 +1066,7 @@ def test_a_restored_frame_looping_forever_can_be_interrupted():
     end)
     coroutine.resume(spin)
     """, "setup")
-    restored = Session.restore(s.snapshot())
+    restored = persist.restore(persist.snapshot_of(s).data).session
     timer = threading.Timer(0.3, restored.interrupt)
     timer.start()
     started = time.monotonic()

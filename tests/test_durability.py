@@ -314,10 +314,10 @@ def test_snapshots_show_takes_a_notebook_path_as_its_key(notebook, tmp_path, mon
 # -- the commit policy, without a kernel (the test thread plays the Lua thread) -----
 
 def make_persistence(tmp_path, notebook):
-    from lua_kernel import Session
+    from lua_kernel.persist import new_session
     from lua_kernel.persistence import Persistence
 
-    return Session(), Persistence(notebook, Store(str(tmp_path / "snaps")))
+    return new_session(), Persistence(notebook, Store(str(tmp_path / "snaps")))
 
 
 def newest_count(p, notebook) -> int:

@@ -3,8 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from lua_kernel.persist import framepeek
+from lua_kernel.persist import framepeek, new_session
 from lua_kernel.persist.framepeek import FramePC, FramePeekError, saved_pcs
+
+
+@pytest.fixture
+def session():
+    """The reader is persistence's: it reads a state persistence follows
+    from its first line (with the original debug functions)."""
+    return new_session()
 
 
 @pytest.fixture

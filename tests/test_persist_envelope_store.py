@@ -203,13 +203,13 @@ def test_s3_store_saves_lists_loads_and_prunes(s3_url):
 # -- a real session's snapshot -----------------------------------------------------
 
 def test_mutations_of_a_real_snapshot_are_refused_and_never_crash():
-    from lua_kernel import Session
+    from lua_kernel import persist
 
-    s = Session()
+    s = persist.new_session()
     s.execute("t = {} for i = 1, 200 do t[i] = {i, tostring(i), i / 3} end "
               "function f(x) return t[x][2] end")
-    data = s.snapshot(notebook="fuzz")
-    assert Session.restore(data).execute("f(7), #t") == ("7", 200)
+    data = persist.snapshot_of(s, notebook="fuzz").data
+    assert persist.restore(data).session.execute("f(7), #t") == ("7", 200)
     rng = random.Random(99)
     for _ in range(200):
         damaged = bytearray(data)
@@ -218,10 +218,10 @@ def test_mutations_of_a_real_snapshot_are_refused_and_never_crash():
         if damaged == data:
             continue
         with pytest.raises(SnapshotError):
-            Session.restore(bytes(damaged))
+            persist.restore(bytes(damaged))
     for cut in range(0, len(data), max(1, len(data) // 100)):
         with pytest.raises(SnapshotError):
-            Session.restore(data[:cut])
+            persist.restore(data[:cut])
     assert s.execute("f(3)") == ("3",)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lua_kernel import Session
+from lua_kernel.persist import new_session
 from lua_kernel.persist import state
 from lua_kernel.persist.state import Issue
 
@@ -25,6 +26,7 @@ from lua_kernel.persist.state import Issue
 RESTORER = textwrap.dedent(r"""
     import json, sys
     from lua_kernel import Session
+    from lua_kernel.persist import new_session
     from lua_kernel.persist import state
     from lua_kernel.runtime import to_bytes
 
@@ -41,7 +43,7 @@ RESTORER = textwrap.dedent(r"""
     results = []
     for index, code in steps:
         if index not in sessions:
-            sessions[index] = Session()
+            sessions[index] = new_session()
             try:
                 issues = [[i.path, i.reason] for i in state.apply(sessions[index], body)]
             except ValueError as e:
@@ -61,7 +63,7 @@ def run(session: Session, code: str, name: str = "setup"):
 
 
 def capture(setup: str):
-    s = Session()
+    s = new_session()
     run(s, setup)
     return state.capture(s)
 
@@ -554,7 +556,7 @@ def test_file_not_opened_with_io_open_restores_closed_with_an_issue(tmp_path):
 
 
 def test_kernel_io_open_keeps_the_original_errors():
-    s = Session()
+    s = new_session()
     # under pcall the C library names a function by its global name
     assert run(s, "return select(2, pcall(io.open))") == (
         "bad argument #1 to 'io.open' (string expected, got no value)",)
@@ -638,10 +640,10 @@ def test_suspended_coroutines_come_back_suspended(tmp_path):
 
 
 def test_restored_coroutines_can_be_saved_again(tmp_path):
-    s = Session()
+    s = new_session()
     run(s, "co = coroutine.create(function(x) return x + 1 end) w = coroutine.wrap(function(x) return -x end)")
     body, _, _ = state.capture(s)
-    s2 = Session()
+    s2 = new_session()
     assert state.apply(s2, body) == []
     body2, issues, _ = state.capture(s2)
     assert issues == []
@@ -661,11 +663,11 @@ def test_malformed_body_raises_value_error():
     body, _, _ = capture("t = {1, 2, 3, s = 'x'} function f() return t end")
     for bad in [b"", b"garbage", body[:len(body) // 2], body[:-1], body + b"\0",
                 b"NOTSTATE" + body[8:], body[:8] + b"\x63\x00\x00\x00" + body[12:]]:
-        s = Session()
+        s = new_session()
         with pytest.raises(ValueError):
             state.apply(s, bad)
     with pytest.raises(ValueError):
-        state.apply(Session(), "not bytes")
+        state.apply(new_session(), "not bytes")
 
 
 def test_restoring_twice_gives_independent_sessions(tmp_path):
@@ -675,7 +677,7 @@ def test_restoring_twice_gives_independent_sessions(tmp_path):
 
 
 def test_capture_leaves_the_session_working():
-    s = Session()
+    s = new_session()
     run(s, "t = {1, 2} co = coroutine.create(print)")
     state.capture(s)
     state.capture(s)
@@ -745,7 +747,7 @@ def test_python_errors_in_the_serializers_callbacks_never_cross_into_lua(monkeyp
     saved and restored, both ways."""
     from lua_kernel.persist import pyobjects
 
-    s = Session()
+    s = new_session()
     s.execute("objs = {python.builtins.len, python.builtins.abs}; kept = 42")
 
     def broken(*args):
@@ -756,14 +758,14 @@ def test_python_errors_in_the_serializers_callbacks_never_cross_into_lua(monkeyp
         body, issues, _ = state.capture(s)
     assert sorted(i.path for i in issues) == ["_G.objs[1]", "_G.objs[2]"]
     assert all("cannot be pickled: RuntimeError: boom" in i.reason for i in issues)
-    fresh = Session()
+    fresh = new_session()
     state.apply(fresh, body)
     assert fresh.execute("return kept, objs[1]") == (42, None)
 
     body, issues, _ = state.capture(s)
     assert issues == []
     monkeypatch.setattr(pyobjects, "unpickle_many", broken)
-    fresh = Session()
+    fresh = new_session()
     issues = state.apply(fresh, body)
     assert [str(i) for i in issues] == [
         f"_G.objs[{n}]: cannot be unpickled: RuntimeError: boom; restored as nil" for n in (1, 2)]

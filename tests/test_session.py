@@ -346,13 +346,23 @@ def test_no_hook_is_active_while_code_runs(session):
     assert session.execute("debug.gethook()") == (None,)
 
 
-def test_coroutines_created_by_user_code_are_remembered(session):
-    session.execute("f = function() end; co = coroutine.create(f); "
-                    "g = function() end; w = coroutine.wrap(g)")
-    remembered = session.lua.eval(
-        "function(M) return M.thread_fn[co] == f, "
-        "M.thread_fn[select(2, debug.getupvalue(w, 1))] == g end")
-    assert remembered(session._lua_side) == (True, True)
+def test_watchers_are_told_of_the_threads_and_files_user_code_makes(session, tmp_path):
+    """What persistence tracks from the first line (lua_kernel.persist): the
+    kernel tells every watcher, and keeps no record itself."""
+    seen = session.lua.eval("""function(M)
+      local seen = {}
+      M.watch("thread", function(co, f, w) seen[#seen + 1] = {co, f, w or false} end)
+      M.watch("file", function(fh, name, mode) seen[#seen + 1] = {fh, name, mode} end)
+      return seen end""")(session.lua_side)
+    path = str(tmp_path / "f.txt")
+    session.execute(f"f = function() end; co = coroutine.create(f); "
+                    f"g = function() end; w = coroutine.wrap(g); fh = io.open({path!r}, 'w')")
+    check = session.lua.eval("""function(seen) return #seen,
+      seen[1][1] == co and seen[1][2] == f and seen[1][3] == false,
+      seen[2][1] == select(2, debug.getupvalue(w, 1)) and seen[2][2] == g and seen[2][3] == w,
+      seen[3][1] == fh, seen[3][2], seen[3][3] end""")
+    assert check(seen) == (3, True, True, True, path, "w")
+    session.execute("fh:close()")
 
 
 # Calls of the library functions the kernel replaces, with bad arguments:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lua_kernel import LuaError, Session
+from lua_kernel import LuaError, Session, persist
 
 
 # -- the module on a Session ---------------------------------------------------
@@ -71,7 +71,7 @@ def test_button_on_click_and_interactive():
 def test_widgets_come_back_after_a_snapshot():
     """Recreate, not report: the class and state come back as a new model,
     the Lua callbacks with it, and shared widgets stay shared."""
-    s = Session()
+    s = persist.new_session()
     s.execute("""
         w = widgets.IntSlider{min = 0, max = 10, value = 3, description = "n"}
         log = {}
@@ -82,10 +82,10 @@ def test_widgets_come_back_after_a_snapshot():
         b:on_click(function() clicks = clicks + 1 end)
         box = widgets.VBox{w, dd, b, layout = widgets.Layout{width = "50%"}}
         w.value = 4 """)
-    data = s.snapshot()
-    assert s.save_issues == []
-    r = Session.restore(data)
-    assert r.restore_issues == []
+    data, issues = persist.snapshot_of(s)
+    assert issues == []
+    r, issues, _ = persist.restore(data)
+    assert issues == []
     old_id = s.execute("return w.model_id")[0]
     assert r.execute("""
         w.value = 7
@@ -95,7 +95,7 @@ def test_widgets_come_back_after_a_snapshot():
         """)[:-1] == (7, 10, "n", "b", "50%", 3, True, True, 4, 7, 1)
     assert r.execute("return w.model_id")[0] != old_id     # a new model
     # a frontend change to a widget reached only through the box
-    s2 = Session.restore(data)
+    s2 = persist.restore(data).session
     child = s2.widgets._live(s2.execute("return box")[0]).children[0]
     child.value = 9
     s2.widgets.run_events()

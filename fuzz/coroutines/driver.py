@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lua_kernel import LuaError, LuaInterrupt, Session
+from lua_kernel.persist import new_session
 from lua_kernel.persist import state
 
 from .gen import Program, generate
@@ -84,7 +85,7 @@ def issue_texts(issues) -> list[str]:
 
 
 def native(program: Program) -> list[str]:
-    s = Session()
+    s = new_session()
     run_chunk(s, PRELUDE, "prelude")
     run_chunk(s, program.setup, "setup")
     for i, step in enumerate(program.steps):
@@ -95,11 +96,11 @@ def native(program: Program) -> list[str]:
 def restored_step(body: bytes, code: str | None, name: str, twice: bool):
     """Apply `body` into a fresh session (twice: apply, capture, apply again),
     run `code` there, capture: (new body, issue texts, log)."""
-    s = Session()
+    s = new_session()
     issues = issue_texts(state.apply(s, body))
     if twice:
         body, more, _ = state.capture(s)
-        s = Session()
+        s = new_session()
         issues += issue_texts(more) + issue_texts(state.apply(s, body))
     if code is not None:
         run_chunk(s, code, name)
@@ -110,7 +111,7 @@ def restored_step(body: bytes, code: str | None, name: str, twice: bool):
 def restored(program: Program, helper):
     """(log, issues, modes) of the run through snapshots."""
     modes_rng = random.Random(f"modes {program.seed}")
-    s = Session()
+    s = new_session()
     run_chunk(s, PRELUDE, "prelude")
     run_chunk(s, program.setup, "setup")
     body, issues, _ = state.capture(s)

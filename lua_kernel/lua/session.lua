@@ -219,15 +219,22 @@ function _G.xpcall(f, msgh, ...)
   return real_xpcall(f, g, ...)
 end
 
--- Threads created by user code: remember their functions (weakly; persistence
--- needs them for not-started coroutines) and register the hook for them.
-local thread_fn = setmetatable({}, { __mode = "k" })
-M.thread_fn = thread_fn
+-- Watchers: another room (persistence) is told of every thread and file user
+-- code makes, from the first line on: M.watch("thread", fn) calls
+-- fn(co, f, wrapfn) for each new coroutine (wrapfn: the coroutine.wrap
+-- function, else nil); M.watch("file", fn) calls fn(fh, filename, mode) for
+-- each file io.open opened. The kernel itself keeps no record of them.
+local watchers = { thread = {}, file = {} }
 
--- coroutine.wrap returns a C closure whose first upvalue is its thread;
--- persistence finds wrap functions (and their threads) in M.wrapped.
-local wrapped = setmetatable({}, { __mode = "k" })
-M.wrapped = wrapped
+function M.watch(kind, fn)
+  local list = watchers[kind]
+  list[#list + 1] = fn
+end
+
+local function tell(list, a, b, c)
+  for i = 1, #list do list[i](a, b, c) end
+end
+local thread_watchers, file_watchers = watchers.thread, watchers.file
 
 -- Both constructors check their argument like the originals, then register
 -- the new thread: its function, and the hook (mask 0) for interrupts.
@@ -237,9 +244,9 @@ local function check_function(f, name, given)
   end
 end
 
-local function register(co, f)
-  thread_fn[co] = f
+local function register(co, f, w)
   sethook(co, hook, "", 0)
+  tell(thread_watchers, co, f, w)
 end
 
 function coroutine.create(f)
@@ -254,8 +261,7 @@ function coroutine.wrap(f)
   local w = cowrap(f)
   local _, co = getupvalue(w, 1)
   if type(co) == "thread" then
-    register(co, f)
-    wrapped[w] = co
+    register(co, f, w)
   end
   return w
 end
@@ -482,12 +488,9 @@ function stream_mt.lines(self, ...)
   end
 end
 
--- Files opened with io.open are remembered (weakly) with their path and mode,
--- so that persistence can reopen them. M.abspath, when set (by persistence),
--- turns the given path into an absolute one. The arguments are checked here,
--- with the messages of the original, so errors point at the caller.
-local files = setmetatable({}, { __mode = "k" })
-M.files = files
+-- io.open tells the file watchers of each file it opened (with its name and
+-- mode). The arguments are checked here, with the messages of the original,
+-- so errors point at the caller.
 local real_open = io.open
 
 local function valid_mode(mode)
@@ -513,14 +516,7 @@ local function tracked_open(...)
   end
   filename = tostring(filename)
   local fh, err, code = real_open(filename, mode)
-  if fh then
-    local path = filename
-    if M.abspath then
-      local ok, p = pcall(M.abspath, filename)
-      if ok and type(p) == "string" then path = p end
-    end
-    files[fh] = { path = path, mode = mode }
-  end
+  if fh then tell(file_watchers, fh, filename, mode) end
   return fh, err, code
 end
 io.open = tracked_open

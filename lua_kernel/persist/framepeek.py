@@ -71,6 +71,7 @@ from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, 
 from ..runtime import load_lua, new_runtime, to_bytes
 
 LUA_FILE = "persist/lua/framepeek.lua"
+COMPANION = "persist.framepeek"   # the Lua half, as a Session companion
 savedpc_offset = CI_SAVEDPC     # see the module's docstring
 
 ABSLINEINFO = -0x80      # ldebug.h: lineinfo entry meaning "see abslineinfo"
@@ -373,16 +374,11 @@ def _infer(helper, rec, level: int) -> FramePC:
 # -- the interface --------------------------------------------------------------
 
 def _helper(session):
-    """The Lua half, loaded once per Lua state."""
-    cached = getattr(session, "_framepeek", None)
-    if cached is not None and cached[0] is session.lua:
-        return cached[1]
-    state = getattr(session, "_state", None)
-    permanent = getattr(state, "permanent", None) if state is not None else None
-    helper = load_lua(session.lua, LUA_FILE, permanent,
-                      load_lua(session.lua, "persist/lua/bytecode.lua"))
-    session._framepeek = (session.lua, helper)
-    return helper
+    """The Lua half, loaded once per Lua state (persist/state.py's attach
+    makes it with the serializer's permanents, so that it sees the original
+    standard functions; a Session without persistence gets it here)."""
+    return session.companion(COMPANION, lambda s: load_lua(
+        s.lua, LUA_FILE, None, load_lua(s.lua, "persist/lua/bytecode.lua")))
 
 
 @dataclass

@@ -3,7 +3,7 @@
 The serializer itself is Lua (`persist/lua/state.lua`, where the format is
 documented); this is its Python glue:
 
-    module = attach(session)              # once, on a fresh state (Session._start)
+    Session(companions={COMPANION: attach})   # before any user code
     body, issues, counts = capture(session)
     issues = apply(fresh_session, body)   # ValueError if the body is malformed
 
@@ -37,6 +37,7 @@ from . import framepeek, pyobjects
 
 LUA_FILE = "persist/lua/state.lua"
 FRAMES_FILE = "persist/lua/frames.lua"
+COMPANION = "persist.state"     # the serializer, as a Session companion
 
 
 @dataclass
@@ -51,18 +52,20 @@ class Issue:
 
 
 def attach(session):
-    """Load the serializer into a fresh session's Lua state; it takes the
-    baseline of permanents (standard library, kernel objects) now. With it
-    come the parts for suspended coroutines: the bytecode reader, the
-    finisher, the saved-pc reader and frames.lua."""
+    """Load the serializer into a fresh session's Lua state (the companion
+    COMPANION): it starts tracking the coroutines and files user code makes
+    (track.lua) and takes the baseline of permanents (standard library,
+    kernel objects) now, before any user code. With it come the parts for
+    suspended coroutines: the bytecode reader, the finisher, the saved-pc
+    reader and frames.lua."""
     lua = session.lua
-    lua_side = session._lua_side
-    module = load_lua(lua, LUA_FILE, lua_side)
-    lua_side.abspath = _abspath
+    lua_side = session.lua_side
+    tracked = load_lua(lua, "persist/lua/track.lua", lua_side, os.path.abspath)
+    module = load_lua(lua, LUA_FILE, lua_side, tracked)
     bytecode = load_lua(lua, "persist/lua/bytecode.lua")
     finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)
-    peek = load_lua(lua, framepeek.LUA_FILE, module.permanent, bytecode)
-    session._framepeek = (lua, peek)
+    peek = session.companion(framepeek.COMPANION, lambda s: load_lua(
+        lua, framepeek.LUA_FILE, module.permanent, bytecode))
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
     frames.use_readers(_reader(framepeek.tbc_slots), _reader(framepeek.ci_states))
@@ -106,15 +109,13 @@ def _saved_pcs_many(session):
     return many
 
 
-def _abspath(path: str) -> str:
-    return os.path.abspath(path)
-
-
 def _module(session):
-    module = getattr(session, "_state", None)
-    if module is None:
-        raise RuntimeError("the session has no state serializer attached")
-    return module
+    try:
+        return session.companion(COMPANION)
+    except LookupError:
+        raise RuntimeError("this Session's state cannot be saved: persistence must see it "
+                           "from its first line (make it with lua_kernel.persist."
+                           "new_session())") from None
 
 
 def capture(session) -> tuple[bytes, list[Issue], dict]:

@@ -2,7 +2,8 @@
 --
 -- Loaded once per Lua state by lua_kernel/persist/state.py, right after the
 -- kernel's own files and before any user code runs, with `kernel`, the module
--- table of lua/session.lua (thread_fn, wrapped, files, INTERRUPTED). Returns M:
+-- table of lua/session.lua (is_name, INTERRUPTED, hook), and `tracked`, what
+-- persist/lua/track.lua records (thread_fn, wrapped, files). Returns M:
 --   M.capture(pickle_many)     -> address, size, head, tail, issues, counts
 --                                 (the body stays in M.kept; M.take() gives it,
 --                                 M.release() drops it; see state.py)
@@ -147,7 +148,7 @@
 -- and __gc do not fire during filling and __metatable does not stop us.
 ---------------------------------------------------------------------------
 
-local kernel = ...
+local kernel, tracked = ...
 
 local M = {}
 
@@ -172,7 +173,7 @@ local kcreate, kwrap = coroutine.create, coroutine.wrap     -- the kernel's, reg
 local kopen, iotype, tmpfile = io.open, io.type, io.tmpfile  -- the kernel's io.open
 local clock = os.clock
 
-local thread_fn, wrapped, kfiles = kernel.thread_fn, kernel.wrapped, kernel.files
+local thread_fn, wrapped, kfiles = tracked.thread_fn, tracked.wrapped, tracked.files
 local G = _G                 -- the globals table, whatever `_G` is made to mean later
 
 -- value tags
