@@ -128,22 +128,31 @@ local decode, OP, line_of = B.decode, B.OP, B.line_of
 local F = {}
 
 local MY_SRC = debug_getinfo(1, "S").short_src
+
+-- A Lua frame of a restored coroutine's record (opts.rec; frames.lua) is a
+-- table whose array part holds its closure, its pending pc (1-based), its
+-- number of registers and then the registers, in these slots.
+local RECORD_FN, RECORD_CUR = 1, 2
+F.RECORD_FN, F.RECORD_CUR, F.RECORD_NREGS, F.RECORD_R0 = RECORD_FN, RECORD_CUR, 3, 4
 local OFFSET_sC = 127                 -- MAXARG_C >> 1
 
 -- ------------------------------------------------------------ caches ---
 
--- Decoded instructions per prototype: dec[pc] = {op, a, b, c, k, bx, sbx, sj}.
+-- Decoded instructions per prototype: dec[pc] = {op, a, b, c, k, bx, sbx,
+-- ax, sj} by name (lopcodes.h's GETARG_*: C of an OP_MMBIN* is its event, k of
+-- a test its condition). Read where a prototype is compiled or an error
+-- named, never by the compiled instructions.
 local decoded = setmetatable({}, {__mode = "k"})
 local function decode_proto(proto)
-  local d = decoded[proto]
-  if d then return d end
-  d = {}
+  local dec = decoded[proto]
+  if dec then return dec end
+  dec = {}
   for pc, i in ipairs(proto.code) do
-    local op, a, b, c, k, bx, sbx, _, sj = decode(i)
-    d[pc] = {op, a, b, c, k, bx, sbx, sj}
+    local op, a, b, c, k, bx, sbx, ax, sj = decode(i)
+    dec[pc] = {op = op, a = a, b = b, c = c, k = k, bx = bx, sbx = sbx, ax = ax, sj = sj}
   end
-  decoded[proto] = d
-  return d
+  decoded[proto] = dec
+  return dec
 end
 
 -- Compiled prototypes: ops[pc] is the instruction at pc as a closure (see
@@ -170,8 +179,8 @@ local function ops_of(proto)
     return op
   end
   for pc = #dec, 1, -1 do
-    local d = dec[pc]
-    ops[pc] = C[d[1]](proto, pc, d[2], d[3], d[4], d[5], d, succ, ops)
+    local ins = dec[pc]
+    ops[pc] = C[ins.op](proto, pc, ins.a, ins.b, ins.c, ins.k, ins, succ, ops)
   end
   compiled[proto] = ops
   return ops
@@ -671,33 +680,34 @@ end
 -- callee or a metamethod, which may yield) first sets fr.cur to its own
 -- index, for error naming and frames.lua; the others (moves, loads, jumps,
 -- tests, loop steps) skip that store.
--- C[opcode](p, pc, a, b, c, k, d, succ, ops) -> op, for the instruction at
--- p.code[pc] (d: decoded, bx = d[6], sbx = d[7], sj = d[8]; succ and ops
--- as in ops_of).
+-- C[opcode](p, pc, a, b, c, k, ins, succ, ops) -> op, for the instruction
+-- at p.code[pc] (ins: it decoded, for its other fields, ins.bx, ins.sbx,
+-- ins.sj; succ and ops as in ops_of). Operands are read here, when the
+-- prototype is compiled, into the upvalues of the op.
 
 local function setter(a, v, nx) return function(fr, R) R[a] = v; return nx(fr, R) end end
 
-C[OP.MOVE] = function(_, pc, a, b, c, k, d, S)
+C[OP.MOVE] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R) R[a] = R[b]; return nx(fr, R) end
 end
-C[OP.LOADI] = function(_, pc, a, b, c, k, d, S) return setter(a, d[7], S(pc + 1)) end
-C[OP.LOADF] = function(_, pc, a, b, c, k, d, S) return setter(a, d[7] + 0.0, S(pc + 1)) end
-C[OP.LOADK] = function(p, pc, a, b, c, k, d, S) return setter(a, p.k[d[6] + 1], S(pc + 1)) end
-C[OP.LOADKX] = function(p, pc, a, b, c, k, d, S)   -- Ax of the following OP_EXTRAARG
-  return setter(a, p.k[(p.code[pc + 1] >> 7) + 1], S(pc + 2))
+C[OP.LOADI] = function(_, pc, a, b, c, k, ins, S) return setter(a, ins.sbx, S(pc + 1)) end
+C[OP.LOADF] = function(_, pc, a, b, c, k, ins, S) return setter(a, ins.sbx + 0.0, S(pc + 1)) end
+C[OP.LOADK] = function(p, pc, a, b, c, k, ins, S) return setter(a, p.k[ins.bx + 1], S(pc + 1)) end
+C[OP.LOADKX] = function(p, pc, a, b, c, k, ins, S)   -- Ax of the following OP_EXTRAARG
+  return setter(a, p.k[decode_proto(p)[pc + 1].ax + 1], S(pc + 2))
 end
-C[OP.LOADFALSE] = function(_, pc, a, b, c, k, d, S) return setter(a, false, S(pc + 1)) end
-C[OP.LFALSESKIP] = function(_, pc, a, b, c, k, d, S) return setter(a, false, S(pc + 2)) end
-C[OP.LOADTRUE] = function(_, pc, a, b, c, k, d, S) return setter(a, true, S(pc + 1)) end
-C[OP.LOADNIL] = function(_, pc, a, b, c, k, d, S)
+C[OP.LOADFALSE] = function(_, pc, a, b, c, k, ins, S) return setter(a, false, S(pc + 1)) end
+C[OP.LFALSESKIP] = function(_, pc, a, b, c, k, ins, S) return setter(a, false, S(pc + 2)) end
+C[OP.LOADTRUE] = function(_, pc, a, b, c, k, ins, S) return setter(a, true, S(pc + 1)) end
+C[OP.LOADNIL] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R)
     for r = a, a + b do R[r] = nil end
     return nx(fr, R)
   end
 end
-C[OP.GETUPVAL] = function(_, pc, a, b, c, k, d, S)
+C[OP.GETUPVAL] = function(_, pc, a, b, c, k, ins, S)
   local n, nx = b + 1, S(pc + 1)
   return function(fr, R)
     local _, v = debug_getupvalue(fr.cl, n)
@@ -705,7 +715,7 @@ C[OP.GETUPVAL] = function(_, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.SETUPVAL] = function(_, pc, a, b, c, k, d, S)
+C[OP.SETUPVAL] = function(_, pc, a, b, c, k, ins, S)
   local n, nx = b + 1, S(pc + 1)
   return function(fr, R)
     debug_setupvalue(fr.cl, n, R[a])
@@ -715,7 +725,7 @@ end
 -- Every operand a native error may blame is a named variable here (`t`,
 -- `fn`, `x`, `y`, `v`): its varinfo marks the error as the operator's own,
 -- for rewrite() to name the interpreted operand instead.
-C[OP.GETTABUP] = function(p, pc, a, b, c, k, d, S)
+C[OP.GETTABUP] = function(p, pc, a, b, c, k, ins, S)
   local n, key, nx = b + 1, p.k[c + 1], S(pc + 1)
   return function(fr, R)
     fr.cur = pc
@@ -724,7 +734,7 @@ C[OP.GETTABUP] = function(p, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.GETTABLE] = function(_, pc, a, b, c, k, d, S)
+C[OP.GETTABLE] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R)
     fr.cur = pc
@@ -742,10 +752,10 @@ local function getkey(key, pc, a, b, nx)
     return nx(fr, R)
   end
 end
-C[OP.GETI] = function(_, pc, a, b, c, k, d, S) return getkey(c, pc, a, b, S(pc + 1)) end
-C[OP.GETFIELD] = function(p, pc, a, b, c, k, d, S) return getkey(p.k[c + 1], pc, a, b, S(pc + 1)) end
+C[OP.GETI] = function(_, pc, a, b, c, k, ins, S) return getkey(c, pc, a, b, S(pc + 1)) end
+C[OP.GETFIELD] = function(p, pc, a, b, c, k, ins, S) return getkey(p.k[c + 1], pc, a, b, S(pc + 1)) end
 -- The stores: the value is R[C], or the constant K[C] when k is set.
-C[OP.SETTABUP] = function(p, pc, a, b, c, k, d, S)
+C[OP.SETTABUP] = function(p, pc, a, b, c, k, ins, S)
   local n, key, nx = a + 1, p.k[b + 1], S(pc + 1)
   if k == 1 then
     local v = p.k[c + 1]
@@ -763,7 +773,7 @@ C[OP.SETTABUP] = function(p, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.SETTABLE] = function(p, pc, a, b, c, k, d, S)
+C[OP.SETTABLE] = function(p, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   if k == 1 then
     local v = p.k[c + 1]
@@ -799,11 +809,11 @@ local function setkey(p, pc, a, key, c, k, nx)
     return nx(fr, R)
   end
 end
-C[OP.SETI] = function(p, pc, a, b, c, k, d, S) return setkey(p, pc, a, b, c, k, S(pc + 1)) end
-C[OP.SETFIELD] = function(p, pc, a, b, c, k, d, S)
+C[OP.SETI] = function(p, pc, a, b, c, k, ins, S) return setkey(p, pc, a, b, c, k, S(pc + 1)) end
+C[OP.SETFIELD] = function(p, pc, a, b, c, k, ins, S)
   return setkey(p, pc, a, p.k[b + 1], c, k, S(pc + 1))
 end
-C[OP.NEWTABLE] = function(p, pc, a, b, c, k, d, S)
+C[OP.NEWTABLE] = function(p, pc, a, b, c, k, ins, S)
   local nx, make = S(pc + 2)                -- past the EXTRAARG
   return function(fr, R)
     make = make or newtable_op(p, pc)
@@ -811,7 +821,7 @@ C[OP.NEWTABLE] = function(p, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.SELF] = function(p, pc, a, b, c, k, d, S)
+C[OP.SELF] = function(p, pc, a, b, c, k, ins, S)
   local a1, nx = a + 1, S(pc + 1)
   if k == 1 then
     local key = p.k[c + 1]
@@ -959,14 +969,14 @@ local ARITH_KR = {
 
 -- An op with an immediate or constant operand: the source-level one is the
 -- MMBINI's sB or the MMBINK's K[B].
-local function arith_k(p, pc, a, b, c, k, d, S)
-  local m = decode_proto(p)[pc + 1]
-  local v = (m[1] == OP.MMBINI) and m[3] - OFFSET_sC or p.k[m[3] + 1]
-  if m[5] == 1 then return ARITH_KR[m[4]](a, b, v, pc, S(pc + 2)) end
-  return ARITH_RK[m[4]](a, b, v, pc, S(pc + 2))
+local function arith_k(p, pc, a, b, c, k, ins, S)
+  local mm = decode_proto(p)[pc + 1]
+  local v = (mm.op == OP.MMBINI) and mm.b - OFFSET_sC or p.k[mm.b + 1]
+  if mm.k == 1 then return ARITH_KR[mm.c](a, b, v, pc, S(pc + 2)) end
+  return ARITH_RK[mm.c](a, b, v, pc, S(pc + 2))
 end
-local function arith_rr(p, pc, a, b, c, k, d, S)
-  return ARITH_RR[decode_proto(p)[pc + 1][4]](a, b, c, pc, S(pc + 2))
+local function arith_rr(p, pc, a, b, c, k, ins, S)
+  return ARITH_RR[decode_proto(p)[pc + 1].c](a, b, c, pc, S(pc + 2))
 end
 for _, name in ipairs({"ADDI", "ADDK", "SUBK", "MULK", "MODK", "POWK", "DIVK", "IDIVK",
     "BANDK", "BORK", "BXORK", "SHRI", "SHLI"}) do
@@ -979,24 +989,24 @@ end
 -- No-ops: the arithmetic ops above already ran any metamethod natively and
 -- went past these (reached only by a jump, which the compiler never emits);
 -- OP_VARARGPREP's varargs are already apart.
-local function nop(_, pc, a, b, c, k, d, S) return S(pc + 1) end
+local function nop(_, pc, a, b, c, k, ins, S) return S(pc + 1) end
 C[OP.MMBIN] = nop
 C[OP.MMBINI] = nop
 C[OP.MMBINK] = nop
 C[OP.VARARGPREP] = nop
-C[OP.UNM] = function(_, pc, a, b, c, k, d, S)
+C[OP.UNM] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = -x; return nx(fr, R) end
 end
-C[OP.BNOT] = function(_, pc, a, b, c, k, d, S)
+C[OP.BNOT] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = ~x; return nx(fr, R) end
 end
-C[OP.NOT] = function(_, pc, a, b, c, k, d, S)
+C[OP.NOT] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R) R[a] = not R[b]; return nx(fr, R) end
 end
-C[OP.LEN] = function(_, pc, a, b, c, k, d, S)
+C[OP.LEN] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = #x; return nx(fr, R) end
 end
@@ -1016,10 +1026,10 @@ local function concat_op(pc, a, last, nx)
     return nx(fr, R)
   end
 end
-C[OP.CONCAT] = function(_, pc, a, b, c, k, d, S)
+C[OP.CONCAT] = function(_, pc, a, b, c, k, ins, S)
   return concat_op(pc, a, a + b - 2, S(pc + 1))
 end
-C[OP.CLOSE] = function(_, pc, a, b, c, k, d, S)
+C[OP.CLOSE] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R)
     fr.cur = pc
@@ -1027,7 +1037,7 @@ C[OP.CLOSE] = function(_, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.TBC] = function(_, pc, a, b, c, k, d, S)
+C[OP.TBC] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R)
     fr.cur = pc
@@ -1035,18 +1045,18 @@ C[OP.TBC] = function(_, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.JMP] = function(_, pc, a, b, c, k, d, S) return S(pc + 1 + d[8]) end   -- its target
+C[OP.JMP] = function(_, pc, a, b, c, k, ins, S) return S(pc + 1 + ins.sj) end   -- its target
 
 -- A test and its following OP_JMP (docondjump): `yes` continues where the
 -- condition holding leads, `no` where it failing does; the jump is taken
 -- when the condition equals k, else skipped.
 local function targets(p, pc, k, S)
-  local jump, past = S(pc + 2 + decode_proto(p)[pc + 1][8]), S(pc + 2)
+  local jump, past = S(pc + 2 + decode_proto(p)[pc + 1].sj), S(pc + 2)
   if k == 1 then return jump, past end
   return past, jump
 end
 -- Comparisons that may call a metamethod.
-C[OP.EQ] = function(p, pc, a, b, c, k, d, S)
+C[OP.EQ] = function(p, pc, a, b, c, k, ins, S)
   local yes, no = targets(p, pc, k, S)
   return function(fr, R)
     fr.cur = pc
@@ -1054,7 +1064,7 @@ C[OP.EQ] = function(p, pc, a, b, c, k, d, S)
     return no(fr, R)
   end
 end
-C[OP.LT] = function(p, pc, a, b, c, k, d, S)
+C[OP.LT] = function(p, pc, a, b, c, k, ins, S)
   local yes, no = targets(p, pc, k, S)
   return function(fr, R)
     fr.cur = pc
@@ -1062,7 +1072,7 @@ C[OP.LT] = function(p, pc, a, b, c, k, d, S)
     return no(fr, R)
   end
 end
-C[OP.LE] = function(p, pc, a, b, c, k, d, S)
+C[OP.LE] = function(p, pc, a, b, c, k, ins, S)
   local yes, no = targets(p, pc, k, S)
   return function(fr, R)
     fr.cur = pc
@@ -1075,7 +1085,7 @@ local function imm(b, c)                 -- sB, a float when C (isf) is set
   if c ~= 0 then return b + 0.0 end
   return b
 end
-C[OP.LTI] = function(p, pc, a, b, c, k, d, S)
+C[OP.LTI] = function(p, pc, a, b, c, k, ins, S)
   local v, yes, no = imm(b, c), targets(p, pc, k, S)
   return function(fr, R)
     fr.cur = pc
@@ -1083,7 +1093,7 @@ C[OP.LTI] = function(p, pc, a, b, c, k, d, S)
     return no(fr, R)
   end
 end
-C[OP.LEI] = function(p, pc, a, b, c, k, d, S)
+C[OP.LEI] = function(p, pc, a, b, c, k, ins, S)
   local v, yes, no = imm(b, c), targets(p, pc, k, S)
   return function(fr, R)
     fr.cur = pc
@@ -1091,7 +1101,7 @@ C[OP.LEI] = function(p, pc, a, b, c, k, d, S)
     return no(fr, R)
   end
 end
-C[OP.GTI] = function(p, pc, a, b, c, k, d, S)
+C[OP.GTI] = function(p, pc, a, b, c, k, ins, S)
   local v, yes, no = imm(b, c), targets(p, pc, k, S)
   return function(fr, R)
     fr.cur = pc
@@ -1099,7 +1109,7 @@ C[OP.GTI] = function(p, pc, a, b, c, k, d, S)
     return no(fr, R)
   end
 end
-C[OP.GEI] = function(p, pc, a, b, c, k, d, S)
+C[OP.GEI] = function(p, pc, a, b, c, k, ins, S)
   local v, yes, no = imm(b, c), targets(p, pc, k, S)
   return function(fr, R)
     fr.cur = pc
@@ -1109,21 +1119,21 @@ C[OP.GEI] = function(p, pc, a, b, c, k, d, S)
 end
 -- Equality with a constant or an immediate (never a table or a userdata,
 -- so no __eq: raw equality) and truth tests call nothing.
-C[OP.EQK] = function(p, pc, a, b, c, k, d, S)
+C[OP.EQK] = function(p, pc, a, b, c, k, ins, S)
   local v, yes, no = p.k[b + 1], targets(p, pc, k, S)
   return function(fr, R)
     if R[a] == v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.EQI] = function(p, pc, a, b, c, k, d, S)
+C[OP.EQI] = function(p, pc, a, b, c, k, ins, S)
   local v, yes, no = imm(b, c), targets(p, pc, k, S)
   return function(fr, R)
     if R[a] == v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.TEST] = function(p, pc, a, b, c, k, d, S)
+C[OP.TEST] = function(p, pc, a, b, c, k, ins, S)
   local yes, no = targets(p, pc, k, S)
   return function(fr, R)
     if R[a] then return yes(fr, R) end
@@ -1132,7 +1142,7 @@ C[OP.TEST] = function(p, pc, a, b, c, k, d, S)
 end
 -- TESTSET: when R[B] as a boolean is k, R[A] := R[B] and jump; else skip
 -- the jump.
-C[OP.TESTSET] = function(p, pc, a, b, c, k, d, S)
+C[OP.TESTSET] = function(p, pc, a, b, c, k, ins, S)
   local yes, no = targets(p, pc, k, S)
   if k == 1 then
     return function(fr, R)
@@ -1221,7 +1231,7 @@ local function fastcall(a, nargs, nres, pc, general, nx)
     return nx(fr, R)
   end
 end
-C[OP.CALL] = function(_, pc, a, b, c, k, d, S)
+C[OP.CALL] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   local function general(fr, R)
     fr.cur = pc
@@ -1277,8 +1287,8 @@ C[OP.RETURN1] = function(_, pc, a)
   end
 end
 -- The loops look up their earlier target themselves (S would add a call).
-C[OP.FORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
-  local back, nx, a1, a2, a3 = pc + 1 - d[6], S(pc + 1), a + 1, a + 2, a + 3
+C[OP.FORLOOP] = function(_, pc, a, b, c, k, ins, S, ops)
+  local back, nx, a1, a2, a3 = pc + 1 - ins.bx, S(pc + 1), a + 1, a + 2, a + 3
   return function(fr, R)
     local step = R[a2]
     -- An integer loop has an integer step (lvm.c checks its type). Told
@@ -1296,23 +1306,23 @@ C[OP.FORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
     return nx(fr, R)
   end
 end
-C[OP.FORPREP] = function(_, pc, a, b, c, k, d, S)
-  local past, nx = S(pc + d[6] + 2), S(pc + 1)
+C[OP.FORPREP] = function(_, pc, a, b, c, k, ins, S)
+  local past, nx = S(pc + ins.bx + 2), S(pc + 1)
   return function(fr, R)
     fr.cur = pc
     if forprep(R, a) then return past(fr, R) end
     return nx(fr, R)
   end
 end
-C[OP.TFORPREP] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1 + d[6])              -- the OP_TFORCALL
+C[OP.TFORPREP] = function(_, pc, a, b, c, k, ins, S)
+  local nx = S(pc + 1 + ins.bx)              -- the OP_TFORCALL
   return function(fr, R)
     fr.cur = pc
     newtbc(fr, a + 3)
     return nx(fr, R)
   end
 end
-C[OP.TFORCALL] = function(_, pc, a, b, c, k, d, S)
+C[OP.TFORCALL] = function(_, pc, a, b, c, k, ins, S)
   local nx, a1, a2, a4, a5, a6 = S(pc + 1), a + 1, a + 2, a + 4, a + 5, a + 6
   local function general(fr, R)
     fr.cur = pc
@@ -1341,8 +1351,8 @@ C[OP.TFORCALL] = function(_, pc, a, b, c, k, d, S)
   end
   return general
 end
-C[OP.TFORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
-  local back, nx, a2, a4 = pc + 1 - d[6], S(pc + 1), a + 2, a + 4
+C[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, S, ops)
+  local back, nx, a2, a4 = pc + 1 - ins.bx, S(pc + 1), a + 2, a + 4
   return function(fr, R)
     local v = R[a4]
     if v == nil then return nx(fr, R) end
@@ -1350,7 +1360,7 @@ C[OP.TFORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
     return ops[back](fr, R)
   end
 end
-C[OP.SETLIST] = function(p, pc, a, b, c, k, d, S)
+C[OP.SETLIST] = function(p, pc, a, b, c, k, ins, S)
   local nx = S((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
   local set
   return function(fr, R)
@@ -1360,14 +1370,14 @@ C[OP.SETLIST] = function(p, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.CLOSURE] = function(_, pc, a, b, c, k, d, S)
-  local bx, nx = d[6], S(pc + 1)
+C[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, S)
+  local bx, nx = ins.bx, S(pc + 1)
   return function(fr, R)
     R[a] = closure(fr, bx)
     return nx(fr, R)
   end
 end
-C[OP.VARARG] = function(_, pc, a, b, c, k, d, S)
+C[OP.VARARG] = function(_, pc, a, b, c, k, ins, S)
   local nx = S(pc + 1)
   return function(fr, R)
     local va, n = fr.varargs, c - 1
@@ -1416,20 +1426,20 @@ local TM_OF = {
 
 local function findsetreg(p, lastpc, reg)
   local dec = decode_proto(p)
-  if MMBINS[dec[lastpc + 1][1]] then lastpc = lastpc - 1 end  -- not executed
+  if MMBINS[dec[lastpc + 1].op] then lastpc = lastpc - 1 end  -- not executed
   local setreg, jmptarget = -1, 0
   for pc = 0, lastpc - 1 do
-    local d = dec[pc + 1]
-    local op, a = d[1], d[2]
+    local ins = dec[pc + 1]
+    local op, a = ins.op, ins.a
     local change
     if op == OP.LOADNIL then
-      change = a <= reg and reg <= a + d[3]
+      change = a <= reg and reg <= a + ins.b
     elseif op == OP.TFORCALL then
       change = reg >= a + 2
     elseif op == OP.CALL or op == OP.TAILCALL then
       change = reg >= a
     elseif op == OP.JMP then
-      local dest = pc + 1 + d[8]
+      local dest = pc + 1 + ins.sj
       if dest <= lastpc and dest > jmptarget then jmptarget = dest end
       change = false
     else
@@ -1457,17 +1467,17 @@ local function basicgetobjname(p, pc, reg)
   if name then return "local", name, pc end
   pc = findsetreg(p, pc, reg)
   if pc ~= -1 then
-    local d = decode_proto(p)[pc + 1]
-    local op = d[1]
+    local ins = decode_proto(p)[pc + 1]
+    local op = ins.op
     if op == OP.MOVE then
-      if d[3] < d[2] then return basicgetobjname(p, pc, d[3]) end
+      if ins.b < ins.a then return basicgetobjname(p, pc, ins.b) end
     elseif op == OP.GETUPVAL then
-      return "upvalue", upvalname(p, d[3]), pc
+      return "upvalue", upvalname(p, ins.b), pc
     elseif op == OP.LOADK then
-      local kind, kn = kname(p, d[6])
+      local kind, kn = kname(p, ins.bx)
       return kind, kn, pc
     elseif op == OP.LOADKX then
-      local kind, kn = kname(p, p.code[pc + 2] >> 7)
+      local kind, kn = kname(p, decode_proto(p)[pc + 2].ax)
       return kind, kn, pc
     end
   end
@@ -1480,12 +1490,12 @@ local function rname(p, pc, c)
   return name
 end
 
-local function isEnv(p, pc, d, isup)
+local function isEnv(p, pc, ins, isup)
   local name
   if isup then
-    name = upvalname(p, d[3])
+    name = upvalname(p, ins.b)
   else
-    local kind, n = basicgetobjname(p, pc, d[3])
+    local kind, n = basicgetobjname(p, pc, ins.b)
     if kind == "local" or kind == "upvalue" then name = n end
   end
   return name == "_ENV" and "global" or "field"
@@ -1495,36 +1505,36 @@ local function getobjname(p, lastpc, reg)
   local kind, name, pc = basicgetobjname(p, lastpc, reg)
   if kind then return kind, name end
   if pc ~= -1 then
-    local d = decode_proto(p)[pc + 1]
-    local op = d[1]
+    local ins = decode_proto(p)[pc + 1]
+    local op = ins.op
     if op == OP.GETTABUP then
-      local _, k = kname(p, d[4])
-      return isEnv(p, pc, d, true), k
+      local _, k = kname(p, ins.c)
+      return isEnv(p, pc, ins, true), k
     elseif op == OP.GETTABLE then
-      return isEnv(p, pc, d, false), rname(p, pc, d[4])
+      return isEnv(p, pc, ins, false), rname(p, pc, ins.c)
     elseif op == OP.GETI then
       return "field", "integer index"
     elseif op == OP.GETFIELD then
-      local _, k = kname(p, d[4])
-      return isEnv(p, pc, d, false), k
+      local _, k = kname(p, ins.c)
+      return isEnv(p, pc, ins, false), k
     elseif op == OP.SELF then
-      if d[5] == 1 then
-        local _, k = kname(p, d[4])
+      if ins.k == 1 then
+        local _, k = kname(p, ins.c)
         return "method", k
       end
-      return "method", rname(p, pc, d[4])
+      return "method", rname(p, pc, ins.c)
     end
   end
   return nil
 end
 
 local function funcnamefromcode(p, pc)
-  local d = decode_proto(p)[pc + 1]
-  local op = d[1]
-  if op == OP.CALL or op == OP.TAILCALL then return getobjname(p, pc, d[2]) end
+  local ins = decode_proto(p)[pc + 1]
+  local op = ins.op
+  if op == OP.CALL or op == OP.TAILCALL then return getobjname(p, pc, ins.a) end
   if op == OP.TFORCALL then return "for iterator", "for iterator" end
   local tm = TM_OF[op]
-  if MMBINS[op] then tm = d[4] end
+  if MMBINS[op] then tm = ins.c end
   if tm then return "metamethod", TMNAME[tm] end
   return nil
 end
@@ -1538,8 +1548,8 @@ end
 -- arithmetic instruction fails in its OP_MMBIN*.
 local function errpc(fr)
   local cur = fr.cur
-  local nx = fr.dec[cur + 1]
-  if nx and MMBINS[nx[1]] and not MMBINS[fr.dec[cur][1]] then return cur end
+  local following = fr.dec[cur + 1]
+  if following and MMBINS[following.op] and not MMBINS[fr.dec[cur].op] then return cur end
   return cur - 1
 end
 
@@ -1547,8 +1557,8 @@ end
 -- blamed. `body` is the message, `fname` the finisher variable the native
 -- varinfo named (which operand it was, for arithmetic).
 local function blame(fr, body, fname)
-  local p, d = fr.p, fr.dec[fr.cur]
-  local op, a, b, c = d[1], d[2], d[3], d[4]
+  local p, ins = fr.p, fr.dec[fr.cur]
+  local op, a, b, c = ins.op, ins.a, ins.b, ins.c
   local pc = errpc(fr)
   local reg
   if string_find(body, "^attempt to call") then
@@ -1570,9 +1580,9 @@ local function blame(fr, body, fname)
     reg = b
   elseif pc ~= fr.cur - 1 then             -- arithmetic: `x op y` in ARITH
     local mm = fr.dec[fr.cur + 1]
-    if mm[1] == OP.MMBIN then
+    if mm.op == OP.MMBIN then
       reg = (fname == "x") and b or c
-    elseif (fname == "x") == (mm[5] == 0) then  -- the register, not the constant
+    elseif (fname == "x") == (mm.k == 0) then  -- the register, not the constant
       reg = b
     end
   end
@@ -1602,15 +1612,15 @@ end
 -- luaL_argerror names a C function after its caller's call instruction:
 -- the finisher's `fn(...)`. Name it after the interpreted one.
 local function argerror(fr, n, tail)
-  local d = fr.dec[fr.cur]
-  local op = d[1]
+  local ins = fr.dec[fr.cur]
+  local op = ins.op
   if op ~= OP.CALL and op ~= OP.TAILCALL and op ~= OP.TFORCALL then return nil end
   local kind, name = funcnamefromcode(fr.p, fr.cur - 1)
   if kind == "method" then
     n = n - 1
     if n == 0 then return "calling '" .. name .. "' on bad self " .. tail end
   elseif kind == nil then
-    local fn = fr.R[op == OP.TFORCALL and d[2] + 4 or d[2]]
+    local fn = fr.R[op == OP.TFORCALL and ins.a + 4 or ins.a]
     name = globalfuncname(fn) or "?"
   end
   return "bad argument #" .. n .. " to '" .. name .. "' " .. tail
@@ -1672,9 +1682,9 @@ local function where(x, level)
   if rec then
     local e = rec[k]
     if e == nil or e.c then return "" end
-    local f = e[1]
+    local f = e[RECORD_FN]
     local p = proto_of(f)
-    return position(p, e[2], short_src_of(f, p))
+    return position(p, e[RECORD_CUR], short_src_of(f, p))
   end
   if x.c then return "" end
   return position(x.p, x.cur, x.short_src)
@@ -1746,8 +1756,8 @@ local function rewrite(fr, e)
   -- of a Lua function this frame tail-called (natively it replaced the
   -- frame; a C function runs above it).
   local at = tonumber(string_match(e, ":(%d+): "))
-  local d = fr.dec[fr.cur]
-  if at == EXECUTE_LINE or d[1] == OP.TAILCALL and is_lua(fr.R[d[2]]) then
+  local ins = fr.dec[fr.cur]
+  if at == EXECUTE_LINE or ins.op == OP.TAILCALL and is_lua(fr.R[ins.a]) then
     return where(fr, 2) .. rest
   end
   local body, fname = string_match(rest, "^(attempt to .-) %([%a ]+ '([^']*)'%)$")
@@ -1829,9 +1839,9 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
   if cat then
     -- pc is an OP_CONCAT whose __concat ran (before a restore) and left its
     -- result in R[cat + 1]: the rest of it, then on (luaV_finishOp)
-    local d = fr.dec[pc]
-    assert(d[1] == OP.CONCAT, "finisher: cat without a pending OP_CONCAT")
-    fr.ops, fr.pc = {[0] = concat_op(pc, d[2], cat, fr.ops[pc + 1])}, 0
+    local ins = fr.dec[pc]
+    assert(ins.op == OP.CONCAT, "finisher: cat without a pending OP_CONCAT")
+    fr.ops, fr.pc = {[0] = concat_op(pc, ins.a, cat, fr.ops[pc + 1])}, 0
   end
   local guard <close> = setmetatable({fr = fr}, GUARD)
   local msgh = fr.msgh

@@ -89,7 +89,8 @@ local proto_of = F.proto_of
 
 local CF = {}
 
-local FN, CUR, NREGS, R0 = 1, 2, 3, 4     -- a Lua frame record's slots
+-- a Lua frame record's slots (the finisher's where() reads them too)
+local FN, CUR, NREGS, R0 = F.RECORD_FN, F.RECORD_CUR, F.RECORD_NREGS, F.RECORD_R0
 
 local MY_SRC = getinfo(1, "S").short_src
 local FIN_SRC = getinfo(F.run, "S").short_src
@@ -326,14 +327,14 @@ local sunpack = original("string.unpack", string.unpack)
 local function address(co) return tonumber(sformat("%p", co)) end
 
 -- CallInfo facts of a thread, read once per capture of it: states[level] =
--- {status, u2}, or nil when unreadable.
+-- {status = callstatus, u2 = nres}, or nil when unreadable.
 local function read_states(co)
   local bytes = ci_states and ci_states(address(co))
   if type(bytes) ~= "string" or #bytes % 6 ~= 0 then return nil end
   local states = {}
   for pos = 1, #bytes, 6 do
     local status, u2 = sunpack("<Hi4", bytes, pos)
-    states[(pos - 1) // 6] = { status, u2 }
+    states[(pos - 1) // 6] = { status = status, u2 = u2 }
   end
   return states
 end
@@ -400,7 +401,7 @@ local function recovering(co, plan, level)
       "(its call record cannot be read)"
   end
   local state = plan.states[level]
-  if state == nil or (state[1] >> RECST_SHIFT) & 7 == 0 then return nil end
+  if state == nil or (state.status >> RECST_SHIFT) & 7 == 0 then return nil end
   local list = tbc_values(co, level)
   if list == nil then return nil, "cannot read the variables a pcall is closing after an error" end
   -- the error sits just below the __close's function slot; restored
@@ -547,7 +548,7 @@ function CF.prepare(co)
       kx_u = nil
     elseif rawequal(f, EXECUTE) then
       local item = { fin = lv.regs[1] }
-      if item.fin.dec[item.fin.cur][1] == OP.CONCAT then
+      if item.fin.dec[item.fin.cur].op == OP.CONCAT then
         item.r = local_named(co, level - 1, "r")
       end
       items[#items + 1] = item
@@ -639,7 +640,7 @@ local function native_frame(plan, level, pc, probes)
   if ins == nil then return nil, "bad saved pc" end
   local op, a, b = decode(ins)
   local nregs = lv.nslots - t[level - 1].shift
-  local fr = { f, pc, nregs, va = lv.va }
+  local fr = { f, pc, nregs, va = lv.va }      -- FN, CUR, NREGS: the array part
   tmove(lv.regs, 1, nregs, R0, fr)
   local closing
   if op == OP.CONCAT then
@@ -650,11 +651,11 @@ local function native_frame(plan, level, pc, probes)
       -- while it closes the variables (lvm.c; luaV_finishOp sets top from it)
       plan.states = plan.states or read_states(plan.co) or false
       local state = plan.states and plan.states[level]
-      if state == nil or state[2] < 0 or a + state[2] > nregs then
+      if state == nil or state.u2 < 0 or a + state.u2 > nregs then
         return nil, "it is suspended in a __close while returning a variable number " ..
           "of values, and their count cannot be read (" .. sformat("%s:%d", lv.src, lv.line) .. ")"
       end
-      fr.top = a + state[2]
+      fr.top = a + state.u2
     end
     local callee = t[level - 1]
     closing = callee.regs and callee.regs[1]
@@ -685,7 +686,9 @@ local function native_frame(plan, level, pc, probes)
   end
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
-    if r < nregs then probes[#probes + 1] = { level, r, fr, fr[R0 + r] } end
+    if r < nregs then
+      probes[#probes + 1] = { level = level, reg = r, frame = fr, value = fr[R0 + r] }
+    end
   end
   return fr
 end
@@ -694,7 +697,7 @@ local function finisher_frame(item)
   local x = item.fin
   local n = x.p.maxstacksize
   if x.top and x.top > n then n = x.top end   -- results of a call above maxstacksize
-  local fr = { x.cl, x.cur, n, top = x.top }
+  local fr = { x.cl, x.cur, n, top = x.top }   -- FN, CUR, NREGS
   for r = 0, n - 1 do fr[R0 + r] = rawget(x.R, r) end
   if x.varargs.n > 0 then fr.va = copy_va(x.varargs) end
   if next(x.boxes) then
@@ -737,7 +740,7 @@ function CF.build(plan, probe)
   end
   rec.n = n
   -- only a record that will be written has its registers probed
-  for _, x in ipairs(probes) do probe(plan.co, x[1], x[2], x[3], x[4]) end
+  for _, x in ipairs(probes) do probe(plan.co, x.level, x.reg, x.frame, x.value) end
   return rec
 end
 
@@ -831,7 +834,7 @@ local function msgh_for(st, k)
       local h = rec[j].h
       return function(e)
         local v = h(e)
-        st.handled = { v }
+        st.handled = { value = v }
         return v
       end
     end
@@ -844,7 +847,7 @@ local function handler_of(st, h)
     local done = st.handled
     if done then
       st.handled = nil
-      return done[1]
+      return done.value
     end
     return h(e)
   end
@@ -865,16 +868,16 @@ local function run_frame(st, k, ...)
 end
 
 -- Each pending to-be-closed variable of a waiting frame is stood for by a
--- native to-be-closed variable (FRAME_GUARD {st, k, i}: frame k's i-th), so
--- Lua closes them when and where it would close the frame's own: when a
--- pcall catches an error passing through (with the error; an error of a
--- __close goes through the active message handler and on to the next, as
--- in luaF_close), or in coroutine.close (with the error that killed the
+-- native to-be-closed variable (FRAME_GUARD {st = st, k = k, i = i}: frame
+-- k's i-th), so Lua closes them when and where it would close the frame's
+-- own: when a pcall catches an error passing through (with the error; an
+-- error of a __close goes through the active message handler and on to the
+-- next, as in luaF_close), or in coroutine.close (with the error that killed the
 -- coroutine, or nil), inside the closed coroutine, where a yield is an
 -- error. Once frame k runs, F.run's own guard has them.
 -- (a capture while one of these __close yields reads its `e`)
 FRAME_GUARD = { __close = function(g, e)
-  local st, k, i = g[1], g[2], g[3]
+  local st, k, i = g.st, g.k, g.i
   if st.running >= k then return end
   local fr = st.rec[k]
   local r = fr.tbc[i]
@@ -939,7 +942,7 @@ function recovered_error(st, k)
   local ok, e = PCALL(finish_upto, st, k - 1)
   st.running = k
   if ok then e = fr.u.e end
-  if fr.c == "raise" and msgh_for(st, k) then st.handled = { e } end
+  if fr.c == "raise" and msgh_for(st, k) then st.handled = { value = e } end
   return e
 end
 
@@ -990,7 +993,7 @@ end
 -- the frame waits for the frames above it.
 function guarded(st, k, i)
   if i > #st.rec[k].tbc then return run_frame(st, k, finish_upto(st, k - 1)) end
-  local guard <close> = setmetatable({ st, k, i }, FRAME_GUARD)
+  local guard <close> = setmetatable({ st = st, k = k, i = i }, FRAME_GUARD)
   return guarded(st, k, i + 1)
 end
 
@@ -1038,7 +1041,7 @@ end
 function closers_of(v, out)
   local mt = getmetatable(v)
   if rawequal(mt, FRAME_GUARD) then
-    local st, k, i = v[1], v[2], v[3]
+    local st, k, i = v.st, v.k, v.i
     if st.running < k then
       local fr = st.rec[k]
       local r = fr.tbc[i]
