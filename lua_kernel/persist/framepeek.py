@@ -397,7 +397,7 @@ class _Level:
 
 
 NAMEWHATS = ("", "global", "local", "method", "field", "upvalue", "constant",
-             "metamethod", "for iterator", "hook")    # framepeek.lua's M.pack codes
+             "metamethod", "for iterator", "hook")    # framepeek.lua's framepeek.pack codes
 WHATS = ("Lua", "C", "main")
 HEAD = struct.Struct("<qqI")
 LEVEL = struct.Struct("<BqiiBii")
@@ -405,8 +405,8 @@ LEVEL = struct.Struct("<BqiiBii")
 
 class _Record:
     """A suspended coroutine's levels, from the bytes of framepeek.lua's
-    M.pack; `table` is the Lua record (for the functions and sources, when
-    inferring)."""
+    framepeek.pack; `table` is the Lua record (for the functions and
+    sources, when inferring)."""
 
     def __init__(self, data: bytes, table):
         self._table = table
@@ -469,7 +469,7 @@ U32 = struct.Struct("<I")
 def saved_pcs_many(session, batch: bytes, tables) -> bytes:
     """For snapshots: the pcs of many coroutines at once, in and out as
     bytes (one crossing each way). `batch` holds, per coroutine: I4 size and
-    framepeek.lua's M.pack of its record (tables[i + 1] is that record),
+    framepeek.lua's framepeek.pack of its record (tables[i + 1] is that record),
     I4 k and k i4 levels whose pcs are needed. The answer holds, per
     coroutine: B 0, I4 k and k pairs (i4 level, i4 pc); or B 1 and s4 the
     reason the pcs cannot be known."""

@@ -7,12 +7,12 @@
 -- *child* prototype as a main function is what makes `load` give a closure of
 -- any nested function (with fresh upvalues, which the caller then sets).
 --
--- Returns B:
---   B.read(dump)          -> proto        (error "bytecode: ..." if malformed)
---   B.write(proto[,strip])-> chunk        (accepted by load(chunk, name, "b"))
---   B.line_of(proto, pc)  -> line | nil   (pc 1-based into proto.code)
---   B.decode(i)           -> op, a, b, c, k, bx, sbx, ax, sj
---   B.OP[name] -> opcode, B.OPNAMES[opcode] -> name   (0-based, lopcodes.h)
+-- Returns `bytecode`:
+--   bytecode.read(dump)          -> proto        (error "bytecode: ..." if malformed)
+--   bytecode.write(proto[,strip])-> chunk        (accepted by load(chunk, name, "b"))
+--   bytecode.line_of(proto, pc)  -> line | nil   (pc 1-based into proto.code)
+--   bytecode.decode(i)           -> op, a, b, c, k, bx, sbx, ax, sj
+--   bytecode.OP[name] -> opcode, bytecode.OPNAMES[opcode] -> name   (0-based, lopcodes.h)
 --
 -- A proto is
 --   { source = string|nil, source_was_null = true|nil,
@@ -25,7 +25,7 @@
 --     lineinfo = { signed byte, ... },     -- empty when stripped
 --     abslineinfo = { {pc = int, line = int}, ... },  -- pc 0-based, as dumped
 --     locvars = { {name = str|nil, startpc = int, endpc = int}, ... },
---     nupvalues_main = int }               -- only on the proto B.read returns
+--     nupvalues_main = int }               -- only on the proto bytecode.read returns
 -- `source_was_null` marks a function whose dumped source was absent; it got
 -- its parent's source (nil for a main function), as lundump.c does. Writing
 -- compares sources by value: a child whose source equals its parent's is
@@ -68,7 +68,7 @@ local table_concat, table_unpack = table.concat, table.unpack
 local math_type = math.type
 local error, type, tostring = error, type, tostring
 
-local B = {}
+local bytecode = {}
 
 -- ------------------------------------------------------------ opcodes ---
 
@@ -88,14 +88,14 @@ local OPNAMES = {
 }
 local OP = {}
 for n = 0, #OPNAMES do OP[OPNAMES[n]] = n end
-B.OP, B.OPNAMES = OP, OPNAMES
+bytecode.OP, bytecode.OPNAMES = OP, OPNAMES
 
 local OFFSET_sBx = (1 << 17 >> 1) - 1     -- MAXARG_Bx >> 1 = 65535
 local OFFSET_sJ = (1 << 25 >> 1) - 1      -- MAXARG_sJ >> 1 = 2^24 - 1
 
 -- Instruction layout (lopcodes.h): op 0-6, A 7-14, k 15, B 16-23, C 24-31;
 -- Bx/sBx 15-31; Ax/sJ 7-31.
-function B.decode(i)
+function bytecode.decode(i)
   local bx = (i >> 15) & 0x1FFFF
   local ax = (i >> 7) & 0x1FFFFFF
   return i & 0x7F, (i >> 7) & 0xFF, (i >> 16) & 0xFF, (i >> 24) & 0xFF,
@@ -518,7 +518,7 @@ end
 
 -- ............................................................. chunk ...
 
-function B.read(dump)
+function bytecode.read(dump)
   if type(dump) ~= "string" then
     fail("expected a string, got %s", type(dump))
   end
@@ -537,7 +537,7 @@ function B.read(dump)
   return main
 end
 
-function B.write(proto, strip_debug)
+function bytecode.write(proto, strip_debug)
   strip = strip_debug and true or false
   out, nout = {}, 0
   list(proto, "proto")
@@ -553,7 +553,7 @@ end
 
 -- luaG_getfuncline: start from the last abslineinfo checkpoint at or before
 -- the instruction (or linedefined), then add the deltas after it.
-function B.line_of(proto, pc)
+function bytecode.line_of(proto, pc)
   local lineinfo, code = proto.lineinfo, proto.code
   if lineinfo == nil or #lineinfo == 0 then return nil end  -- stripped
   if math_type(pc) ~= "integer" or pc < 1 or pc > #lineinfo then return nil end
@@ -579,4 +579,4 @@ function B.line_of(proto, pc)
   return line
 end
 
-return B
+return bytecode

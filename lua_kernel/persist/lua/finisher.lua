@@ -1,15 +1,15 @@
 -- The finisher: a Lua 5.4 bytecode interpreter written in Lua.
 --
 -- It continues a Lua frame from any instruction, given the frame's closure,
--- its prototype (B.read(string.dump(closure))), a pc, the registers and the
+-- its prototype (bytecode.read(string.dump(closure))), a pc, the registers and the
 -- varargs. Values, operators and calls stay native: `a + b`, `t[k]`, `a < b`,
 -- `f(...)` are Lua's own, so metamethods, coercions, integer/float rules and
 -- most errors are exactly native. Every call it makes is a native call (the
 -- callee runs at full speed and may yield), unless the optional `interpret`
 -- hook asks for the callee to be interpreted too (conformance mode).
 --
--- Receives B (bytecode.lua); returns F:
---   F.run(closure, proto, pc, regs, varargs [, top [, opts]]) -> results...
+-- Receives `bytecode` (bytecode.lua's module); returns `finisher`:
+--   finisher.run(closure, proto, pc, regs, varargs [, top [, opts]]) -> results...
 --       pc      1-based index into proto.code of the next instruction
 --       regs    registers, 0-BASED: regs[0] is R[0] (as in lvm.c); the table
 --               is used in place (it becomes the frame's register file)
@@ -39,12 +39,12 @@
 --               own (a tail call reuses the calling frame, so tail recursion
 --               does not grow the C stack), a function is called in its
 --               place, falsy calls it natively.
---   F.call(f, ...) -> results...   run a whole Lua function from its first
+--   finisher.call(f, ...) -> results...   run a whole Lua function from its first
 --       instruction
---   F.call_hooked(interpret, f, ...) -> results...   the same with a hook
---   F.conformance(f, ...) -> results...   conformance mode (below)
---   F.proto_of(f) -> proto;  F.is_lua(f) -> boolean
---   F.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
+--   finisher.call_hooked(interpret, f, ...) -> results...   the same with a hook
+--   finisher.conformance(f, ...) -> results...   conformance mode (below)
+--   finisher.proto_of(f) -> proto;  finisher.is_lua(f) -> boolean
+--   finisher.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
 --
 -- Conformance mode runs f with every Lua function it reaches interpreted:
 -- Lua functions it calls (directly, by `__call`, or as __close), the
@@ -85,7 +85,7 @@
 -- level)`, luaL_where) are counted over interpreted frames (see "levels").
 -- On error, pending
 -- to-be-closed variables are closed with the error object, in reverse
--- order, by F.run's own <close> variable: when a pcall catches the error,
+-- order, by finisher.run's own <close> variable: when a pcall catches the error,
 -- or at coroutine.close for an error that killed the coroutine, as
 -- natively (coroutine.close also closes those of a suspended coroutine).
 --
@@ -95,7 +95,7 @@
 --
 -- Message handlers: an xpcall's handler runs where the error is raised,
 -- before to-be-closed variables close, and once (see "Message handlers"
--- below): F.run given opts.msgh (restored frames; conformance mode's
+-- below): finisher.run given opts.msgh (restored frames; conformance mode's
 -- frames under an interpreted xpcall) calls it there, and the frame's
 -- variables close natively when the error is caught, under the handler.
 --
@@ -104,7 +104,7 @@
 -- debug library (stack levels, getinfo, hooks, tracebacks) sees the
 -- finisher's own functions.
 
-local B = ...
+local bytecode = ...
 
 -- Everything global is taken once, here: interpreted code may replace or
 -- remove globals.
@@ -123,9 +123,9 @@ local table_unpack, table_pack, table_sort = table.unpack, table.pack, table.sor
 local string_dump, string_format, string_find, string_gsub, string_match, string_sub =
   string.dump, string.format, string.find, string.gsub, string.match, string.sub
 local coroutine_create, coroutine_wrap = coroutine.create, coroutine.wrap
-local decode, OP, line_of = B.decode, B.OP, B.line_of
+local decode, OP, line_of = bytecode.decode, bytecode.OP, bytecode.line_of
 
-local F = {}
+local finisher = {}
 
 local MY_SRC = debug_getinfo(1, "S").short_src
 
@@ -133,7 +133,8 @@ local MY_SRC = debug_getinfo(1, "S").short_src
 -- table whose array part holds its closure, its pending pc (1-based), its
 -- number of registers and then the registers, in these slots.
 local RECORD_FN, RECORD_CUR = 1, 2
-F.RECORD_FN, F.RECORD_CUR, F.RECORD_NREGS, F.RECORD_R0 = RECORD_FN, RECORD_CUR, 3, 4
+finisher.RECORD_FN, finisher.RECORD_CUR = RECORD_FN, RECORD_CUR
+finisher.RECORD_NREGS, finisher.RECORD_R0 = 3, 4
 local OFFSET_sC = 127                 -- MAXARG_C >> 1
 
 -- ------------------------------------------------------------ caches ---
@@ -156,10 +157,10 @@ local function decode_proto(proto)
 end
 
 -- Compiled prototypes: ops[pc] is the instruction at pc as a closure (see
--- "opcodes"). The compilers C[op] run from the last instruction back, so
+-- "opcodes"). The compilers compile[op] run from the last instruction back, so
 -- that an op can hold a later successor as an upvalue; `succ(t)` gives the
 -- closure that continues at t (for an earlier t, one that looks it up).
-local C = {}
+local compile = {}
 local compiled = setmetatable({}, {__mode = "k"})
 local function ops_of(proto)
   local ops = compiled[proto]
@@ -180,13 +181,13 @@ local function ops_of(proto)
   end
   for pc = #dec, 1, -1 do
     local ins = dec[pc]
-    ops[pc] = C[ins.op](proto, pc, ins.a, ins.b, ins.c, ins.k, ins, succ, ops)
+    ops[pc] = compile[ins.op](proto, pc, ins.a, ins.b, ins.c, ins.k, ins, succ, ops)
   end
   compiled[proto] = ops
   return ops
 end
 
--- Loadable chunk per child prototype (B.write once).
+-- Loadable chunk per child prototype (bytecode.write once).
 local chunks = setmetatable({}, {__mode = "k"})
 
 -- Prototypes per closure function (string.dump is per prototype, but a
@@ -212,13 +213,13 @@ end
 local function proto_of(f)
   local p = protos[f]
   if not p then
-    p = B.read(string_dump(f))
+    p = bytecode.read(string_dump(f))
     share_strings(p, {})
     protos[f] = p
   end
   return p
 end
-F.proto_of = proto_of
+finisher.proto_of = proto_of
 
 local lua_functions = setmetatable({}, {__mode = "k"})
 local function is_lua(f)
@@ -244,7 +245,7 @@ end
 
 -- luaF_getlocalname: the name of the reg-th (0-based) active local at pc
 -- (1-based instruction index).
-function F.localname(proto, reg, pc)
+function finisher.localname(proto, reg, pc)
   local n, z = reg + 1, pc - 1
   for _, lv in ipairs(proto.locvars or {}) do
     if lv.startpc > z then break end
@@ -340,7 +341,7 @@ local function closeupvals(fr, level)
 end
 
 local function tbc_error(fr, reg, pc)
-  local name = F.localname(fr.p, reg, pc) or "?"
+  local name = finisher.localname(fr.p, reg, pc) or "?"
   error(string_format("variable '%s' got a non-closable value", name))
 end
 
@@ -390,7 +391,7 @@ local function close(fr, level)
   closetbc(fr, level)
 end
 
--- F.run's own to-be-closed variable: coroutine.close of a suspended
+-- finisher.run's own to-be-closed variable: coroutine.close of a suspended
 -- coroutine, or of one an error killed, and an error caught below the frame
 -- close the frame's pending variables (with the error), as natively. Each
 -- gets a native to-be-closed stand-in (PROXY, in close_chain), so a failing
@@ -445,7 +446,7 @@ local A_MASK, B_MASK = ~(0xFF << 7), ~(0xFF << 16)
 local function native_op(key, code, numparams)
   local fn = natives[key]
   if not fn then
-    local chunk = B.write({linedefined = 0, lastlinedefined = 0, numparams = numparams,
+    local chunk = bytecode.write({linedefined = 0, lastlinedefined = 0, numparams = numparams,
       is_vararg = numparams > 0, maxstacksize = 2, code = code, k = {n = 0},
       upvalues = {}, p = {}}, true)
     fn = assert(load(chunk, "=?", "b"))
@@ -654,7 +655,7 @@ local function closure(fr, bx)
   local child = fr.p.p[bx + 1]
   local chunk = chunks[child]
   if not chunk then
-    chunk = B.write(child)
+    chunk = bytecode.write(child)
     chunks[child] = chunk
   end
   local f = assert(load(chunk, "=?", "b"))
@@ -680,43 +681,55 @@ end
 -- callee or a metamethod, which may yield) first sets fr.cur to its own
 -- index, for error naming and frames.lua; the others (moves, loads, jumps,
 -- tests, loop steps) skip that store.
--- C[opcode](p, pc, a, b, c, k, ins, succ, ops) -> op, for the instruction
+-- compile[opcode](p, pc, a, b, c, k, ins, succ, ops) -> op, for the instruction
 -- at p.code[pc] (ins: it decoded, for its other fields, ins.bx, ins.sbx,
 -- ins.sj; succ and ops as in ops_of). Operands are read here, when the
 -- prototype is compiled, into the upvalues of the op.
 
 local function setter(a, v, nx) return function(fr, R) R[a] = v; return nx(fr, R) end end
 
-C[OP.MOVE] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.MOVE] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) R[a] = R[b]; return nx(fr, R) end
 end
-C[OP.LOADI] = function(_, pc, a, b, c, k, ins, S) return setter(a, ins.sbx, S(pc + 1)) end
-C[OP.LOADF] = function(_, pc, a, b, c, k, ins, S) return setter(a, ins.sbx + 0.0, S(pc + 1)) end
-C[OP.LOADK] = function(p, pc, a, b, c, k, ins, S) return setter(a, p.k[ins.bx + 1], S(pc + 1)) end
-C[OP.LOADKX] = function(p, pc, a, b, c, k, ins, S)   -- Ax of the following OP_EXTRAARG
-  return setter(a, p.k[decode_proto(p)[pc + 1].ax + 1], S(pc + 2))
+compile[OP.LOADI] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, ins.sbx, succ(pc + 1))
 end
-C[OP.LOADFALSE] = function(_, pc, a, b, c, k, ins, S) return setter(a, false, S(pc + 1)) end
-C[OP.LFALSESKIP] = function(_, pc, a, b, c, k, ins, S) return setter(a, false, S(pc + 2)) end
-C[OP.LOADTRUE] = function(_, pc, a, b, c, k, ins, S) return setter(a, true, S(pc + 1)) end
-C[OP.LOADNIL] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.LOADF] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, ins.sbx + 0.0, succ(pc + 1))
+end
+compile[OP.LOADK] = function(p, pc, a, b, c, k, ins, succ)
+  return setter(a, p.k[ins.bx + 1], succ(pc + 1))
+end
+compile[OP.LOADKX] = function(p, pc, a, b, c, k, ins, succ)   -- Ax of the following OP_EXTRAARG
+  return setter(a, p.k[decode_proto(p)[pc + 1].ax + 1], succ(pc + 2))
+end
+compile[OP.LOADFALSE] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, false, succ(pc + 1))
+end
+compile[OP.LFALSESKIP] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, false, succ(pc + 2))
+end
+compile[OP.LOADTRUE] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, true, succ(pc + 1))
+end
+compile[OP.LOADNIL] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     for r = a, a + b do R[r] = nil end
     return nx(fr, R)
   end
 end
-C[OP.GETUPVAL] = function(_, pc, a, b, c, k, ins, S)
-  local n, nx = b + 1, S(pc + 1)
+compile[OP.GETUPVAL] = function(_, pc, a, b, c, k, ins, succ)
+  local n, nx = b + 1, succ(pc + 1)
   return function(fr, R)
     local _, v = debug_getupvalue(fr.cl, n)
     R[a] = v
     return nx(fr, R)
   end
 end
-C[OP.SETUPVAL] = function(_, pc, a, b, c, k, ins, S)
-  local n, nx = b + 1, S(pc + 1)
+compile[OP.SETUPVAL] = function(_, pc, a, b, c, k, ins, succ)
+  local n, nx = b + 1, succ(pc + 1)
   return function(fr, R)
     debug_setupvalue(fr.cl, n, R[a])
     return nx(fr, R)
@@ -725,8 +738,8 @@ end
 -- Every operand a native error may blame is a named variable here (`t`,
 -- `fn`, `x`, `y`, `v`): its varinfo marks the error as the operator's own,
 -- for rewrite() to name the interpreted operand instead.
-C[OP.GETTABUP] = function(p, pc, a, b, c, k, ins, S)
-  local n, key, nx = b + 1, p.k[c + 1], S(pc + 1)
+compile[OP.GETTABUP] = function(p, pc, a, b, c, k, ins, succ)
+  local n, key, nx = b + 1, p.k[c + 1], succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     local _, t = debug_getupvalue(fr.cl, n)
@@ -734,8 +747,8 @@ C[OP.GETTABUP] = function(p, pc, a, b, c, k, ins, S)
     return nx(fr, R)
   end
 end
-C[OP.GETTABLE] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.GETTABLE] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     local t = R[b]
@@ -752,11 +765,15 @@ local function getkey(key, pc, a, b, nx)
     return nx(fr, R)
   end
 end
-C[OP.GETI] = function(_, pc, a, b, c, k, ins, S) return getkey(c, pc, a, b, S(pc + 1)) end
-C[OP.GETFIELD] = function(p, pc, a, b, c, k, ins, S) return getkey(p.k[c + 1], pc, a, b, S(pc + 1)) end
+compile[OP.GETI] = function(_, pc, a, b, c, k, ins, succ)
+  return getkey(c, pc, a, b, succ(pc + 1))
+end
+compile[OP.GETFIELD] = function(p, pc, a, b, c, k, ins, succ)
+  return getkey(p.k[c + 1], pc, a, b, succ(pc + 1))
+end
 -- The stores: the value is R[C], or the constant K[C] when k is set.
-C[OP.SETTABUP] = function(p, pc, a, b, c, k, ins, S)
-  local n, key, nx = a + 1, p.k[b + 1], S(pc + 1)
+compile[OP.SETTABUP] = function(p, pc, a, b, c, k, ins, succ)
+  local n, key, nx = a + 1, p.k[b + 1], succ(pc + 1)
   if k == 1 then
     local v = p.k[c + 1]
     return function(fr, R)
@@ -773,8 +790,8 @@ C[OP.SETTABUP] = function(p, pc, a, b, c, k, ins, S)
     return nx(fr, R)
   end
 end
-C[OP.SETTABLE] = function(p, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.SETTABLE] = function(p, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   if k == 1 then
     local v = p.k[c + 1]
     return function(fr, R)
@@ -809,20 +826,22 @@ local function setkey(p, pc, a, key, c, k, nx)
     return nx(fr, R)
   end
 end
-C[OP.SETI] = function(p, pc, a, b, c, k, ins, S) return setkey(p, pc, a, b, c, k, S(pc + 1)) end
-C[OP.SETFIELD] = function(p, pc, a, b, c, k, ins, S)
-  return setkey(p, pc, a, p.k[b + 1], c, k, S(pc + 1))
+compile[OP.SETI] = function(p, pc, a, b, c, k, ins, succ)
+  return setkey(p, pc, a, b, c, k, succ(pc + 1))
 end
-C[OP.NEWTABLE] = function(p, pc, a, b, c, k, ins, S)
-  local nx, make = S(pc + 2)                -- past the EXTRAARG
+compile[OP.SETFIELD] = function(p, pc, a, b, c, k, ins, succ)
+  return setkey(p, pc, a, p.k[b + 1], c, k, succ(pc + 1))
+end
+compile[OP.NEWTABLE] = function(p, pc, a, b, c, k, ins, succ)
+  local nx, make = succ(pc + 2)                -- past the EXTRAARG
   return function(fr, R)
     make = make or newtable_op(p, pc)
     R[a] = make()
     return nx(fr, R)
   end
 end
-C[OP.SELF] = function(p, pc, a, b, c, k, ins, S)
-  local a1, nx = a + 1, S(pc + 1)
+compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
+  local a1, nx = a + 1, succ(pc + 1)
   if k == 1 then
     local key = p.k[c + 1]
     return function(fr, R)
@@ -969,45 +988,45 @@ local ARITH_KR = {
 
 -- An op with an immediate or constant operand: the source-level one is the
 -- MMBINI's sB or the MMBINK's K[B].
-local function arith_k(p, pc, a, b, c, k, ins, S)
+local function arith_k(p, pc, a, b, c, k, ins, succ)
   local mm = decode_proto(p)[pc + 1]
   local v = (mm.op == OP.MMBINI) and mm.b - OFFSET_sC or p.k[mm.b + 1]
-  if mm.k == 1 then return ARITH_KR[mm.c](a, b, v, pc, S(pc + 2)) end
-  return ARITH_RK[mm.c](a, b, v, pc, S(pc + 2))
+  if mm.k == 1 then return ARITH_KR[mm.c](a, b, v, pc, succ(pc + 2)) end
+  return ARITH_RK[mm.c](a, b, v, pc, succ(pc + 2))
 end
-local function arith_rr(p, pc, a, b, c, k, ins, S)
-  return ARITH_RR[decode_proto(p)[pc + 1].c](a, b, c, pc, S(pc + 2))
+local function arith_rr(p, pc, a, b, c, k, ins, succ)
+  return ARITH_RR[decode_proto(p)[pc + 1].c](a, b, c, pc, succ(pc + 2))
 end
 for _, name in ipairs({"ADDI", "ADDK", "SUBK", "MULK", "MODK", "POWK", "DIVK", "IDIVK",
     "BANDK", "BORK", "BXORK", "SHRI", "SHLI"}) do
-  C[OP[name]] = arith_k
+  compile[OP[name]] = arith_k
 end
 for _, name in ipairs({"ADD", "SUB", "MUL", "MOD", "POW", "DIV", "IDIV", "BAND", "BOR",
     "BXOR", "SHL", "SHR"}) do
-  C[OP[name]] = arith_rr
+  compile[OP[name]] = arith_rr
 end
 -- No-ops: the arithmetic ops above already ran any metamethod natively and
 -- went past these (reached only by a jump, which the compiler never emits);
 -- OP_VARARGPREP's varargs are already apart.
-local function nop(_, pc, a, b, c, k, ins, S) return S(pc + 1) end
-C[OP.MMBIN] = nop
-C[OP.MMBINI] = nop
-C[OP.MMBINK] = nop
-C[OP.VARARGPREP] = nop
-C[OP.UNM] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+local function nop(_, pc, a, b, c, k, ins, succ) return succ(pc + 1) end
+compile[OP.MMBIN] = nop
+compile[OP.MMBINI] = nop
+compile[OP.MMBINK] = nop
+compile[OP.VARARGPREP] = nop
+compile[OP.UNM] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = -x; return nx(fr, R) end
 end
-C[OP.BNOT] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.BNOT] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = ~x; return nx(fr, R) end
 end
-C[OP.NOT] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.NOT] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) R[a] = not R[b]; return nx(fr, R) end
 end
-C[OP.LEN] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.LEN] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = #x; return nx(fr, R) end
 end
 -- Right to left, as luaV_concat: R[a] := R[a] .. ... .. R[last + 1].
@@ -1026,54 +1045,56 @@ local function concat_op(pc, a, last, nx)
     return nx(fr, R)
   end
 end
-C[OP.CONCAT] = function(_, pc, a, b, c, k, ins, S)
-  return concat_op(pc, a, a + b - 2, S(pc + 1))
+compile[OP.CONCAT] = function(_, pc, a, b, c, k, ins, succ)
+  return concat_op(pc, a, a + b - 2, succ(pc + 1))
 end
-C[OP.CLOSE] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.CLOSE] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     close(fr, a)
     return nx(fr, R)
   end
 end
-C[OP.TBC] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.TBC] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     newtbc(fr, a)
     return nx(fr, R)
   end
 end
-C[OP.JMP] = function(_, pc, a, b, c, k, ins, S) return S(pc + 1 + ins.sj) end   -- its target
+compile[OP.JMP] = function(_, pc, a, b, c, k, ins, succ)
+  return succ(pc + 1 + ins.sj)   -- its target
+end
 
 -- A test and its following OP_JMP (docondjump): `yes` continues where the
 -- condition holding leads, `no` where it failing does; the jump is taken
 -- when the condition equals k, else skipped.
-local function targets(p, pc, k, S)
-  local jump, past = S(pc + 2 + decode_proto(p)[pc + 1].sj), S(pc + 2)
+local function targets(p, pc, k, succ)
+  local jump, past = succ(pc + 2 + decode_proto(p)[pc + 1].sj), succ(pc + 2)
   if k == 1 then return jump, past end
   return past, jump
 end
 -- Comparisons that may call a metamethod.
-C[OP.EQ] = function(p, pc, a, b, c, k, ins, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.EQ] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] == R[b] then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.LT] = function(p, pc, a, b, c, k, ins, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.LT] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] < R[b] then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.LE] = function(p, pc, a, b, c, k, ins, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.LE] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] <= R[b] then return yes(fr, R) end
@@ -1085,32 +1106,32 @@ local function imm(b, c)                 -- sB, a float when C (isf) is set
   if c ~= 0 then return b + 0.0 end
   return b
 end
-C[OP.LTI] = function(p, pc, a, b, c, k, ins, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.LTI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] < v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.LEI] = function(p, pc, a, b, c, k, ins, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.LEI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] <= v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.GTI] = function(p, pc, a, b, c, k, ins, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.GTI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] > v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.GEI] = function(p, pc, a, b, c, k, ins, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.GEI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] >= v then return yes(fr, R) end
@@ -1119,22 +1140,22 @@ C[OP.GEI] = function(p, pc, a, b, c, k, ins, S)
 end
 -- Equality with a constant or an immediate (never a table or a userdata,
 -- so no __eq: raw equality) and truth tests call nothing.
-C[OP.EQK] = function(p, pc, a, b, c, k, ins, S)
-  local v, yes, no = p.k[b + 1], targets(p, pc, k, S)
+compile[OP.EQK] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = p.k[b + 1], targets(p, pc, k, succ)
   return function(fr, R)
     if R[a] == v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.EQI] = function(p, pc, a, b, c, k, ins, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.EQI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     if R[a] == v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.TEST] = function(p, pc, a, b, c, k, ins, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.TEST] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     if R[a] then return yes(fr, R) end
     return no(fr, R)
@@ -1142,8 +1163,8 @@ C[OP.TEST] = function(p, pc, a, b, c, k, ins, S)
 end
 -- TESTSET: when R[B] as a boolean is k, R[A] := R[B] and jump; else skip
 -- the jump.
-C[OP.TESTSET] = function(p, pc, a, b, c, k, ins, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.TESTSET] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   if k == 1 then
     return function(fr, R)
       local v = R[b]
@@ -1231,8 +1252,8 @@ local function fastcall(a, nargs, nres, pc, general, nx)
     return nx(fr, R)
   end
 end
-C[OP.CALL] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.CALL] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   local function general(fr, R)
     fr.cur = pc
     local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
@@ -1246,7 +1267,7 @@ C[OP.CALL] = function(_, pc, a, b, c, k, ins, S)
 end
 -- The frame ends here: execute() sees fr.done, or runs the callee that
 -- replaced it.
-C[OP.TAILCALL] = function(_, pc, a, b, c, k)
+compile[OP.TAILCALL] = function(_, pc, a, b, c, k)
   return function(fr, R)
     fr.cur = pc
     local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
@@ -1258,7 +1279,7 @@ C[OP.TAILCALL] = function(_, pc, a, b, c, k)
     end
   end
 end
-C[OP.RETURN] = function(_, pc, a, b)
+compile[OP.RETURN] = function(_, pc, a, b)
   return function(fr, R)
     fr.cur = pc
     local n = (b ~= 0) and (b - 1) or (fr.top - a)
@@ -1269,7 +1290,7 @@ C[OP.RETURN] = function(_, pc, a, b)
     fr.done = true
   end
 end
-C[OP.RETURN0] = function(_, pc)
+compile[OP.RETURN0] = function(_, pc)
   return function(fr)
     fr.cur = pc
     close(fr, 0)
@@ -1277,7 +1298,7 @@ C[OP.RETURN0] = function(_, pc)
     fr.done = true
   end
 end
-C[OP.RETURN1] = function(_, pc, a)
+compile[OP.RETURN1] = function(_, pc, a)
   return function(fr, R)
     fr.cur = pc
     local v = R[a]
@@ -1286,9 +1307,9 @@ C[OP.RETURN1] = function(_, pc, a)
     fr.done = true
   end
 end
--- The loops look up their earlier target themselves (S would add a call).
-C[OP.FORLOOP] = function(_, pc, a, b, c, k, ins, S, ops)
-  local back, nx, a1, a2, a3 = pc + 1 - ins.bx, S(pc + 1), a + 1, a + 2, a + 3
+-- The loops look up their earlier target themselves (succ would add a call).
+compile[OP.FORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+  local back, nx, a1, a2, a3 = pc + 1 - ins.bx, succ(pc + 1), a + 1, a + 2, a + 3
   return function(fr, R)
     local step = R[a2]
     -- An integer loop has an integer step (lvm.c checks its type). Told
@@ -1306,24 +1327,24 @@ C[OP.FORLOOP] = function(_, pc, a, b, c, k, ins, S, ops)
     return nx(fr, R)
   end
 end
-C[OP.FORPREP] = function(_, pc, a, b, c, k, ins, S)
-  local past, nx = S(pc + ins.bx + 2), S(pc + 1)
+compile[OP.FORPREP] = function(_, pc, a, b, c, k, ins, succ)
+  local past, nx = succ(pc + ins.bx + 2), succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     if forprep(R, a) then return past(fr, R) end
     return nx(fr, R)
   end
 end
-C[OP.TFORPREP] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1 + ins.bx)              -- the OP_TFORCALL
+compile[OP.TFORPREP] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1 + ins.bx)              -- the OP_TFORCALL
   return function(fr, R)
     fr.cur = pc
     newtbc(fr, a + 3)
     return nx(fr, R)
   end
 end
-C[OP.TFORCALL] = function(_, pc, a, b, c, k, ins, S)
-  local nx, a1, a2, a4, a5, a6 = S(pc + 1), a + 1, a + 2, a + 4, a + 5, a + 6
+compile[OP.TFORCALL] = function(_, pc, a, b, c, k, ins, succ)
+  local nx, a1, a2, a4, a5, a6 = succ(pc + 1), a + 1, a + 2, a + 4, a + 5, a + 6
   local function general(fr, R)
     fr.cur = pc
     R[a4], R[a5], R[a6] = R[a], R[a1], R[a2]
@@ -1351,8 +1372,8 @@ C[OP.TFORCALL] = function(_, pc, a, b, c, k, ins, S)
   end
   return general
 end
-C[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, S, ops)
-  local back, nx, a2, a4 = pc + 1 - ins.bx, S(pc + 1), a + 2, a + 4
+compile[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+  local back, nx, a2, a4 = pc + 1 - ins.bx, succ(pc + 1), a + 2, a + 4
   return function(fr, R)
     local v = R[a4]
     if v == nil then return nx(fr, R) end
@@ -1360,8 +1381,8 @@ C[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, S, ops)
     return ops[back](fr, R)
   end
 end
-C[OP.SETLIST] = function(p, pc, a, b, c, k, ins, S)
-  local nx = S((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
+compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
+  local nx = succ((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
   local set
   return function(fr, R)
     set = set or setlist_op(p, pc, k)
@@ -1370,15 +1391,15 @@ C[OP.SETLIST] = function(p, pc, a, b, c, k, ins, S)
     return nx(fr, R)
   end
 end
-C[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, S)
-  local bx, nx = ins.bx, S(pc + 1)
+compile[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, succ)
+  local bx, nx = ins.bx, succ(pc + 1)
   return function(fr, R)
     R[a] = closure(fr, bx)
     return nx(fr, R)
   end
 end
-C[OP.VARARG] = function(_, pc, a, b, c, k, ins, S)
-  local nx = S(pc + 1)
+compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     local va, n = fr.varargs, c - 1
     if n < 0 then
@@ -1389,12 +1410,12 @@ C[OP.VARARG] = function(_, pc, a, b, c, k, ins, S)
     return nx(fr, R)
   end
 end
-C[OP.EXTRAARG] = function()
+compile[OP.EXTRAARG] = function()
   return function() error("finisher: unexpected OP_EXTRAARG", 0) end
 end
 
 for name, code in next, OP do
-  assert(C[code], "finisher: no compiler for " .. name)
+  assert(compile[code], "finisher: no compiler for " .. name)
 end
 
 -- ----------------------------------------------------- error naming ---
@@ -1463,7 +1484,7 @@ end
 
 -- -> kind, name, pc (the instruction that set reg, or -1)
 local function basicgetobjname(p, pc, reg)
-  local name = F.localname(p, reg, pc + 1)
+  local name = finisher.localname(p, reg, pc + 1)
   if name then return "local", name, pc end
   pc = findsetreg(p, pc, reg)
   if pc ~= -1 then
@@ -1630,7 +1651,7 @@ end
 
 -- luaL_where and `error(msg, level)` count stack levels, one per function
 -- natively; here an interpreted frame is several native levels (an op
--- closure, execute, pcall, F.run, ...). So levels are counted over the
+-- closure, execute, pcall, finisher.run, ...). So levels are counted over the
 -- interpreted frames instead. A level is a finisher frame (at its current
 -- line), a C level ({c = true, caller = x}: a C function x called, which
 -- has no position), or a frame of a restored coroutine waiting in its
@@ -1645,11 +1666,11 @@ local function position(p, pc, src)
   return src .. ":" .. line .. ": "
 end
 
-local execute, finish        -- (below) the levels that show a frame's F.run
+local execute, finish        -- (below) the levels that show a frame's finisher.run
 
--- The n-th native level above the F.run of finisher frame fr, which native
--- code started (F.call, F.run): found on the stack by its execute(fr) (or
--- finish(fr), which F.run calls once the frame's pcall returned).
+-- The n-th native level above the finisher.run of finisher frame fr, which native
+-- code started (finisher.call, finisher.run): found on the stack by its execute(fr) (or
+-- finish(fr), which finisher.run calls once the frame's pcall returned).
 local function native_where(fr, n)
   local l = 2
   while true do
@@ -1785,7 +1806,7 @@ end
 -- Message handlers. Natively an xpcall's handler runs where the error is
 -- raised, before any to-be-closed variable closes (ldebug.c luaG_errormsg),
 -- and stays active while the catching call closes them (ldo.c luaD_pcall
--- restores errfunc after luaD_closeprotected). F.run given opts.msgh runs
+-- restores errfunc after luaD_closeprotected). finisher.run given opts.msgh runs
 -- its frame in an xpcall with it; the frame's variables close natively,
 -- by GUARD's stand-ins, when the error is caught, so the error of a
 -- __close reaches the active handler too. frames.lua gives a restored
@@ -1793,7 +1814,7 @@ end
 -- re-created handler from running it again (handler_of). In conformance
 -- mode every frame under an interpreted xpcall has a handler (the xpcall
 -- replacement's C level passes it down, fr.msgh) and an error passes
--- several F.runs: the first to see it runs the user's handler and boxes
+-- several finisher.runs: the first to see it runs the user's handler and boxes
 -- the result, HANDLED {v = result}, which the others pass on, the
 -- stand-ins unbox for __close, and the xpcall replacement unboxes.
 
@@ -1817,12 +1838,12 @@ function finish(fr, ok, e)
     local ret = fr.ret
     return table_unpack(ret, 1, ret.n)
   end
-  -- the frame's variables close natively, by F.run's GUARD, when the error
+  -- the frame's variables close natively, by finisher.run's GUARD, when the error
   -- is caught (after a message handler ran) or at coroutine.close
   error(rewrite(fr, e), 0)
 end
 
-function F.run(cl, proto, pc, regs, varargs, top, opts)
+function finisher.run(cl, proto, pc, regs, varargs, top, opts)
   opts = opts or {}
   local R, boxes = make_registers(regs or {}, opts.links)
   local tbc = {}
@@ -1854,25 +1875,25 @@ end
 function start(f, interpret, caller, args)
   local proto = proto_of(f)
   local regs, varargs = arguments(proto, args)
-  return F.run(f, proto, 1, regs, varargs, nil,
+  return finisher.run(f, proto, 1, regs, varargs, nil,
     {interpret = interpret, caller = caller, msgh = caller and caller.msgh})
 end
 
-function F.call(f, ...)
+function finisher.call(f, ...)
   return start(f, nil, nil, table_pack(...))
 end
 
 -- `interpret(callee, fr)` decides whether a Lua callee is interpreted too
 -- (true), or names a function to call in its place.
-function F.call_hooked(interpret, f, ...)
+function finisher.call_hooked(interpret, f, ...)
   return start(f, interpret, nil, table_pack(...))
 end
 
-F.is_lua = is_lua
+finisher.is_lua = is_lua
 
 -- ------------------------------------------------------- conformance ---
 
-local conform                              -- the hook of F.conformance
+local conform                              -- the hook of finisher.conformance
 
 -- A function for C code to call back that runs f interpreted; its caller
 -- is that C code (a C level), or nothing (a coroutine's body).
@@ -1966,8 +1987,8 @@ function conform(fn, fr)
 end
 
 -- Run f with every Lua function it reaches interpreted (see the header).
-function F.conformance(f, ...)
+function finisher.conformance(f, ...)
   return start(f, conform, nil, table_pack(...))
 end
 
-return F
+return finisher

@@ -1,26 +1,27 @@
 -- Suspended coroutines: their call stacks as plain data, and back.
 --
 -- Loaded once per Lua state by persist/state.py, before any user code, with
--- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua, whose `original`
--- gives library functions as they were before user code ran) and
--- lua/session.lua's module (unused now). Returns CF:
+-- the modules `bytecode` (bytecode.lua), `finisher` (finisher.lua),
+-- `framepeek` (framepeek.lua, whose `original` gives library functions as
+-- they were before user code ran) and lua/session.lua's (unused now).
+-- Returns `frames` (persist/state.py hands it to state.lua):
 --
---   CF.prepare(co)  -> plan | nil, reason
+--   frames.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
 --       (plan.table, with every Lua level's registers), the pcs its
 --       bytecode alone pins down (plan.pcs[level]) and the levels whose
 --       saved pcs must be read from the frame records (plan.wanted, a list;
---       CF.packed(plan) is the record as bytes for framepeek.py)
---   CF.build(plan, probe) -> record | nil, reason
+--       frames.packed(plan) is the record as bytes for framepeek.py)
+--   frames.build(plan, probe) -> record | nil, reason
 --       the coroutine's RECORD, once plan.pcs has every frame's pc
 --       (framepeek.py's FramePC.pc); `probe(co, level, reg, frame, value)`
 --       is called for every register of a native frame that a closure may
 --       share (an open upvalue), for the serializer's sentinel probing
---   CF.pending(co)  -> record | nil    a restored coroutine not resumed yet
---   CF.revive(rec)  -> body           the function for coroutine.create or
---       coroutine.wrap that continues the record; CF.adopt(co, rec) marks
+--   frames.pending(co)  -> record | nil    a restored coroutine not resumed yet
+--   frames.revive(rec)  -> body           the function for coroutine.create or
+--       coroutine.wrap that continues the record; frames.adopt(co, rec) marks
 --       the new thread as restored (so that it is saved as the same record
---       until it is resumed or closed); CF.start(threads) then starts them
+--       until it is resumed or closed); frames.start(threads) then starts them
 --       up to their first resume (once records are complete), so that
 --       its frames' pcalls, xpcalls and to-be-closed guards are native
 --       levels of the thread: coroutine.close and errors close them natively
@@ -33,7 +34,7 @@
 --     call was closing, after catching e, the variables of the frames e
 --     unwound and a __close yielded (finishpcallk): the values still to close
 --   { c = "raise", u = ... } a restored frame unwinding: its own pcall in
---     F.run was closing a native callee's variables; then e goes on from it
+--     finisher.run was closing a native callee's variables; then e goes on from it
 --   { closure, cur, n, R[0], R[1], ..., R[n - 1] } (cur: the pending
 --     instruction, a 1-based index into the prototype's code; n: the number
 --     of registers; frame[R0 + r] is register r), and where needed:
@@ -64,8 +65,8 @@
 -- finisher's own frame tables, the native frames above them, and the frames
 -- still waiting in `rec`.
 
-local B, F, FP = ...
-local original = FP.original
+local bytecode, finisher, framepeek = ...
+local original = framepeek.original
 
 local getinfo = original("debug.getinfo", debug.getinfo)
 local getlocal = original("debug.getlocal", debug.getlocal)
@@ -84,16 +85,17 @@ local tsort = original("table.sort", table.sort)
 local KXPCALL = original("xpcall", xpcall)   -- the kernel's xpcall (a Lua function)
 local PCALL = pcall
 
-local OP, OPNAMES, decode = B.OP, B.OPNAMES, B.decode
-local proto_of = F.proto_of
+local OP, OPNAMES, decode = bytecode.OP, bytecode.OPNAMES, bytecode.decode
+local proto_of = finisher.proto_of
 
-local CF = {}
+local frames = {}
 
 -- a Lua frame record's slots (the finisher's where() reads them too)
-local FN, CUR, NREGS, R0 = F.RECORD_FN, F.RECORD_CUR, F.RECORD_NREGS, F.RECORD_R0
+local FN, CUR = finisher.RECORD_FN, finisher.RECORD_CUR
+local NREGS, R0 = finisher.RECORD_NREGS, finisher.RECORD_R0
 
 local MY_SRC = getinfo(1, "S").short_src
-local FIN_SRC = getinfo(F.run, "S").short_src
+local FIN_SRC = getinfo(finisher.run, "S").short_src
 
 local function upvalue_named(f, wanted)
   local i = 1
@@ -113,9 +115,9 @@ if getinfo(KXPCALL, "S").what == "Lua" then
 end
 
 -- The finisher's `execute(fr)`: its levels stand for finisher frames.
-local EXECUTE = assert(upvalue_named(F.run, "execute"), "frames.lua: no finisher execute")
--- F.run's own to-be-closed guard (closes a finisher frame's variables).
-local FIN_GUARD = assert(upvalue_named(F.run, "GUARD"), "frames.lua: no finisher GUARD")
+local EXECUTE = assert(upvalue_named(finisher.run, "execute"), "frames.lua: no finisher execute")
+-- finisher.run's own to-be-closed guard (closes a finisher frame's variables).
+local FIN_GUARD = assert(upvalue_named(finisher.run, "GUARD"), "frames.lua: no finisher GUARD")
 
 ---------------------------------------------------------------------------
 -- What a prototype says about its registers (cached per prototype).
@@ -169,7 +171,7 @@ local function analyse(p)
   for pc, ins in ipairs(p.code) do
     local op, a, _, _, _, bx = decode(ins)
     if op == OP.CALL or op == OP.TAILCALL or op == OP.TFORCALL then
-      local line = B.line_of(p, pc)
+      local line = bytecode.line_of(p, pc)
       if line then
         local list = calls[line] or {}
         calls[line] = list
@@ -321,7 +323,7 @@ local PROXY = assert(upvalue_named(CLOSE_CHAIN, "PROXY"), "frames.lua: no finish
 -- variables, outermost first; ci_states(address) -> per level, innermost
 -- first, H callstatus and i4 u2. Either may give nil.
 local tbc_slots, ci_states
-function CF.use_readers(tbc, states) tbc_slots, ci_states = tbc, states end
+function frames.use_readers(tbc, states) tbc_slots, ci_states = tbc, states end
 local sunpack = original("string.unpack", string.unpack)
 
 local function address(co) return tonumber(sformat("%p", co)) end
@@ -442,12 +444,12 @@ local function pinned_pc(t, level)
 end
 
 -- A recovering pcall/xpcall at `level` that is the finisher's own, around a
--- running restored frame (F.run's pcall/xpcall of execute): when it has
--- closed its level, the frame's error goes on and F.run's guard closes the
+-- running restored frame (finisher.run's pcall/xpcall of execute): when it has
+-- closed its level, the frame's error goes on and finisher.run's guard closes the
 -- frame's variables. Returns the item standing for both: {c = "raise",
--- u = the frame's variables, then u's}, or nil when the call is not F.run's.
+-- u = the frame's variables, then u's}, or nil when the call is not finisher.run's.
 local function finisher_unwinding(co, t, caller, u)
-  if caller >= t.n or not rawequal(t[caller].func, F.run) then return nil end
+  if caller >= t.n or not rawequal(t[caller].func, finisher.run) then return nil end
   local fr = local_named(co, caller, "fr")
   local list = { e = u.e }
   for _, r in ipairs(fr.tbc) do list[#list + 1] = fr.R[r] end
@@ -457,7 +459,7 @@ local function finisher_unwinding(co, t, caller, u)
 end
 
 -- A __close yielding while a restored frame's variables close after an
--- error: inside F.run's guard (the finisher's closetbc has the error and
+-- error: inside finisher.run's guard (the finisher's closetbc has the error and
 -- the frame's variables still to close) or a waiting frame's guard (its
 -- `e`). Returns {e = error, list = values still to close, first created
 -- first}, or nil and why not.
@@ -468,7 +470,7 @@ end
 -- A stand-in's __close (finisher PROXY, frames.lua FRAME_GUARD) closes one
 -- variable, with the error it passes on (`err`, `e`). The other stand-ins
 -- still to close are in the catching call's tbclist, or, while the
--- finisher's close_chain returns, in its levels: then F.run's GUARD level,
+-- finisher's close_chain returns, in its levels: then finisher.run's GUARD level,
 -- further out, gives the frame's variables not closed yet (fr.tbc).
 function guard_closing(co, t, level)
   local lv = t[level]
@@ -479,8 +481,8 @@ function guard_closing(co, t, level)
 end
 
 -- The logical frames of a suspended coroutine, innermost first.
-function CF.prepare(co)
-  local t, why = FP.frames(co, true)
+function frames.prepare(co)
+  local t, why = framepeek.frames(co, true)
   if t == nil then return nil, why end
   local items, wanted, pcs = {}, {}, {}
   local plan = { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
@@ -576,7 +578,7 @@ function CF.prepare(co)
   return plan
 end
 
-function CF.packed(plan) return FP.pack(plan.table) end
+function frames.packed(plan) return framepeek.pack(plan.table) end
 
 local function copy_va(va)
   local out = { n = va and va.n or 0 }
@@ -713,7 +715,7 @@ local function finisher_frame(item)
   return fr
 end
 
-function CF.build(plan, probe)
+function frames.build(plan, probe)
   local pcs = plan.pcs
   local rec, n, probes = {}, 0, {}
   for _, item in ipairs(plan.items) do
@@ -757,7 +759,7 @@ end
 
 -- A restored thread is saved as its record until the user resumes it, and
 -- as dead once closed.
-function CF.pending(co)
+function frames.pending(co)
   local rec = restored[co]
   if rec and costatus(co) == "dead" then
     restored[co] = nil
@@ -766,7 +768,7 @@ function CF.pending(co)
   return rec
 end
 
-function CF.adopt(co, rec)
+function frames.adopt(co, rec)
   restored[co] = rec
 end
 
@@ -820,9 +822,9 @@ function registers(fr)
 end
 
 -- Message handlers. Natively an xpcall's handler runs where the error is
--- raised, before any variable closes. A restored frame runs in F.run
+-- raised, before any variable closes. A restored frame runs in finisher.run
 -- inside the re-created xpcall of the nearest protected frame below it, so
--- F.run calls that handler itself where the error is raised (opts.msgh),
+-- finisher.run calls that handler itself where the error is raised (opts.msgh),
 -- marks it done in `st.handled`, and re-raises the handler's result, which
 -- the re-created xpcall's handler (handler_of) passes on unchanged.
 local function msgh_for(st, k)
@@ -862,7 +864,7 @@ local function run_frame(st, k, ...)
   st.running = k
   st.handled = nil
   if pc == nil then return unpack(top, 1, top.n) end
-  return F.run(f, p, pc, R, copy_va(fr.va), top,
+  return finisher.run(f, p, pc, R, copy_va(fr.va), top,
     { links = fr.links, tbc = fr.tbc, cat = fr.cat, rec = st.rec, at = k,
       msgh = msgh_for(st, k) })
 end
@@ -874,7 +876,7 @@ end
 -- error of a __close goes through the active message handler and on to the
 -- next, as in luaF_close), or in coroutine.close (with the error that killed the
 -- coroutine, or nil), inside the closed coroutine, where a yield is an
--- error. Once frame k runs, F.run's own guard has them.
+-- error. Once frame k runs, finisher.run's own guard has them.
 -- (a capture while one of these __close yields reads its `e`)
 FRAME_GUARD = { __close = function(g, e)
   local st, k, i = g.st, g.k, g.i
@@ -890,7 +892,7 @@ end }
 local yield = original("coroutine.yield", coroutine.yield)
 local START = {}            -- what a restored coroutine yields when started
 
--- Frame 0: CF.start started the coroutine, which built the levels below
+-- Frame 0: frames.start started the coroutine, which built the levels below
 -- (pcall/xpcall calls and guards) and waits here for the user's first resume.
 local function first_resume()
   local r = pack(yield(START))
@@ -928,13 +930,13 @@ local function closing_error(u, e, i, st, k)
   closing_error(u, e, i + 1, st, k)
 end
 
--- The body of a coroutine restored dead by an error (CF.failed's record):
+-- The body of a coroutine restored dead by an error (frames.failed's record):
 -- it dies with the error over the same pending variables.
-function CF.die(rec) closing_error(rec, rec.e, 1) end
+function frames.die(rec) closing_error(rec, rec.e, 1) end
 
 -- The error recovering frame k passes on once its __close (frames 1 .. k-1)
 -- has ended. A "raise" frame: a restored frame that was unwinding (its own
--- pcall in F.run had caught the error and was closing its callees'
+-- pcall in finisher.run had caught the error and was closing its callees'
 -- variables): the error goes on from the frame, through Lua's own closing
 -- of the variables left (an active message handler has seen it).
 function recovered_error(st, k)
@@ -1004,7 +1006,7 @@ function resume_restored(st)
   return unpack(r, 1, r.n)
 end
 
-function CF.revive(rec)
+function frames.revive(rec)
   local st = { rec = rec, running = 0 }
   return function() return resume_restored(st) end
 end
@@ -1015,7 +1017,7 @@ end
 -- resume or close it. Returns a list of failures {index in list, reason}.
 local coresume = original("coroutine.resume", coroutine.resume)
 local tostring = original("tostring", tostring)
-function CF.start(list)
+function frames.start(list)
   local failed = {}
   for i, co in ipairs(list) do
     local ok, v = coresume(co)
@@ -1030,7 +1032,7 @@ end
 -- Such a coroutine keeps its error and its pending to-be-closed variables
 -- (lua_resume leaves the stack as it is; luaB_close -> lua_closethread ->
 -- luaE_resetthread closes them with the error and returns false, error).
--- CF.failed(co) -> {e = error, n = k, [1..k] = the values to close, first
+-- frames.failed(co) -> {e = error, n = k, [1..k] = the values to close, first
 -- created first} for such a coroutine, nil for one that ended normally (or
 -- was closed: luaE_resetthread leaves only the base level). The error is
 -- the last slot of level 0 (luaD_seterrorobj pushed it); the variables come
@@ -1057,7 +1059,7 @@ function closers_of(v, out)
   end
 end
 
-function CF.failed(co)
+function frames.failed(co)
   if costatus(co) ~= "dead" or getinfo(co, 0, "f") == nil then return nil end
   local rec = { e = last_slot(co, 0) }
   local list = {}
@@ -1067,4 +1069,4 @@ function CF.failed(co)
   return rec
 end
 
-return CF
+return frames
