@@ -61,7 +61,7 @@ def attach(session):
     lua_side.abspath = _abspath
     bytecode = load_lua(lua, "persist/lua/bytecode.lua")
     finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)
-    peek = load_lua(lua, framepeek.LUA_FILE, module.permanent, bytecode)
+    peek = load_lua(lua, framepeek.LUA_FILE, module.permanent, bytecode, finisher.proto_of)
     session._framepeek = (lua, peek)
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))

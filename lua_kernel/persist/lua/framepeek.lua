@@ -3,8 +3,9 @@
 -- Loaded once per Lua state with `permanent`, the serializer's lookup of the
 -- standard library as it was before any user code ran (state.lua's
 -- M.permanent), so that a notebook that replaced `debug.getinfo` or
--- `coroutine.yield` cannot mislead the reader, and `bytecode`, the module of
--- persist/lua/bytecode.lua. Returns `framepeek`:
+-- `coroutine.yield` cannot mislead the reader, `bytecode`, the module of
+-- persist/lua/bytecode.lua, and optionally `proto_of`, the finisher's cache
+-- of prototypes by function (finisher.proto_of). Returns `framepeek`:
 --   framepeek.frames(co [, collect]) -> record | nil, reason    what the debug
 --                      library says; with `collect`, each Lua level also
 --                      gets regs (the values of its nslots slots, 1-based:
@@ -13,6 +14,8 @@
 --                      in `framepeek.pack` below)
 --   framepeek.proto(f)      -> f's prototype as bytecode.lua reads it from
 --                      string.dump (with debug info) | nil, reason
+--   framepeek.line_of(f, pc) -> the line of f's instruction pc (1-based),
+--                      -1 without line information | nil
 --   framepeek.samples()     -> suspended coroutines with known pcs, for the self-check
 --   framepeek.original(name, current) -> the library function `name` as it was
 --                      before user code ran (`current` if there is no such)
@@ -28,7 +31,7 @@
 -- (named locals and "(temporary)" ones): everything below the function slot
 -- of the frame it is calling; and shift is how far a vararg Lua function's
 -- slot moved up from where its caller put it (0 for other functions).
-local permanent, bytecode = ...
+local permanent, bytecode, proto_of = ...
 
 local function original(name, current)
   local v = permanent and permanent(name)
@@ -161,12 +164,35 @@ function framepeek.pack(rec)
   return concat(out)
 end
 
+-- Prototypes per function: the finisher's cache (`proto_of`) when this
+-- state has one, else this file's.
+if proto_of == nil then
+  local protos = setmetatable({}, { __mode = "k" })
+  proto_of = function(f)
+    local p = protos[f]
+    if p == nil then
+      p = bytecode.read(sdump(f))
+      protos[f] = p
+    end
+    return p
+  end
+end
+
 function framepeek.proto(f)
-  local ok, s = pcall(sdump, f)
-  if not ok then return nil, s end
-  local ok2, p = pcall(bytecode.read, s)
-  if not ok2 then return nil, p end
+  local ok, p = pcall(proto_of, f)
+  if not ok then return nil, p end
   return p
+end
+
+-- The line of f's instruction pc (1-based): bytecode.lua's line_of, the one
+-- reader of line information (framepeek.py checks a pc it read against
+-- getinfo's currentline with it); -1 when f has no line information, as
+-- currentline; nil when pc is outside f's code or f cannot be dumped.
+function framepeek.line_of(f, pc)
+  local p = framepeek.proto(f)
+  if p == nil then return nil end
+  if #p.lineinfo == 0 then return -1 end
+  return bytecode.line_of(p, pc)
 end
 
 -- Coroutines suspended at known places. Each function has exactly one
