@@ -12,6 +12,7 @@
 --   bytecode.write(proto[,strip])-> chunk        (accepted by load(chunk, name, "b"))
 --   bytecode.line_of(proto, pc)  -> line | nil   (pc 1-based into proto.code)
 --   bytecode.decode(i)           -> op, a, b, c, k, bx, sbx, ax, sj
+--   bytecode.fields(i)           -> {op =, a =, b =, c =, k =, bx =, sbx =, ax =, sj =}
 --   bytecode.OP[name] -> opcode, bytecode.OPNAMES[opcode] -> name   (0-based, lopcodes.h)
 --
 -- A proto is
@@ -100,6 +101,14 @@ function bytecode.decode(i)
   local ax = (i >> 7) & 0x1FFFFFF
   return i & 0x7F, (i >> 7) & 0xFF, (i >> 16) & 0xFF, (i >> 24) & 0xFF,
          (i >> 15) & 1, bx, bx - OFFSET_sBx, ax, ax - OFFSET_sJ
+end
+local decode = bytecode.decode
+
+-- The same by name, lopcodes.h's GETARG_* (C of an OP_MMBIN* is its event,
+-- k of a test its condition): the one list of the names.
+function bytecode.fields(i)
+  local op, a, b, c, k, bx, sbx, ax, sj = decode(i)
+  return {op = op, a = a, b = b, c = c, k = k, bx = bx, sbx = sbx, ax = ax, sj = sj}
 end
 
 -- ------------------------------------------------------------ constants ---

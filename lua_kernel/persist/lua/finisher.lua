@@ -44,6 +44,7 @@
 --   finisher.call_hooked(interpret, f, ...) -> results...   the same with a hook
 --   finisher.conformance(f, ...) -> results...   conformance mode (below)
 --   finisher.proto_of(f) -> proto;  finisher.is_lua(f) -> boolean
+--   finisher.decode_proto(proto) -> {[pc] = bytecode.fields(proto.code[pc])}
 --   finisher.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
 --
 -- Conformance mode runs f with every Lua function it reaches interpreted:
@@ -123,7 +124,7 @@ local table_unpack, table_pack, table_sort = table.unpack, table.pack, table.sor
 local string_dump, string_format, string_find, string_gsub, string_match, string_sub =
   string.dump, string.format, string.find, string.gsub, string.match, string.sub
 local coroutine_create, coroutine_wrap = coroutine.create, coroutine.wrap
-local decode, OP, line_of = bytecode.decode, bytecode.OP, bytecode.line_of
+local fields, OP, line_of = bytecode.fields, bytecode.OP, bytecode.line_of
 
 local finisher = {}
 
@@ -139,22 +140,19 @@ local OFFSET_sC = 127                 -- MAXARG_C >> 1
 
 -- ------------------------------------------------------------ caches ---
 
--- Decoded instructions per prototype: dec[pc] = {op, a, b, c, k, bx, sbx,
--- ax, sj} by name (lopcodes.h's GETARG_*: C of an OP_MMBIN* is its event, k of
--- a test its condition). Read where a prototype is compiled or an error
--- named, never by the compiled instructions.
-local decoded = setmetatable({}, {__mode = "k"})
+-- Decoded instructions per prototype: dec[pc] = bytecode.fields of
+-- proto.code[pc] (ins.op, ins.a, ins.bx, ...). Read where a prototype is
+-- compiled or an error named, never by the compiled instructions.
+local decodings = setmetatable({}, {__mode = "k"})
 local function decode_proto(proto)
-  local dec = decoded[proto]
+  local dec = decodings[proto]
   if dec then return dec end
   dec = {}
-  for pc, i in ipairs(proto.code) do
-    local op, a, b, c, k, bx, sbx, ax, sj = decode(i)
-    dec[pc] = {op = op, a = a, b = b, c = c, k = k, bx = bx, sbx = sbx, ax = ax, sj = sj}
-  end
-  decoded[proto] = dec
+  for pc, i in ipairs(proto.code) do dec[pc] = fields(i) end
+  decodings[proto] = dec
   return dec
 end
+finisher.decode_proto = decode_proto
 
 -- Compiled prototypes: ops[pc] is the instruction at pc as a closure (see
 -- "opcodes"). The compilers compile[op] run from the last instruction back, so

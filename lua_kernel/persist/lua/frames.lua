@@ -85,8 +85,8 @@ local tsort = original("table.sort", table.sort)
 local KXPCALL = original("xpcall", xpcall)   -- the kernel's xpcall (a Lua function)
 local PCALL = pcall
 
-local OP, OPNAMES, decode = bytecode.OP, bytecode.OPNAMES, bytecode.decode
-local proto_of = finisher.proto_of
+local OP, OPNAMES = bytecode.OP, bytecode.OPNAMES
+local proto_of, decode_proto = finisher.proto_of, finisher.decode_proto
 
 local frames = {}
 
@@ -168,8 +168,8 @@ local function analyse(p)
     end
   end
   local sites, loops, calls = {}, {}, {}
-  for pc, ins in ipairs(p.code) do
-    local op, a, _, _, _, bx = decode(ins)
+  for pc, ins in ipairs(decode_proto(p)) do
+    local op, a = ins.op, ins.a
     if op == OP.CALL or op == OP.TAILCALL or op == OP.TFORCALL then
       local line = bytecode.line_of(p, pc)
       if line then
@@ -182,7 +182,7 @@ local function analyse(p)
       sites[#sites + 1] = { t = pc - 1, reg = a }
     elseif op == OP.TFORPREP then
       sites[#sites + 1] = { t = pc - 1, reg = a + 3 }
-      loops[#loops + 1] = { t = pc - 1, a = a, last = pc - 1 + bx }  -- body: t+1 .. last
+      loops[#loops + 1] = { t = pc - 1, a = a, last = pc - 1 + ins.bx }  -- body: t+1 .. last
     end
   end
   an = { reg = reg, captured = captured, sites = sites, loops = loops, calls = calls }
@@ -616,17 +616,18 @@ end
 local function live_bound(p, an, pc)
   if #p.lineinfo == 0 then return nil end
   local hi = 0
+  local dec = decode_proto(p)
   local function operands(ins)
-    local op, a, b, c, k = decode(ins)
-    local f = REGFIELDS[op]
+    local a, b, c = ins.a, ins.b, ins.c
+    local f = REGFIELDS[ins.op]
     if f == nil then hi = 1 << 30; return end   -- unknown: keep every register
     if f.a and a + 1 > hi then hi = a + 1 end
     if f.a1 and a + 2 > hi then hi = a + 2 end
     if f.b and b + 1 > hi then hi = b + 1 end
-    if (f.c or (f.ck and k == 0)) and c + 1 > hi then hi = c + 1 end
+    if (f.c or (f.ck and ins.k == 0)) and c + 1 > hi then hi = c + 1 end
   end
-  operands(p.code[pc])
-  if MMBINS[(decode(p.code[pc]))] and pc > 1 then operands(p.code[pc - 1]) end
+  operands(dec[pc])
+  if MMBINS[dec[pc].op] and pc > 1 then operands(dec[pc - 1]) end
   for j, v in ipairs(p.locvars or {}) do
     if v.startpc < pc and pc <= v.endpc and an.reg[j] + 1 > hi then hi = an.reg[j] + 1 end
   end
@@ -638,9 +639,9 @@ local function native_frame(plan, level, pc, probes)
   local lv = t[level]
   local f = lv.func
   local p = proto_of(f)
-  local ins = p.code[pc]
+  local ins = decode_proto(p)[pc]
   if ins == nil then return nil, "bad saved pc" end
-  local op, a, b = decode(ins)
+  local op, a, b = ins.op, ins.a, ins.b
   local nregs = lv.nslots - t[level - 1].shift
   local fr = { f, pc, nregs, va = lv.va }      -- FN, CUR, NREGS: the array part
   tmove(lv.regs, 1, nregs, R0, fr)
@@ -777,7 +778,8 @@ end
 -- own results (a pending tail call).
 local function deliver(fr, p, R, ...)
   local cur = fr[CUR]
-  local op, a, _, c, k = decode(p.code[cur])
+  local dec = decode_proto(p)
+  local op, a, c, k = dec[cur].op, dec[cur].a, dec[cur].c, dec[cur].k
   if op == OP.CALL then
     local n = select("#", ...)
     if c == 0 then
@@ -792,8 +794,7 @@ local function deliver(fr, p, R, ...)
     for j = 1, c do R[a + 3 + j] = (select(j, ...)) end
     return cur + 1
   elseif MMBINS[op] then
-    local _, ra = decode(p.code[cur - 1])
-    R[ra] = (...)
+    R[dec[cur - 1].a] = (...)
     return cur + 1
   elseif ARITH[op] then          -- a finisher frame: its OP_MMBIN* follows
     R[a] = (...)
