@@ -210,6 +210,21 @@ def test_decode_fields_cover_whole_instruction(lua):
                  0x1FFFFFF, 0x1FFFFFF - (2**24 - 1))
 
 
+def test_fields_are_decode_by_name(lua):
+    r = run(lua, """
+        local names = {"op", "a", "b", "c", "k", "bx", "sbx", "ax", "sj"}
+        for _, i in ipairs({0, 0xFFFFFFFF, 0x12345678, 0x80008001}) do
+          local by_position, by_name, n = {B.decode(i)}, B.fields(i), 0
+          for j, name in ipairs(names) do
+            if by_name[name] ~= by_position[j] then return name end
+          end
+          for _ in pairs(by_name) do n = n + 1 end
+          if n ~= #names then return "extra fields" end
+        end
+        return 'same'""")
+    assert r == "same"
+
+
 # ------------------------------------------------------- header errors ---
 
 def test_truncated_chunks_give_bytecode_errors(lua):

@@ -119,7 +119,7 @@ coroutine.resume(co)
     frames = pcs(session, "co")
     assert [f.line for f in frames] == [3, 8]
     assert all(f.method == "read" for f in frames)
-    code = framepeek.dumped_proto(framepeek._helper(session), session.globals.loop).code
+    code = framepeek.dumped_code(framepeek._helper(session), session.globals.loop)
     assert framepeek.opcode(code[frames[1].pc - 1]) == framepeek.OP_TFORCALL
 
 

@@ -27,8 +27,10 @@ where the levels end). Then, for each Lua frame:
 
 * the closure in the frame's stack slot is the function `getinfo` reports;
 * the pc lies inside the prototype's code;
-* the line of the pending instruction, computed from the prototype's line
-  info as `luaG_getfuncline` does, is `getinfo`'s `currentline`;
+* the line of the pending instruction, as `luaG_getfuncline` computes it
+  (bytecode.lua's `line_of`, the package's one reader of line information,
+  on the function's dump: the self-check holds it to the code in memory),
+  is `getinfo`'s `currentline`;
 * the pending instruction is what the called frame says it is: a call
   (`OP_CALL`, `OP_TAILCALL`) when the callee's `namewhat` names a variable,
   `OP_TFORCALL` for a "for iterator", something else for a "metamethod"
@@ -49,8 +51,8 @@ Never a silent guess.
 Self-check: at first use in a process, `self_check` suspends coroutines
 whose pcs are known from their bytecode (1 to 3 Lua frames deep, one under
 `pcall`, a `for ... in` iterator, a tail call) and requires the reader to
-find exactly those pcs by reading, and the prototypes it reads to equal
-what `string.dump` says. If it does not, the reader is switched
+find exactly those pcs by reading, and the code it reads to equal what
+`string.dump` says. If it does not, the reader is switched
 off for the rest of the process and every pc is inferred.
 
 Tests move `savedpc_offset` (the offset of `CallInfo.u.l.savedpc` the
@@ -65,17 +67,14 @@ from dataclasses import dataclass
 
 from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, CIST_C,
                       CI_U2, L_CI, L_STACK, L_TBCLIST, LCL_P, MAXDELTA, MEMORY, STACKVALUE_SIZE,
-                      TBC_DELTA, P_ABSLINEINFO, P_CODE, P_HEADER, P_LINEDEFINED,
-                      P_LINEINFO, P_SIZEABSLINEINFO, P_SIZECODE, P_SIZELINEINFO, TAG_CCL,
-                      TAG_LCF, TAG_LCL)
+                      TBC_DELTA, P_CODE, P_HEADER, P_SIZEABSLINEINFO, P_SIZECODE,
+                      P_SIZELINEINFO, TAG_CCL, TAG_LCF, TAG_LCL)
 from ..runtime import load_lua, new_runtime, to_bytes
 
 LUA_FILE = "persist/lua/framepeek.lua"
 COMPANION = "persist.framepeek"   # the Lua half, as a Session companion
 savedpc_offset = CI_SAVEDPC     # see the module's docstring
 
-ABSLINEINFO = -0x80      # ldebug.h: lineinfo entry meaning "see abslineinfo"
-MAXIWTHABS = 128
 MAX_CODE = 1 << 26       # no real prototype is bigger; bounds every read
 MAX_LEVELS = 1 << 20
 
@@ -125,54 +124,23 @@ class FramePeekError(Exception):
     """The pcs of this coroutine cannot be known for certain."""
 
 
-# -- prototypes: code and line info -------------------------------------------
+# -- prototypes: code from memory or from a dump; lines from bytecode.lua --------
 
-@dataclass
-class Proto:
-    """What the reader needs of a prototype, from memory or from a dump."""
-
-    code: list[int]
-    lineinfo: bytes | None        # None: no debug information (stripped)
-    abslineinfo: list[tuple[int, int]]
-    linedefined: int
-
-    def line_of(self, pc: int) -> int | None:
-        """The line of instruction pc, as luaG_getfuncline computes it;
-        None if the line info is inconsistent."""
-        if self.lineinfo is None:
-            return -1
-        absl = self.abslineinfo
-        if not absl or pc < absl[0][0]:
-            basepc, line = -1, self.linedefined
-        else:
-            i = min(pc // MAXIWTHABS - 1, len(absl) - 1)
-            while i + 1 < len(absl) and pc >= absl[i + 1][0]:
-                i += 1
-            if i < 0:
-                return None
-            basepc, line = absl[i]
-        if not -1 <= basepc <= pc < len(self.lineinfo):
-            return None
-        for k in range(basepc + 1, pc + 1):
-            delta = self.lineinfo[k]
-            delta = delta - 256 if delta > 127 else delta
-            if delta == ABSLINEINFO:
-                return None
-            line += delta
-        return line
-
-
-def dumped_proto(helper, func) -> Proto:
-    """func's prototype as `string.dump` gives it, read by bytecode.lua;
-    ValueError if it cannot be had."""
+def dumped_code(helper, func) -> list[int]:
+    """func's instructions as `string.dump` gives them, read by bytecode.lua;
+    ValueError if they cannot be had."""
     p, err = _pair(helper.proto(func))
     if p is None:
         raise ValueError(str(err or "no bytecode"))
-    code = [p.code[i] for i in range(1, len(p.code) + 1)]
-    lineinfo = bytes(p.lineinfo[i] & 0xFF for i in range(1, len(p.lineinfo) + 1))
-    absl = [(p.abslineinfo[i].pc, p.abslineinfo[i].line)
-            for i in range(1, len(p.abslineinfo) + 1)]
-    return Proto(code, lineinfo or None, absl, p.linedefined)
+    return [p.code[i] for i in range(1, len(p.code) + 1)]
+
+
+def line_of(helper, func, pc: int) -> int | None:
+    """The line of func's instruction pc (1-based), as luaG_getfuncline
+    computes it: bytecode.lua's line_of, through framepeek.lua (-1 when func
+    has no line information, as `currentline`); None if unknown."""
+    line = helper.line_of(func, pc)
+    return None if line is None else int(line)
 
 
 def _int(data: bytes, offset: int) -> int:
@@ -183,33 +151,21 @@ def _ptr(data: bytes, offset: int) -> int:
     return struct.unpack_from("<Q", data, offset)[0]
 
 
-def read_proto(addr: int) -> tuple[Proto, int] | None:
-    """(Proto, address of its code) of the Proto at addr, read from memory;
-    None when it cannot be read or does not look like one."""
+def read_code(addr: int) -> tuple[list[int], int] | None:
+    """(instructions, address of the first) of the Proto at addr, read from
+    memory; None when they cannot be read or it does not look like a Proto."""
     head = MEMORY.read(addr, P_HEADER)
     if head is None:
         return None
     sizecode, sizeli = _int(head, P_SIZECODE), _int(head, P_SIZELINEINFO)
     sizeabs = _int(head, P_SIZEABSLINEINFO)
-    code_at, li_at, abs_at = _ptr(head, P_CODE), _ptr(head, P_LINEINFO), _ptr(head, P_ABSLINEINFO)
+    code_at = _ptr(head, P_CODE)
     if not (0 < sizecode <= MAX_CODE and sizeli in (0, sizecode) and 0 <= sizeabs <= sizecode):
         return None
     raw = MEMORY.read(code_at, 4 * sizecode)
     if raw is None:
         return None
-    lineinfo = None
-    if li_at:
-        lineinfo = MEMORY.read(li_at, sizeli) if sizeli else b""
-        if lineinfo is None:
-            return None
-    absl: list[tuple[int, int]] = []
-    if sizeabs:
-        rawabs = MEMORY.read(abs_at, 8 * sizeabs)
-        if rawabs is None:
-            return None
-        absl = [struct.unpack_from("<ii", rawabs, 8 * i) for i in range(sizeabs)]
-    code = list(struct.unpack(f"<{sizecode}I", raw))
-    return Proto(code, lineinfo, absl, _int(head, P_LINEDEFINED)), code_at
+    return list(struct.unpack(f"<{sizecode}I", raw)), code_at
 
 
 # -- what each pending instruction must look like -------------------------------
@@ -293,19 +249,20 @@ def _walk(rec) -> list[tuple[int, bytes]] | None:
 
 class _Cache:
     """What one batch of reads can share (the collector is stopped while a
-    snapshot is taken, so addresses are stable): prototypes read from
-    memory by closure address, and the outcome of the checks, which depend
+    snapshot is taken, so addresses are stable): code read from memory by
+    closure address, and the outcome of the checks, which depend
     only on the closure, the saved pc and what the debug library reports."""
 
-    def __init__(self):
-        self._by_closure: dict[int, tuple[Proto, int] | None] = {}
+    def __init__(self, helper):
+        self.helper = helper
+        self._by_closure: dict[int, tuple[list[int], int] | None] = {}
         self.checked: dict[tuple, FramePC | None] = {}
         self.savedpc_at = _savedpc_offset()
 
-    def proto(self, closure: int) -> tuple[Proto, int] | None:
+    def code(self, closure: int) -> tuple[list[int], int] | None:
         if closure not in self._by_closure:
             proto_at = MEMORY.pointer(closure + LCL_P)
-            self._by_closure[closure] = read_proto(proto_at) if proto_at else None
+            self._by_closure[closure] = read_code(proto_at) if proto_at else None
         return self._by_closure[closure]
 
 
@@ -315,27 +272,27 @@ def _read_frame(walked: tuple[int, bytes], rec, level: int, cache: _Cache) -> Fr
     savedpc = _ptr(walked[1], cache.savedpc_at)
     key = (frame.fp, savedpc, frame.line, rec[level - 1].namewhat, _nslots(rec, level))
     if key not in cache.checked:
-        got = _check_frame(rec, level, cache.proto(frame.fp), savedpc)
+        got = _check_frame(cache.helper, rec, level, cache.code(frame.fp), savedpc)
         cache.checked[key] = got and got.pc
     pc = cache.checked[key]
     return FramePC(level, pc, frame.line, "read") if pc is not None else None
 
 
-def _check_frame(rec, level: int, got, savedpc: int) -> FramePC | None:
+def _check_frame(helper, rec, level: int, got, savedpc: int) -> FramePC | None:
     frame = rec[level]
     if got is None:
         return None
-    proto, code_at = got
+    code, code_at = got
     offset = savedpc - code_at
     if offset % 4:
         return None
     pc = offset // 4
-    if not 0 < pc <= len(proto.code):
+    if not 0 < pc <= len(code):
         return None
-    line = proto.line_of(pc - 1)
+    line = line_of(helper, rec.func(level), pc)
     if line is None or line != frame.line:
         return None
-    inst = proto.code[pc - 1]
+    inst = code[pc - 1]
     namewhat = rec[level - 1].namewhat
     if opcode(inst) in CALL_LIKE:
         if opcode(inst) not in _call_kinds(namewhat) or not _call_fits(inst, _nslots(rec, level)):
@@ -350,8 +307,9 @@ def _check_frame(rec, level: int, got, savedpc: int) -> FramePC | None:
 def _infer(helper, rec, level: int) -> FramePC:
     frame = rec[level]
     where = f"function {rec.src(level)}:{frame.linedefined}, line {frame.line}"
+    func = rec.func(level)
     try:
-        proto = dumped_proto(helper, rec.func(level))
+        code = dumped_code(helper, func)
     except ValueError as e:
         raise FramePeekError(f"cannot read the bytecode of {where}: {e}") from None
     kinds = _call_kinds(rec[level - 1].namewhat)
@@ -360,9 +318,9 @@ def _infer(helper, rec, level: int) -> FramePC:
             f"cannot locate the suspended instruction in {where}: it is waiting "
             f"on a {rec[level - 1].namewhat}, which only the frame record shows")
     nslots = _nslots(rec, level)
-    found = [i + 1 for i, inst in enumerate(proto.code)
+    found = [i + 1 for i, inst in enumerate(code)
              if opcode(inst) in kinds and _call_fits(inst, nslots)
-             and proto.line_of(i) == frame.line]
+             and line_of(helper, func, i + 1) == frame.line]
     if len(found) != 1:
         what = "no call" if not found else f"{len(found)} calls"
         raise FramePeekError(
@@ -374,11 +332,14 @@ def _infer(helper, rec, level: int) -> FramePC:
 # -- the interface --------------------------------------------------------------
 
 def _helper(session):
-    """The Lua half, loaded once per Lua state (persist/state.py's attach
-    makes it with the serializer's permanents, so that it sees the original
-    standard functions; a Session without persistence gets it here)."""
-    return session.companion(COMPANION, lambda s: load_lua(
-        s.lua, LUA_FILE, None, load_lua(s.lua, "persist/lua/bytecode.lua")))
+    """The Lua half, made by persist/state.py's attach with the serializer's
+    permanents (the original standard functions) and the finisher's
+    prototypes: the reader works on sessions persistence follows."""
+    try:
+        return session.companion(COMPANION)
+    except LookupError:
+        raise FramePeekError("the saved-pc reader needs a session made by "
+                             "lua_kernel.persist.new_session()") from None
 
 
 @dataclass
@@ -393,7 +354,7 @@ class _Level:
 
 
 NAMEWHATS = ("", "global", "local", "method", "field", "upvalue", "constant",
-             "metamethod", "for iterator", "hook")    # framepeek.lua's M.pack codes
+             "metamethod", "for iterator", "hook")    # framepeek.lua's framepeek.pack codes
 WHATS = ("Lua", "C", "main")
 HEAD = struct.Struct("<qqI")
 LEVEL = struct.Struct("<BqiiBii")
@@ -401,8 +362,8 @@ LEVEL = struct.Struct("<BqiiBii")
 
 class _Record:
     """A suspended coroutine's levels, from the bytes of framepeek.lua's
-    M.pack; `table` is the Lua record (for the functions and sources, when
-    inferring)."""
+    framepeek.pack; `table` is the Lua record (for the functions and
+    sources, when inferring)."""
 
     def __init__(self, data: bytes, table):
         self._table = table
@@ -456,7 +417,7 @@ def saved_pcs(session, co) -> list[FramePC]:
     started, dead, running) or when a frame's pc cannot be known for sure."""
     helper = _helper(session)
     rec, _ = _record(helper, co)
-    return _frame_pcs(helper, rec, self_check(session), _Cache())
+    return _frame_pcs(helper, rec, self_check(session), _Cache(helper))
 
 
 U32 = struct.Struct("<I")
@@ -465,13 +426,13 @@ U32 = struct.Struct("<I")
 def saved_pcs_many(session, batch: bytes, tables) -> bytes:
     """For snapshots: the pcs of many coroutines at once, in and out as
     bytes (one crossing each way). `batch` holds, per coroutine: I4 size and
-    framepeek.lua's M.pack of its record (tables[i + 1] is that record),
+    framepeek.lua's framepeek.pack of its record (tables[i + 1] is that record),
     I4 k and k i4 levels whose pcs are needed. The answer holds, per
     coroutine: B 0, I4 k and k pairs (i4 level, i4 pc); or B 1 and s4 the
     reason the pcs cannot be known."""
     helper = _helper(session)
     read = self_check(session)
-    cache = _Cache()
+    cache = _Cache(helper)
     out = []
     pos, i = 0, 0
     while pos < len(batch):
@@ -596,15 +557,14 @@ def _run_self_check(session) -> bool:
             for level in range(1, rec.n):
                 if rec[level].what == "C":
                     continue
-                got = _read_frame(walked[level], rec, level, _Cache())
+                got = _read_frame(walked[level], rec, level, _Cache(helper))
                 expected = _expected_pc(helper, rec.func(level))
                 if got is None or expected is None or got.pc != expected:
                     return False
-                # the prototype read from memory is the one Lua dumps
+                # the code read from memory is the one Lua dumps
                 closure = MEMORY.tvalue(_ptr(walked[level][1], CI_FUNC))[0]
-                mem = read_proto(MEMORY.pointer(closure + LCL_P))
-                dumped = dumped_proto(helper, rec.func(level))
-                if mem is None or mem[0] != dumped:
+                mem = read_code(MEMORY.pointer(closure + LCL_P))
+                if mem is None or mem[0] != dumped_code(helper, rec.func(level)):
                     return False
     except (ValueError, TypeError, struct.error, AttributeError):
         return False
@@ -614,7 +574,7 @@ def _run_self_check(session) -> bool:
 def _expected_pc(helper, func) -> int | None:
     """The pc after the only call-like instruction of func."""
     try:
-        code = dumped_proto(helper, func).code
+        code = dumped_code(helper, func)
     except ValueError:
         return None
     calls = [i for i, inst in enumerate(code) if opcode(inst) in CALL_LIKE]

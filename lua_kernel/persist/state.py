@@ -65,7 +65,7 @@ def attach(session):
     bytecode = load_lua(lua, "persist/lua/bytecode.lua")
     finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)
     peek = session.companion(framepeek.COMPANION, lambda s: load_lua(
-        lua, framepeek.LUA_FILE, module.permanent, bytecode))
+        lua, framepeek.LUA_FILE, module.permanent, bytecode, finisher.proto_of))
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
     frames.use_readers(_reader(framepeek.tbc_slots), _reader(framepeek.ci_states))

@@ -1,15 +1,15 @@
 -- The finisher: a Lua 5.4 bytecode interpreter written in Lua.
 --
 -- It continues a Lua frame from any instruction, given the frame's closure,
--- its prototype (B.read(string.dump(closure))), a pc, the registers and the
+-- its prototype (bytecode.read(string.dump(closure))), a pc, the registers and the
 -- varargs. Values, operators and calls stay native: `a + b`, `t[k]`, `a < b`,
 -- `f(...)` are Lua's own, so metamethods, coercions, integer/float rules and
 -- most errors are exactly native. Every call it makes is a native call (the
 -- callee runs at full speed and may yield), unless the optional `interpret`
 -- hook asks for the callee to be interpreted too (conformance mode).
 --
--- Receives B (bytecode.lua); returns F:
---   F.run(closure, proto, pc, regs, varargs [, top [, opts]]) -> results...
+-- Receives `bytecode` (bytecode.lua's module); returns `finisher`:
+--   finisher.run(closure, proto, pc, regs, varargs [, top [, opts]]) -> results...
 --       pc      1-based index into proto.code of the next instruction
 --       regs    registers, 0-BASED: regs[0] is R[0] (as in lvm.c); the table
 --               is used in place (it becomes the frame's register file)
@@ -39,12 +39,13 @@
 --               own (a tail call reuses the calling frame, so tail recursion
 --               does not grow the C stack), a function is called in its
 --               place, falsy calls it natively.
---   F.call(f, ...) -> results...   run a whole Lua function from its first
+--   finisher.call(f, ...) -> results...   run a whole Lua function from its first
 --       instruction
---   F.call_hooked(interpret, f, ...) -> results...   the same with a hook
---   F.conformance(f, ...) -> results...   conformance mode (below)
---   F.proto_of(f) -> proto;  F.is_lua(f) -> boolean
---   F.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
+--   finisher.call_hooked(interpret, f, ...) -> results...   the same with a hook
+--   finisher.conformance(f, ...) -> results...   conformance mode (below)
+--   finisher.proto_of(f) -> proto;  finisher.is_lua(f) -> boolean
+--   finisher.decode_proto(proto) -> {[pc] = bytecode.fields(proto.code[pc])}
+--   finisher.localname(proto, reg, pc) -> name | nil   (luaF_getlocalname)
 --
 -- Conformance mode runs f with every Lua function it reaches interpreted:
 -- Lua functions it calls (directly, by `__call`, or as __close), the
@@ -85,7 +86,7 @@
 -- level)`, luaL_where) are counted over interpreted frames (see "levels").
 -- On error, pending
 -- to-be-closed variables are closed with the error object, in reverse
--- order, by F.run's own <close> variable: when a pcall catches the error,
+-- order, by finisher.run's own <close> variable: when a pcall catches the error,
 -- or at coroutine.close for an error that killed the coroutine, as
 -- natively (coroutine.close also closes those of a suspended coroutine).
 --
@@ -95,7 +96,7 @@
 --
 -- Message handlers: an xpcall's handler runs where the error is raised,
 -- before to-be-closed variables close, and once (see "Message handlers"
--- below): F.run given opts.msgh (restored frames; conformance mode's
+-- below): finisher.run given opts.msgh (restored frames; conformance mode's
 -- frames under an interpreted xpcall) calls it there, and the frame's
 -- variables close natively when the error is caught, under the handler.
 --
@@ -104,7 +105,7 @@
 -- debug library (stack levels, getinfo, hooks, tracebacks) sees the
 -- finisher's own functions.
 
-local B = ...
+local bytecode = ...
 
 -- Everything global is taken once, here: interpreted code may replace or
 -- remove globals.
@@ -123,34 +124,41 @@ local table_unpack, table_pack, table_sort = table.unpack, table.pack, table.sor
 local string_dump, string_format, string_find, string_gsub, string_match, string_sub =
   string.dump, string.format, string.find, string.gsub, string.match, string.sub
 local coroutine_create, coroutine_wrap = coroutine.create, coroutine.wrap
-local decode, OP, line_of = B.decode, B.OP, B.line_of
+local fields, OP, line_of = bytecode.fields, bytecode.OP, bytecode.line_of
 
-local F = {}
+local finisher = {}
 
 local MY_SRC = debug_getinfo(1, "S").short_src
+
+-- A Lua frame of a restored coroutine's record (opts.rec; frames.lua) is a
+-- table whose array part holds its closure, its pending pc (1-based), its
+-- number of registers and then the registers, in these slots.
+local RECORD_FN, RECORD_CUR = 1, 2
+finisher.RECORD_FN, finisher.RECORD_CUR = RECORD_FN, RECORD_CUR
+finisher.RECORD_NREGS, finisher.RECORD_R0 = 3, 4
 local OFFSET_sC = 127                 -- MAXARG_C >> 1
 
 -- ------------------------------------------------------------ caches ---
 
--- Decoded instructions per prototype: dec[pc] = {op, a, b, c, k, bx, sbx, sj}.
-local decoded = setmetatable({}, {__mode = "k"})
+-- Decoded instructions per prototype: dec[pc] = bytecode.fields of
+-- proto.code[pc] (ins.op, ins.a, ins.bx, ...). Read where a prototype is
+-- compiled or an error named, never by the compiled instructions.
+local decodings = setmetatable({}, {__mode = "k"})
 local function decode_proto(proto)
-  local d = decoded[proto]
-  if d then return d end
-  d = {}
-  for pc, i in ipairs(proto.code) do
-    local op, a, b, c, k, bx, sbx, _, sj = decode(i)
-    d[pc] = {op, a, b, c, k, bx, sbx, sj}
-  end
-  decoded[proto] = d
-  return d
+  local dec = decodings[proto]
+  if dec then return dec end
+  dec = {}
+  for pc, i in ipairs(proto.code) do dec[pc] = fields(i) end
+  decodings[proto] = dec
+  return dec
 end
+finisher.decode_proto = decode_proto
 
 -- Compiled prototypes: ops[pc] is the instruction at pc as a closure (see
--- "opcodes"). The compilers C[op] run from the last instruction back, so
+-- "opcodes"). The compilers compile[op] run from the last instruction back, so
 -- that an op can hold a later successor as an upvalue; `succ(t)` gives the
 -- closure that continues at t (for an earlier t, one that looks it up).
-local C = {}
+local compile = {}
 local compiled = setmetatable({}, {__mode = "k"})
 local function ops_of(proto)
   local ops = compiled[proto]
@@ -170,14 +178,14 @@ local function ops_of(proto)
     return op
   end
   for pc = #dec, 1, -1 do
-    local d = dec[pc]
-    ops[pc] = C[d[1]](proto, pc, d[2], d[3], d[4], d[5], d, succ, ops)
+    local ins = dec[pc]
+    ops[pc] = compile[ins.op](proto, pc, ins.a, ins.b, ins.c, ins.k, ins, succ, ops)
   end
   compiled[proto] = ops
   return ops
 end
 
--- Loadable chunk per child prototype (B.write once).
+-- Loadable chunk per child prototype (bytecode.write once).
 local chunks = setmetatable({}, {__mode = "k"})
 
 -- Prototypes per closure function (string.dump is per prototype, but a
@@ -203,13 +211,13 @@ end
 local function proto_of(f)
   local p = protos[f]
   if not p then
-    p = B.read(string_dump(f))
+    p = bytecode.read(string_dump(f))
     share_strings(p, {})
     protos[f] = p
   end
   return p
 end
-F.proto_of = proto_of
+finisher.proto_of = proto_of
 
 local lua_functions = setmetatable({}, {__mode = "k"})
 local function is_lua(f)
@@ -235,7 +243,7 @@ end
 
 -- luaF_getlocalname: the name of the reg-th (0-based) active local at pc
 -- (1-based instruction index).
-function F.localname(proto, reg, pc)
+function finisher.localname(proto, reg, pc)
   local n, z = reg + 1, pc - 1
   for _, lv in ipairs(proto.locvars or {}) do
     if lv.startpc > z then break end
@@ -331,7 +339,7 @@ local function closeupvals(fr, level)
 end
 
 local function tbc_error(fr, reg, pc)
-  local name = F.localname(fr.p, reg, pc) or "?"
+  local name = finisher.localname(fr.p, reg, pc) or "?"
   error(string_format("variable '%s' got a non-closable value", name))
 end
 
@@ -381,7 +389,7 @@ local function close(fr, level)
   closetbc(fr, level)
 end
 
--- F.run's own to-be-closed variable: coroutine.close of a suspended
+-- finisher.run's own to-be-closed variable: coroutine.close of a suspended
 -- coroutine, or of one an error killed, and an error caught below the frame
 -- close the frame's pending variables (with the error), as natively. Each
 -- gets a native to-be-closed stand-in (PROXY, in close_chain), so a failing
@@ -436,7 +444,7 @@ local A_MASK, B_MASK = ~(0xFF << 7), ~(0xFF << 16)
 local function native_op(key, code, numparams)
   local fn = natives[key]
   if not fn then
-    local chunk = B.write({linedefined = 0, lastlinedefined = 0, numparams = numparams,
+    local chunk = bytecode.write({linedefined = 0, lastlinedefined = 0, numparams = numparams,
       is_vararg = numparams > 0, maxstacksize = 2, code = code, k = {n = 0},
       upvalues = {}, p = {}}, true)
     fn = assert(load(chunk, "=?", "b"))
@@ -645,7 +653,7 @@ local function closure(fr, bx)
   local child = fr.p.p[bx + 1]
   local chunk = chunks[child]
   if not chunk then
-    chunk = B.write(child)
+    chunk = bytecode.write(child)
     chunks[child] = chunk
   end
   local f = assert(load(chunk, "=?", "b"))
@@ -671,42 +679,55 @@ end
 -- callee or a metamethod, which may yield) first sets fr.cur to its own
 -- index, for error naming and frames.lua; the others (moves, loads, jumps,
 -- tests, loop steps) skip that store.
--- C[opcode](p, pc, a, b, c, k, d, succ, ops) -> op, for the instruction at
--- p.code[pc] (d: decoded, bx = d[6], sbx = d[7], sj = d[8]; succ and ops
--- as in ops_of).
+-- compile[opcode](p, pc, a, b, c, k, ins, succ, ops) -> op, for the instruction
+-- at p.code[pc] (ins: it decoded, for its other fields, ins.bx, ins.sbx,
+-- ins.sj; succ and ops as in ops_of). Operands are read here, when the
+-- prototype is compiled, into the upvalues of the op.
 
 local function setter(a, v, nx) return function(fr, R) R[a] = v; return nx(fr, R) end end
 
-C[OP.MOVE] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.MOVE] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) R[a] = R[b]; return nx(fr, R) end
 end
-C[OP.LOADI] = function(_, pc, a, b, c, k, d, S) return setter(a, d[7], S(pc + 1)) end
-C[OP.LOADF] = function(_, pc, a, b, c, k, d, S) return setter(a, d[7] + 0.0, S(pc + 1)) end
-C[OP.LOADK] = function(p, pc, a, b, c, k, d, S) return setter(a, p.k[d[6] + 1], S(pc + 1)) end
-C[OP.LOADKX] = function(p, pc, a, b, c, k, d, S)   -- Ax of the following OP_EXTRAARG
-  return setter(a, p.k[(p.code[pc + 1] >> 7) + 1], S(pc + 2))
+compile[OP.LOADI] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, ins.sbx, succ(pc + 1))
 end
-C[OP.LOADFALSE] = function(_, pc, a, b, c, k, d, S) return setter(a, false, S(pc + 1)) end
-C[OP.LFALSESKIP] = function(_, pc, a, b, c, k, d, S) return setter(a, false, S(pc + 2)) end
-C[OP.LOADTRUE] = function(_, pc, a, b, c, k, d, S) return setter(a, true, S(pc + 1)) end
-C[OP.LOADNIL] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.LOADF] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, ins.sbx + 0.0, succ(pc + 1))
+end
+compile[OP.LOADK] = function(p, pc, a, b, c, k, ins, succ)
+  return setter(a, p.k[ins.bx + 1], succ(pc + 1))
+end
+compile[OP.LOADKX] = function(p, pc, a, b, c, k, ins, succ)   -- Ax of the following OP_EXTRAARG
+  return setter(a, p.k[decode_proto(p)[pc + 1].ax + 1], succ(pc + 2))
+end
+compile[OP.LOADFALSE] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, false, succ(pc + 1))
+end
+compile[OP.LFALSESKIP] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, false, succ(pc + 2))
+end
+compile[OP.LOADTRUE] = function(_, pc, a, b, c, k, ins, succ)
+  return setter(a, true, succ(pc + 1))
+end
+compile[OP.LOADNIL] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     for r = a, a + b do R[r] = nil end
     return nx(fr, R)
   end
 end
-C[OP.GETUPVAL] = function(_, pc, a, b, c, k, d, S)
-  local n, nx = b + 1, S(pc + 1)
+compile[OP.GETUPVAL] = function(_, pc, a, b, c, k, ins, succ)
+  local n, nx = b + 1, succ(pc + 1)
   return function(fr, R)
     local _, v = debug_getupvalue(fr.cl, n)
     R[a] = v
     return nx(fr, R)
   end
 end
-C[OP.SETUPVAL] = function(_, pc, a, b, c, k, d, S)
-  local n, nx = b + 1, S(pc + 1)
+compile[OP.SETUPVAL] = function(_, pc, a, b, c, k, ins, succ)
+  local n, nx = b + 1, succ(pc + 1)
   return function(fr, R)
     debug_setupvalue(fr.cl, n, R[a])
     return nx(fr, R)
@@ -715,8 +736,8 @@ end
 -- Every operand a native error may blame is a named variable here (`t`,
 -- `fn`, `x`, `y`, `v`): its varinfo marks the error as the operator's own,
 -- for rewrite() to name the interpreted operand instead.
-C[OP.GETTABUP] = function(p, pc, a, b, c, k, d, S)
-  local n, key, nx = b + 1, p.k[c + 1], S(pc + 1)
+compile[OP.GETTABUP] = function(p, pc, a, b, c, k, ins, succ)
+  local n, key, nx = b + 1, p.k[c + 1], succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     local _, t = debug_getupvalue(fr.cl, n)
@@ -724,8 +745,8 @@ C[OP.GETTABUP] = function(p, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.GETTABLE] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.GETTABLE] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     local t = R[b]
@@ -742,11 +763,15 @@ local function getkey(key, pc, a, b, nx)
     return nx(fr, R)
   end
 end
-C[OP.GETI] = function(_, pc, a, b, c, k, d, S) return getkey(c, pc, a, b, S(pc + 1)) end
-C[OP.GETFIELD] = function(p, pc, a, b, c, k, d, S) return getkey(p.k[c + 1], pc, a, b, S(pc + 1)) end
+compile[OP.GETI] = function(_, pc, a, b, c, k, ins, succ)
+  return getkey(c, pc, a, b, succ(pc + 1))
+end
+compile[OP.GETFIELD] = function(p, pc, a, b, c, k, ins, succ)
+  return getkey(p.k[c + 1], pc, a, b, succ(pc + 1))
+end
 -- The stores: the value is R[C], or the constant K[C] when k is set.
-C[OP.SETTABUP] = function(p, pc, a, b, c, k, d, S)
-  local n, key, nx = a + 1, p.k[b + 1], S(pc + 1)
+compile[OP.SETTABUP] = function(p, pc, a, b, c, k, ins, succ)
+  local n, key, nx = a + 1, p.k[b + 1], succ(pc + 1)
   if k == 1 then
     local v = p.k[c + 1]
     return function(fr, R)
@@ -763,8 +788,8 @@ C[OP.SETTABUP] = function(p, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.SETTABLE] = function(p, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.SETTABLE] = function(p, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   if k == 1 then
     local v = p.k[c + 1]
     return function(fr, R)
@@ -799,20 +824,22 @@ local function setkey(p, pc, a, key, c, k, nx)
     return nx(fr, R)
   end
 end
-C[OP.SETI] = function(p, pc, a, b, c, k, d, S) return setkey(p, pc, a, b, c, k, S(pc + 1)) end
-C[OP.SETFIELD] = function(p, pc, a, b, c, k, d, S)
-  return setkey(p, pc, a, p.k[b + 1], c, k, S(pc + 1))
+compile[OP.SETI] = function(p, pc, a, b, c, k, ins, succ)
+  return setkey(p, pc, a, b, c, k, succ(pc + 1))
 end
-C[OP.NEWTABLE] = function(p, pc, a, b, c, k, d, S)
-  local nx, make = S(pc + 2)                -- past the EXTRAARG
+compile[OP.SETFIELD] = function(p, pc, a, b, c, k, ins, succ)
+  return setkey(p, pc, a, p.k[b + 1], c, k, succ(pc + 1))
+end
+compile[OP.NEWTABLE] = function(p, pc, a, b, c, k, ins, succ)
+  local nx, make = succ(pc + 2)                -- past the EXTRAARG
   return function(fr, R)
     make = make or newtable_op(p, pc)
     R[a] = make()
     return nx(fr, R)
   end
 end
-C[OP.SELF] = function(p, pc, a, b, c, k, d, S)
-  local a1, nx = a + 1, S(pc + 1)
+compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
+  local a1, nx = a + 1, succ(pc + 1)
   if k == 1 then
     local key = p.k[c + 1]
     return function(fr, R)
@@ -959,45 +986,45 @@ local ARITH_KR = {
 
 -- An op with an immediate or constant operand: the source-level one is the
 -- MMBINI's sB or the MMBINK's K[B].
-local function arith_k(p, pc, a, b, c, k, d, S)
-  local m = decode_proto(p)[pc + 1]
-  local v = (m[1] == OP.MMBINI) and m[3] - OFFSET_sC or p.k[m[3] + 1]
-  if m[5] == 1 then return ARITH_KR[m[4]](a, b, v, pc, S(pc + 2)) end
-  return ARITH_RK[m[4]](a, b, v, pc, S(pc + 2))
+local function arith_k(p, pc, a, b, c, k, ins, succ)
+  local mm = decode_proto(p)[pc + 1]
+  local v = (mm.op == OP.MMBINI) and mm.b - OFFSET_sC or p.k[mm.b + 1]
+  if mm.k == 1 then return ARITH_KR[mm.c](a, b, v, pc, succ(pc + 2)) end
+  return ARITH_RK[mm.c](a, b, v, pc, succ(pc + 2))
 end
-local function arith_rr(p, pc, a, b, c, k, d, S)
-  return ARITH_RR[decode_proto(p)[pc + 1][4]](a, b, c, pc, S(pc + 2))
+local function arith_rr(p, pc, a, b, c, k, ins, succ)
+  return ARITH_RR[decode_proto(p)[pc + 1].c](a, b, c, pc, succ(pc + 2))
 end
 for _, name in ipairs({"ADDI", "ADDK", "SUBK", "MULK", "MODK", "POWK", "DIVK", "IDIVK",
     "BANDK", "BORK", "BXORK", "SHRI", "SHLI"}) do
-  C[OP[name]] = arith_k
+  compile[OP[name]] = arith_k
 end
 for _, name in ipairs({"ADD", "SUB", "MUL", "MOD", "POW", "DIV", "IDIV", "BAND", "BOR",
     "BXOR", "SHL", "SHR"}) do
-  C[OP[name]] = arith_rr
+  compile[OP[name]] = arith_rr
 end
 -- No-ops: the arithmetic ops above already ran any metamethod natively and
 -- went past these (reached only by a jump, which the compiler never emits);
 -- OP_VARARGPREP's varargs are already apart.
-local function nop(_, pc, a, b, c, k, d, S) return S(pc + 1) end
-C[OP.MMBIN] = nop
-C[OP.MMBINI] = nop
-C[OP.MMBINK] = nop
-C[OP.VARARGPREP] = nop
-C[OP.UNM] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+local function nop(_, pc, a, b, c, k, ins, succ) return succ(pc + 1) end
+compile[OP.MMBIN] = nop
+compile[OP.MMBINI] = nop
+compile[OP.MMBINK] = nop
+compile[OP.VARARGPREP] = nop
+compile[OP.UNM] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = -x; return nx(fr, R) end
 end
-C[OP.BNOT] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.BNOT] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = ~x; return nx(fr, R) end
 end
-C[OP.NOT] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.NOT] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) R[a] = not R[b]; return nx(fr, R) end
 end
-C[OP.LEN] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.LEN] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R) fr.cur = pc; local x = R[b]; R[a] = #x; return nx(fr, R) end
 end
 -- Right to left, as luaV_concat: R[a] := R[a] .. ... .. R[last + 1].
@@ -1016,54 +1043,56 @@ local function concat_op(pc, a, last, nx)
     return nx(fr, R)
   end
 end
-C[OP.CONCAT] = function(_, pc, a, b, c, k, d, S)
-  return concat_op(pc, a, a + b - 2, S(pc + 1))
+compile[OP.CONCAT] = function(_, pc, a, b, c, k, ins, succ)
+  return concat_op(pc, a, a + b - 2, succ(pc + 1))
 end
-C[OP.CLOSE] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.CLOSE] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     close(fr, a)
     return nx(fr, R)
   end
 end
-C[OP.TBC] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.TBC] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     newtbc(fr, a)
     return nx(fr, R)
   end
 end
-C[OP.JMP] = function(_, pc, a, b, c, k, d, S) return S(pc + 1 + d[8]) end   -- its target
+compile[OP.JMP] = function(_, pc, a, b, c, k, ins, succ)
+  return succ(pc + 1 + ins.sj)   -- its target
+end
 
 -- A test and its following OP_JMP (docondjump): `yes` continues where the
 -- condition holding leads, `no` where it failing does; the jump is taken
 -- when the condition equals k, else skipped.
-local function targets(p, pc, k, S)
-  local jump, past = S(pc + 2 + decode_proto(p)[pc + 1][8]), S(pc + 2)
+local function targets(p, pc, k, succ)
+  local jump, past = succ(pc + 2 + decode_proto(p)[pc + 1].sj), succ(pc + 2)
   if k == 1 then return jump, past end
   return past, jump
 end
 -- Comparisons that may call a metamethod.
-C[OP.EQ] = function(p, pc, a, b, c, k, d, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.EQ] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] == R[b] then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.LT] = function(p, pc, a, b, c, k, d, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.LT] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] < R[b] then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.LE] = function(p, pc, a, b, c, k, d, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.LE] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] <= R[b] then return yes(fr, R) end
@@ -1075,32 +1104,32 @@ local function imm(b, c)                 -- sB, a float when C (isf) is set
   if c ~= 0 then return b + 0.0 end
   return b
 end
-C[OP.LTI] = function(p, pc, a, b, c, k, d, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.LTI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] < v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.LEI] = function(p, pc, a, b, c, k, d, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.LEI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] <= v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.GTI] = function(p, pc, a, b, c, k, d, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.GTI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] > v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.GEI] = function(p, pc, a, b, c, k, d, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.GEI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     fr.cur = pc
     if R[a] >= v then return yes(fr, R) end
@@ -1109,22 +1138,22 @@ C[OP.GEI] = function(p, pc, a, b, c, k, d, S)
 end
 -- Equality with a constant or an immediate (never a table or a userdata,
 -- so no __eq: raw equality) and truth tests call nothing.
-C[OP.EQK] = function(p, pc, a, b, c, k, d, S)
-  local v, yes, no = p.k[b + 1], targets(p, pc, k, S)
+compile[OP.EQK] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = p.k[b + 1], targets(p, pc, k, succ)
   return function(fr, R)
     if R[a] == v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.EQI] = function(p, pc, a, b, c, k, d, S)
-  local v, yes, no = imm(b, c), targets(p, pc, k, S)
+compile[OP.EQI] = function(p, pc, a, b, c, k, ins, succ)
+  local v, yes, no = imm(b, c), targets(p, pc, k, succ)
   return function(fr, R)
     if R[a] == v then return yes(fr, R) end
     return no(fr, R)
   end
 end
-C[OP.TEST] = function(p, pc, a, b, c, k, d, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.TEST] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   return function(fr, R)
     if R[a] then return yes(fr, R) end
     return no(fr, R)
@@ -1132,8 +1161,8 @@ C[OP.TEST] = function(p, pc, a, b, c, k, d, S)
 end
 -- TESTSET: when R[B] as a boolean is k, R[A] := R[B] and jump; else skip
 -- the jump.
-C[OP.TESTSET] = function(p, pc, a, b, c, k, d, S)
-  local yes, no = targets(p, pc, k, S)
+compile[OP.TESTSET] = function(p, pc, a, b, c, k, ins, succ)
+  local yes, no = targets(p, pc, k, succ)
   if k == 1 then
     return function(fr, R)
       local v = R[b]
@@ -1221,8 +1250,8 @@ local function fastcall(a, nargs, nres, pc, general, nx)
     return nx(fr, R)
   end
 end
-C[OP.CALL] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.CALL] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   local function general(fr, R)
     fr.cur = pc
     local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
@@ -1236,7 +1265,7 @@ C[OP.CALL] = function(_, pc, a, b, c, k, d, S)
 end
 -- The frame ends here: execute() sees fr.done, or runs the callee that
 -- replaced it.
-C[OP.TAILCALL] = function(_, pc, a, b, c, k)
+compile[OP.TAILCALL] = function(_, pc, a, b, c, k)
   return function(fr, R)
     fr.cur = pc
     local last = (b ~= 0) and (a + b - 1) or (fr.top - 1)
@@ -1248,7 +1277,7 @@ C[OP.TAILCALL] = function(_, pc, a, b, c, k)
     end
   end
 end
-C[OP.RETURN] = function(_, pc, a, b)
+compile[OP.RETURN] = function(_, pc, a, b)
   return function(fr, R)
     fr.cur = pc
     local n = (b ~= 0) and (b - 1) or (fr.top - a)
@@ -1259,7 +1288,7 @@ C[OP.RETURN] = function(_, pc, a, b)
     fr.done = true
   end
 end
-C[OP.RETURN0] = function(_, pc)
+compile[OP.RETURN0] = function(_, pc)
   return function(fr)
     fr.cur = pc
     close(fr, 0)
@@ -1267,7 +1296,7 @@ C[OP.RETURN0] = function(_, pc)
     fr.done = true
   end
 end
-C[OP.RETURN1] = function(_, pc, a)
+compile[OP.RETURN1] = function(_, pc, a)
   return function(fr, R)
     fr.cur = pc
     local v = R[a]
@@ -1276,9 +1305,9 @@ C[OP.RETURN1] = function(_, pc, a)
     fr.done = true
   end
 end
--- The loops look up their earlier target themselves (S would add a call).
-C[OP.FORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
-  local back, nx, a1, a2, a3 = pc + 1 - d[6], S(pc + 1), a + 1, a + 2, a + 3
+-- The loops look up their earlier target themselves (succ would add a call).
+compile[OP.FORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+  local back, nx, a1, a2, a3 = pc + 1 - ins.bx, succ(pc + 1), a + 1, a + 2, a + 3
   return function(fr, R)
     local step = R[a2]
     -- An integer loop has an integer step (lvm.c checks its type). Told
@@ -1296,24 +1325,24 @@ C[OP.FORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
     return nx(fr, R)
   end
 end
-C[OP.FORPREP] = function(_, pc, a, b, c, k, d, S)
-  local past, nx = S(pc + d[6] + 2), S(pc + 1)
+compile[OP.FORPREP] = function(_, pc, a, b, c, k, ins, succ)
+  local past, nx = succ(pc + ins.bx + 2), succ(pc + 1)
   return function(fr, R)
     fr.cur = pc
     if forprep(R, a) then return past(fr, R) end
     return nx(fr, R)
   end
 end
-C[OP.TFORPREP] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1 + d[6])              -- the OP_TFORCALL
+compile[OP.TFORPREP] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1 + ins.bx)              -- the OP_TFORCALL
   return function(fr, R)
     fr.cur = pc
     newtbc(fr, a + 3)
     return nx(fr, R)
   end
 end
-C[OP.TFORCALL] = function(_, pc, a, b, c, k, d, S)
-  local nx, a1, a2, a4, a5, a6 = S(pc + 1), a + 1, a + 2, a + 4, a + 5, a + 6
+compile[OP.TFORCALL] = function(_, pc, a, b, c, k, ins, succ)
+  local nx, a1, a2, a4, a5, a6 = succ(pc + 1), a + 1, a + 2, a + 4, a + 5, a + 6
   local function general(fr, R)
     fr.cur = pc
     R[a4], R[a5], R[a6] = R[a], R[a1], R[a2]
@@ -1341,8 +1370,8 @@ C[OP.TFORCALL] = function(_, pc, a, b, c, k, d, S)
   end
   return general
 end
-C[OP.TFORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
-  local back, nx, a2, a4 = pc + 1 - d[6], S(pc + 1), a + 2, a + 4
+compile[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+  local back, nx, a2, a4 = pc + 1 - ins.bx, succ(pc + 1), a + 2, a + 4
   return function(fr, R)
     local v = R[a4]
     if v == nil then return nx(fr, R) end
@@ -1350,8 +1379,8 @@ C[OP.TFORLOOP] = function(_, pc, a, b, c, k, d, S, ops)
     return ops[back](fr, R)
   end
 end
-C[OP.SETLIST] = function(p, pc, a, b, c, k, d, S)
-  local nx = S((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
+compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
+  local nx = succ((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
   local set
   return function(fr, R)
     set = set or setlist_op(p, pc, k)
@@ -1360,15 +1389,15 @@ C[OP.SETLIST] = function(p, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.CLOSURE] = function(_, pc, a, b, c, k, d, S)
-  local bx, nx = d[6], S(pc + 1)
+compile[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, succ)
+  local bx, nx = ins.bx, succ(pc + 1)
   return function(fr, R)
     R[a] = closure(fr, bx)
     return nx(fr, R)
   end
 end
-C[OP.VARARG] = function(_, pc, a, b, c, k, d, S)
-  local nx = S(pc + 1)
+compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
+  local nx = succ(pc + 1)
   return function(fr, R)
     local va, n = fr.varargs, c - 1
     if n < 0 then
@@ -1379,12 +1408,12 @@ C[OP.VARARG] = function(_, pc, a, b, c, k, d, S)
     return nx(fr, R)
   end
 end
-C[OP.EXTRAARG] = function()
+compile[OP.EXTRAARG] = function()
   return function() error("finisher: unexpected OP_EXTRAARG", 0) end
 end
 
 for name, code in next, OP do
-  assert(C[code], "finisher: no compiler for " .. name)
+  assert(compile[code], "finisher: no compiler for " .. name)
 end
 
 -- ----------------------------------------------------- error naming ---
@@ -1416,20 +1445,20 @@ local TM_OF = {
 
 local function findsetreg(p, lastpc, reg)
   local dec = decode_proto(p)
-  if MMBINS[dec[lastpc + 1][1]] then lastpc = lastpc - 1 end  -- not executed
+  if MMBINS[dec[lastpc + 1].op] then lastpc = lastpc - 1 end  -- not executed
   local setreg, jmptarget = -1, 0
   for pc = 0, lastpc - 1 do
-    local d = dec[pc + 1]
-    local op, a = d[1], d[2]
+    local ins = dec[pc + 1]
+    local op, a = ins.op, ins.a
     local change
     if op == OP.LOADNIL then
-      change = a <= reg and reg <= a + d[3]
+      change = a <= reg and reg <= a + ins.b
     elseif op == OP.TFORCALL then
       change = reg >= a + 2
     elseif op == OP.CALL or op == OP.TAILCALL then
       change = reg >= a
     elseif op == OP.JMP then
-      local dest = pc + 1 + d[8]
+      local dest = pc + 1 + ins.sj
       if dest <= lastpc and dest > jmptarget then jmptarget = dest end
       change = false
     else
@@ -1453,21 +1482,21 @@ end
 
 -- -> kind, name, pc (the instruction that set reg, or -1)
 local function basicgetobjname(p, pc, reg)
-  local name = F.localname(p, reg, pc + 1)
+  local name = finisher.localname(p, reg, pc + 1)
   if name then return "local", name, pc end
   pc = findsetreg(p, pc, reg)
   if pc ~= -1 then
-    local d = decode_proto(p)[pc + 1]
-    local op = d[1]
+    local ins = decode_proto(p)[pc + 1]
+    local op = ins.op
     if op == OP.MOVE then
-      if d[3] < d[2] then return basicgetobjname(p, pc, d[3]) end
+      if ins.b < ins.a then return basicgetobjname(p, pc, ins.b) end
     elseif op == OP.GETUPVAL then
-      return "upvalue", upvalname(p, d[3]), pc
+      return "upvalue", upvalname(p, ins.b), pc
     elseif op == OP.LOADK then
-      local kind, kn = kname(p, d[6])
+      local kind, kn = kname(p, ins.bx)
       return kind, kn, pc
     elseif op == OP.LOADKX then
-      local kind, kn = kname(p, p.code[pc + 2] >> 7)
+      local kind, kn = kname(p, decode_proto(p)[pc + 2].ax)
       return kind, kn, pc
     end
   end
@@ -1480,12 +1509,12 @@ local function rname(p, pc, c)
   return name
 end
 
-local function isEnv(p, pc, d, isup)
+local function isEnv(p, pc, ins, isup)
   local name
   if isup then
-    name = upvalname(p, d[3])
+    name = upvalname(p, ins.b)
   else
-    local kind, n = basicgetobjname(p, pc, d[3])
+    local kind, n = basicgetobjname(p, pc, ins.b)
     if kind == "local" or kind == "upvalue" then name = n end
   end
   return name == "_ENV" and "global" or "field"
@@ -1495,36 +1524,36 @@ local function getobjname(p, lastpc, reg)
   local kind, name, pc = basicgetobjname(p, lastpc, reg)
   if kind then return kind, name end
   if pc ~= -1 then
-    local d = decode_proto(p)[pc + 1]
-    local op = d[1]
+    local ins = decode_proto(p)[pc + 1]
+    local op = ins.op
     if op == OP.GETTABUP then
-      local _, k = kname(p, d[4])
-      return isEnv(p, pc, d, true), k
+      local _, k = kname(p, ins.c)
+      return isEnv(p, pc, ins, true), k
     elseif op == OP.GETTABLE then
-      return isEnv(p, pc, d, false), rname(p, pc, d[4])
+      return isEnv(p, pc, ins, false), rname(p, pc, ins.c)
     elseif op == OP.GETI then
       return "field", "integer index"
     elseif op == OP.GETFIELD then
-      local _, k = kname(p, d[4])
-      return isEnv(p, pc, d, false), k
+      local _, k = kname(p, ins.c)
+      return isEnv(p, pc, ins, false), k
     elseif op == OP.SELF then
-      if d[5] == 1 then
-        local _, k = kname(p, d[4])
+      if ins.k == 1 then
+        local _, k = kname(p, ins.c)
         return "method", k
       end
-      return "method", rname(p, pc, d[4])
+      return "method", rname(p, pc, ins.c)
     end
   end
   return nil
 end
 
 local function funcnamefromcode(p, pc)
-  local d = decode_proto(p)[pc + 1]
-  local op = d[1]
-  if op == OP.CALL or op == OP.TAILCALL then return getobjname(p, pc, d[2]) end
+  local ins = decode_proto(p)[pc + 1]
+  local op = ins.op
+  if op == OP.CALL or op == OP.TAILCALL then return getobjname(p, pc, ins.a) end
   if op == OP.TFORCALL then return "for iterator", "for iterator" end
   local tm = TM_OF[op]
-  if MMBINS[op] then tm = d[4] end
+  if MMBINS[op] then tm = ins.c end
   if tm then return "metamethod", TMNAME[tm] end
   return nil
 end
@@ -1538,8 +1567,8 @@ end
 -- arithmetic instruction fails in its OP_MMBIN*.
 local function errpc(fr)
   local cur = fr.cur
-  local nx = fr.dec[cur + 1]
-  if nx and MMBINS[nx[1]] and not MMBINS[fr.dec[cur][1]] then return cur end
+  local following = fr.dec[cur + 1]
+  if following and MMBINS[following.op] and not MMBINS[fr.dec[cur].op] then return cur end
   return cur - 1
 end
 
@@ -1547,8 +1576,8 @@ end
 -- blamed. `body` is the message, `fname` the finisher variable the native
 -- varinfo named (which operand it was, for arithmetic).
 local function blame(fr, body, fname)
-  local p, d = fr.p, fr.dec[fr.cur]
-  local op, a, b, c = d[1], d[2], d[3], d[4]
+  local p, ins = fr.p, fr.dec[fr.cur]
+  local op, a, b, c = ins.op, ins.a, ins.b, ins.c
   local pc = errpc(fr)
   local reg
   if string_find(body, "^attempt to call") then
@@ -1570,9 +1599,9 @@ local function blame(fr, body, fname)
     reg = b
   elseif pc ~= fr.cur - 1 then             -- arithmetic: `x op y` in ARITH
     local mm = fr.dec[fr.cur + 1]
-    if mm[1] == OP.MMBIN then
+    if mm.op == OP.MMBIN then
       reg = (fname == "x") and b or c
-    elseif (fname == "x") == (mm[5] == 0) then  -- the register, not the constant
+    elseif (fname == "x") == (mm.k == 0) then  -- the register, not the constant
       reg = b
     end
   end
@@ -1602,15 +1631,15 @@ end
 -- luaL_argerror names a C function after its caller's call instruction:
 -- the finisher's `fn(...)`. Name it after the interpreted one.
 local function argerror(fr, n, tail)
-  local d = fr.dec[fr.cur]
-  local op = d[1]
+  local ins = fr.dec[fr.cur]
+  local op = ins.op
   if op ~= OP.CALL and op ~= OP.TAILCALL and op ~= OP.TFORCALL then return nil end
   local kind, name = funcnamefromcode(fr.p, fr.cur - 1)
   if kind == "method" then
     n = n - 1
     if n == 0 then return "calling '" .. name .. "' on bad self " .. tail end
   elseif kind == nil then
-    local fn = fr.R[op == OP.TFORCALL and d[2] + 4 or d[2]]
+    local fn = fr.R[op == OP.TFORCALL and ins.a + 4 or ins.a]
     name = globalfuncname(fn) or "?"
   end
   return "bad argument #" .. n .. " to '" .. name .. "' " .. tail
@@ -1620,7 +1649,7 @@ end
 
 -- luaL_where and `error(msg, level)` count stack levels, one per function
 -- natively; here an interpreted frame is several native levels (an op
--- closure, execute, pcall, F.run, ...). So levels are counted over the
+-- closure, execute, pcall, finisher.run, ...). So levels are counted over the
 -- interpreted frames instead. A level is a finisher frame (at its current
 -- line), a C level ({c = true, caller = x}: a C function x called, which
 -- has no position), or a frame of a restored coroutine waiting in its
@@ -1635,11 +1664,11 @@ local function position(p, pc, src)
   return src .. ":" .. line .. ": "
 end
 
-local execute, finish        -- (below) the levels that show a frame's F.run
+local execute, finish        -- (below) the levels that show a frame's finisher.run
 
--- The n-th native level above the F.run of finisher frame fr, which native
--- code started (F.call, F.run): found on the stack by its execute(fr) (or
--- finish(fr), which F.run calls once the frame's pcall returned).
+-- The n-th native level above the finisher.run of finisher frame fr, which native
+-- code started (finisher.call, finisher.run): found on the stack by its execute(fr) (or
+-- finish(fr), which finisher.run calls once the frame's pcall returned).
 local function native_where(fr, n)
   local l = 2
   while true do
@@ -1672,9 +1701,9 @@ local function where(x, level)
   if rec then
     local e = rec[k]
     if e == nil or e.c then return "" end
-    local f = e[1]
+    local f = e[RECORD_FN]
     local p = proto_of(f)
-    return position(p, e[2], short_src_of(f, p))
+    return position(p, e[RECORD_CUR], short_src_of(f, p))
   end
   if x.c then return "" end
   return position(x.p, x.cur, x.short_src)
@@ -1746,8 +1775,8 @@ local function rewrite(fr, e)
   -- of a Lua function this frame tail-called (natively it replaced the
   -- frame; a C function runs above it).
   local at = tonumber(string_match(e, ":(%d+): "))
-  local d = fr.dec[fr.cur]
-  if at == EXECUTE_LINE or d[1] == OP.TAILCALL and is_lua(fr.R[d[2]]) then
+  local ins = fr.dec[fr.cur]
+  if at == EXECUTE_LINE or ins.op == OP.TAILCALL and is_lua(fr.R[ins.a]) then
     return where(fr, 2) .. rest
   end
   local body, fname = string_match(rest, "^(attempt to .-) %([%a ]+ '([^']*)'%)$")
@@ -1775,7 +1804,7 @@ end
 -- Message handlers. Natively an xpcall's handler runs where the error is
 -- raised, before any to-be-closed variable closes (ldebug.c luaG_errormsg),
 -- and stays active while the catching call closes them (ldo.c luaD_pcall
--- restores errfunc after luaD_closeprotected). F.run given opts.msgh runs
+-- restores errfunc after luaD_closeprotected). finisher.run given opts.msgh runs
 -- its frame in an xpcall with it; the frame's variables close natively,
 -- by GUARD's stand-ins, when the error is caught, so the error of a
 -- __close reaches the active handler too. frames.lua gives a restored
@@ -1783,7 +1812,7 @@ end
 -- re-created handler from running it again (handler_of). In conformance
 -- mode every frame under an interpreted xpcall has a handler (the xpcall
 -- replacement's C level passes it down, fr.msgh) and an error passes
--- several F.runs: the first to see it runs the user's handler and boxes
+-- several finisher.runs: the first to see it runs the user's handler and boxes
 -- the result, HANDLED {v = result}, which the others pass on, the
 -- stand-ins unbox for __close, and the xpcall replacement unboxes.
 
@@ -1807,12 +1836,12 @@ function finish(fr, ok, e)
     local ret = fr.ret
     return table_unpack(ret, 1, ret.n)
   end
-  -- the frame's variables close natively, by F.run's GUARD, when the error
+  -- the frame's variables close natively, by finisher.run's GUARD, when the error
   -- is caught (after a message handler ran) or at coroutine.close
   error(rewrite(fr, e), 0)
 end
 
-function F.run(cl, proto, pc, regs, varargs, top, opts)
+function finisher.run(cl, proto, pc, regs, varargs, top, opts)
   opts = opts or {}
   local R, boxes = make_registers(regs or {}, opts.links)
   local tbc = {}
@@ -1829,9 +1858,9 @@ function F.run(cl, proto, pc, regs, varargs, top, opts)
   if cat then
     -- pc is an OP_CONCAT whose __concat ran (before a restore) and left its
     -- result in R[cat + 1]: the rest of it, then on (luaV_finishOp)
-    local d = fr.dec[pc]
-    assert(d[1] == OP.CONCAT, "finisher: cat without a pending OP_CONCAT")
-    fr.ops, fr.pc = {[0] = concat_op(pc, d[2], cat, fr.ops[pc + 1])}, 0
+    local ins = fr.dec[pc]
+    assert(ins.op == OP.CONCAT, "finisher: cat without a pending OP_CONCAT")
+    fr.ops, fr.pc = {[0] = concat_op(pc, ins.a, cat, fr.ops[pc + 1])}, 0
   end
   local guard <close> = setmetatable({fr = fr}, GUARD)
   local msgh = fr.msgh
@@ -1844,25 +1873,25 @@ end
 function start(f, interpret, caller, args)
   local proto = proto_of(f)
   local regs, varargs = arguments(proto, args)
-  return F.run(f, proto, 1, regs, varargs, nil,
+  return finisher.run(f, proto, 1, regs, varargs, nil,
     {interpret = interpret, caller = caller, msgh = caller and caller.msgh})
 end
 
-function F.call(f, ...)
+function finisher.call(f, ...)
   return start(f, nil, nil, table_pack(...))
 end
 
 -- `interpret(callee, fr)` decides whether a Lua callee is interpreted too
 -- (true), or names a function to call in its place.
-function F.call_hooked(interpret, f, ...)
+function finisher.call_hooked(interpret, f, ...)
   return start(f, interpret, nil, table_pack(...))
 end
 
-F.is_lua = is_lua
+finisher.is_lua = is_lua
 
 -- ------------------------------------------------------- conformance ---
 
-local conform                              -- the hook of F.conformance
+local conform                              -- the hook of finisher.conformance
 
 -- A function for C code to call back that runs f interpreted; its caller
 -- is that C code (a C level), or nothing (a coroutine's body).
@@ -1956,8 +1985,8 @@ function conform(fn, fr)
 end
 
 -- Run f with every Lua function it reaches interpreted (see the header).
-function F.conformance(f, ...)
+function finisher.conformance(f, ...)
   return start(f, conform, nil, table_pack(...))
 end
 
-return F
+return finisher

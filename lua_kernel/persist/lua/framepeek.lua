@@ -3,18 +3,21 @@
 -- Loaded once per Lua state with `permanent`, the serializer's lookup of the
 -- standard library as it was before any user code ran (state.lua's
 -- M.permanent), so that a notebook that replaced `debug.getinfo` or
--- `coroutine.yield` cannot mislead the reader, and `B`, the module of
--- persist/lua/bytecode.lua. Returns M:
---   M.frames(co [, collect]) -> record | nil, reason    what the debug
+-- `coroutine.yield` cannot mislead the reader, `bytecode`, the module of
+-- persist/lua/bytecode.lua, and optionally `proto_of`, the finisher's cache
+-- of prototypes by function (finisher.proto_of). Returns `framepeek`:
+--   framepeek.frames(co [, collect]) -> record | nil, reason    what the debug
 --                      library says; with `collect`, each Lua level also
 --                      gets regs (the values of its nslots slots, 1-based:
 --                      regs[r + 1] is register r) and va (its varargs, {n=})
---   M.pack(record)  -> the record as bytes for framepeek.py (struct layout
---                      in `M.pack` below)
---   M.proto(f)      -> f's prototype as bytecode.lua reads it from
+--   framepeek.pack(record)  -> the record as bytes for framepeek.py (struct layout
+--                      in `framepeek.pack` below)
+--   framepeek.proto(f)      -> f's prototype as bytecode.lua reads it from
 --                      string.dump (with debug info) | nil, reason
---   M.samples()     -> suspended coroutines with known pcs, for the self-check
---   M.original(name, current) -> the library function `name` as it was
+--   framepeek.line_of(f, pc) -> the line of f's instruction pc (1-based),
+--                      -1 without line information | nil
+--   framepeek.samples()     -> suspended coroutines with known pcs, for the self-check
+--   framepeek.original(name, current) -> the library function `name` as it was
 --                      before user code ran (`current` if there is no such)
 --
 -- A record describes a suspended coroutine, level by level as debug.getinfo
@@ -28,7 +31,7 @@
 -- (named locals and "(temporary)" ones): everything below the function slot
 -- of the frame it is calling; and shift is how far a vararg Lua function's
 -- slot moved up from where its caller put it (0 for other functions).
-local permanent, B = ...
+local permanent, bytecode, proto_of = ...
 
 local function original(name, current)
   local v = permanent and permanent(name)
@@ -50,8 +53,8 @@ local ipairs = original("ipairs", ipairs)
 local type = original("type", type)
 local rawequal = original("rawequal", rawequal)
 
-local M = {}
-M.original = original
+local framepeek = {}
+framepeek.original = original
 
 -- What getinfo says of a function itself ("S", "u"), asked once per function.
 local fninfo = setmetatable({}, { __mode = "k" })
@@ -98,7 +101,7 @@ local function level_record(co, level, collect)
   return r
 end
 
-function M.frames(co, collect)
+function framepeek.frames(co, collect)
   if type(co) == "function" then        -- a coroutine.wrap function
     local _, t = getupvalue(co, 1)
     if type(t) == "thread" then co = t end
@@ -151,7 +154,7 @@ local spack = original("string.pack", string.pack)
 local concat = original("table.concat", table.concat)
 local tonumber = original("tonumber", tonumber)
 
-function M.pack(rec)
+function framepeek.pack(rec)
   local out = { spack("<jjI4", tonumber(rec.thread), tonumber(rec.yield), rec.n) }
   for level = 0, rec.n - 1 do
     local r = rec[level]
@@ -161,12 +164,35 @@ function M.pack(rec)
   return concat(out)
 end
 
-function M.proto(f)
-  local ok, s = pcall(sdump, f)
-  if not ok then return nil, s end
-  local ok2, p = pcall(B.read, s)
-  if not ok2 then return nil, p end
+-- Prototypes per function: the finisher's cache (`proto_of`) when this
+-- state has one, else this file's.
+if proto_of == nil then
+  local protos = setmetatable({}, { __mode = "k" })
+  proto_of = function(f)
+    local p = protos[f]
+    if p == nil then
+      p = bytecode.read(sdump(f))
+      protos[f] = p
+    end
+    return p
+  end
+end
+
+function framepeek.proto(f)
+  local ok, p = pcall(proto_of, f)
+  if not ok then return nil, p end
   return p
+end
+
+-- The line of f's instruction pc (1-based): bytecode.lua's line_of, the one
+-- reader of line information (framepeek.py checks a pc it read against
+-- getinfo's currentline with it); -1 when f has no line information, as
+-- currentline; nil when pc is outside f's code or f cannot be dumped.
+function framepeek.line_of(f, pc)
+  local p = framepeek.proto(f)
+  if p == nil then return nil end
+  if #p.lineinfo == 0 then return -1 end
+  return bytecode.line_of(p, pc)
 end
 
 -- Coroutines suspended at known places. Each function has exactly one
@@ -182,7 +208,7 @@ local function six() local a, b, c = 1, 2, 3; local t = { a, b, yield(c) }; retu
 local function va(...) local x = yield(...); return x end
 local function seven(p) local r = va(p, 2, 3); return r end
 
-function M.samples()
+function framepeek.samples()
   local out = {}
   for i, f in ipairs({ one, two, three, four, five, six, seven }) do
     local co = cocreate(f)
@@ -192,4 +218,4 @@ function M.samples()
   return out
 end
 
-return M
+return framepeek

@@ -1,26 +1,27 @@
 -- Suspended coroutines: their call stacks as plain data, and back.
 --
 -- Loaded once per Lua state by persist/state.py, before any user code, with
--- B (bytecode.lua), F (finisher.lua), FP (framepeek.lua, whose `original`
--- gives library functions as they were before user code ran) and
--- lua/session.lua's module (unused now). Returns CF:
+-- the modules `bytecode` (bytecode.lua), `finisher` (finisher.lua),
+-- `framepeek` (framepeek.lua, whose `original` gives library functions as
+-- they were before user code ran) and lua/session.lua's (unused now).
+-- Returns `frames` (persist/state.py hands it to state.lua):
 --
---   CF.prepare(co)  -> plan | nil, reason
+--   frames.prepare(co)  -> plan | nil, reason
 --       what the debug library shows of a suspended coroutine: its levels
 --       (plan.table, with every Lua level's registers), the pcs its
 --       bytecode alone pins down (plan.pcs[level]) and the levels whose
 --       saved pcs must be read from the frame records (plan.wanted, a list;
---       CF.packed(plan) is the record as bytes for framepeek.py)
---   CF.build(plan, probe) -> record | nil, reason
+--       frames.packed(plan) is the record as bytes for framepeek.py)
+--   frames.build(plan, probe) -> record | nil, reason
 --       the coroutine's RECORD, once plan.pcs has every frame's pc
 --       (framepeek.py's FramePC.pc); `probe(co, level, reg, frame, value)`
 --       is called for every register of a native frame that a closure may
 --       share (an open upvalue), for the serializer's sentinel probing
---   CF.pending(co)  -> record | nil    a restored coroutine not resumed yet
---   CF.revive(rec)  -> body           the function for coroutine.create or
---       coroutine.wrap that continues the record; CF.adopt(co, rec) marks
+--   frames.pending(co)  -> record | nil    a restored coroutine not resumed yet
+--   frames.revive(rec)  -> body           the function for coroutine.create or
+--       coroutine.wrap that continues the record; frames.adopt(co, rec) marks
 --       the new thread as restored (so that it is saved as the same record
---       until it is resumed or closed); CF.start(threads) then starts them
+--       until it is resumed or closed); frames.start(threads) then starts them
 --       up to their first resume (once records are complete), so that
 --       its frames' pcalls, xpcalls and to-be-closed guards are native
 --       levels of the thread: coroutine.close and errors close them natively
@@ -33,7 +34,7 @@
 --     call was closing, after catching e, the variables of the frames e
 --     unwound and a __close yielded (finishpcallk): the values still to close
 --   { c = "raise", u = ... } a restored frame unwinding: its own pcall in
---     F.run was closing a native callee's variables; then e goes on from it
+--     finisher.run was closing a native callee's variables; then e goes on from it
 --   { closure, cur, n, R[0], R[1], ..., R[n - 1] } (cur: the pending
 --     instruction, a 1-based index into the prototype's code; n: the number
 --     of registers; frame[R0 + r] is register r), and where needed:
@@ -64,8 +65,8 @@
 -- finisher's own frame tables, the native frames above them, and the frames
 -- still waiting in `rec`.
 
-local B, F, FP = ...
-local original = FP.original
+local bytecode, finisher, framepeek = ...
+local original = framepeek.original
 
 local getinfo = original("debug.getinfo", debug.getinfo)
 local getlocal = original("debug.getlocal", debug.getlocal)
@@ -84,15 +85,17 @@ local tsort = original("table.sort", table.sort)
 local KXPCALL = original("xpcall", xpcall)   -- the kernel's xpcall (a Lua function)
 local PCALL = pcall
 
-local OP, OPNAMES, decode = B.OP, B.OPNAMES, B.decode
-local proto_of = F.proto_of
+local OP, OPNAMES = bytecode.OP, bytecode.OPNAMES
+local proto_of, decode_proto = finisher.proto_of, finisher.decode_proto
 
-local CF = {}
+local frames = {}
 
-local FN, CUR, NREGS, R0 = 1, 2, 3, 4     -- a Lua frame record's slots
+-- a Lua frame record's slots (the finisher's where() reads them too)
+local FN, CUR = finisher.RECORD_FN, finisher.RECORD_CUR
+local NREGS, R0 = finisher.RECORD_NREGS, finisher.RECORD_R0
 
 local MY_SRC = getinfo(1, "S").short_src
-local FIN_SRC = getinfo(F.run, "S").short_src
+local FIN_SRC = getinfo(finisher.run, "S").short_src
 
 local function upvalue_named(f, wanted)
   local i = 1
@@ -112,9 +115,9 @@ if getinfo(KXPCALL, "S").what == "Lua" then
 end
 
 -- The finisher's `execute(fr)`: its levels stand for finisher frames.
-local EXECUTE = assert(upvalue_named(F.run, "execute"), "frames.lua: no finisher execute")
--- F.run's own to-be-closed guard (closes a finisher frame's variables).
-local FIN_GUARD = assert(upvalue_named(F.run, "GUARD"), "frames.lua: no finisher GUARD")
+local EXECUTE = assert(upvalue_named(finisher.run, "execute"), "frames.lua: no finisher execute")
+-- finisher.run's own to-be-closed guard (closes a finisher frame's variables).
+local FIN_GUARD = assert(upvalue_named(finisher.run, "GUARD"), "frames.lua: no finisher GUARD")
 
 ---------------------------------------------------------------------------
 -- What a prototype says about its registers (cached per prototype).
@@ -165,10 +168,10 @@ local function analyse(p)
     end
   end
   local sites, loops, calls = {}, {}, {}
-  for pc, ins in ipairs(p.code) do
-    local op, a, _, _, _, bx = decode(ins)
+  for pc, ins in ipairs(decode_proto(p)) do
+    local op, a = ins.op, ins.a
     if op == OP.CALL or op == OP.TAILCALL or op == OP.TFORCALL then
-      local line = B.line_of(p, pc)
+      local line = bytecode.line_of(p, pc)
       if line then
         local list = calls[line] or {}
         calls[line] = list
@@ -179,7 +182,7 @@ local function analyse(p)
       sites[#sites + 1] = { t = pc - 1, reg = a }
     elseif op == OP.TFORPREP then
       sites[#sites + 1] = { t = pc - 1, reg = a + 3 }
-      loops[#loops + 1] = { t = pc - 1, a = a, last = pc - 1 + bx }  -- body: t+1 .. last
+      loops[#loops + 1] = { t = pc - 1, a = a, last = pc - 1 + ins.bx }  -- body: t+1 .. last
     end
   end
   an = { reg = reg, captured = captured, sites = sites, loops = loops, calls = calls }
@@ -320,20 +323,20 @@ local PROXY = assert(upvalue_named(CLOSE_CHAIN, "PROXY"), "frames.lua: no finish
 -- variables, outermost first; ci_states(address) -> per level, innermost
 -- first, H callstatus and i4 u2. Either may give nil.
 local tbc_slots, ci_states
-function CF.use_readers(tbc, states) tbc_slots, ci_states = tbc, states end
+function frames.use_readers(tbc, states) tbc_slots, ci_states = tbc, states end
 local sunpack = original("string.unpack", string.unpack)
 
 local function address(co) return tonumber(sformat("%p", co)) end
 
 -- CallInfo facts of a thread, read once per capture of it: states[level] =
--- {status, u2}, or nil when unreadable.
+-- {status = callstatus, u2 = nres}, or nil when unreadable.
 local function read_states(co)
   local bytes = ci_states and ci_states(address(co))
   if type(bytes) ~= "string" or #bytes % 6 ~= 0 then return nil end
   local states = {}
   for pos = 1, #bytes, 6 do
     local status, u2 = sunpack("<Hi4", bytes, pos)
-    states[(pos - 1) // 6] = { status, u2 }
+    states[(pos - 1) // 6] = { status = status, u2 = u2 }
   end
   return states
 end
@@ -400,7 +403,7 @@ local function recovering(co, plan, level)
       "(its call record cannot be read)"
   end
   local state = plan.states[level]
-  if state == nil or (state[1] >> RECST_SHIFT) & 7 == 0 then return nil end
+  if state == nil or (state.status >> RECST_SHIFT) & 7 == 0 then return nil end
   local list = tbc_values(co, level)
   if list == nil then return nil, "cannot read the variables a pcall is closing after an error" end
   -- the error sits just below the __close's function slot; restored
@@ -441,12 +444,12 @@ local function pinned_pc(t, level)
 end
 
 -- A recovering pcall/xpcall at `level` that is the finisher's own, around a
--- running restored frame (F.run's pcall/xpcall of execute): when it has
--- closed its level, the frame's error goes on and F.run's guard closes the
+-- running restored frame (finisher.run's pcall/xpcall of execute): when it has
+-- closed its level, the frame's error goes on and finisher.run's guard closes the
 -- frame's variables. Returns the item standing for both: {c = "raise",
--- u = the frame's variables, then u's}, or nil when the call is not F.run's.
+-- u = the frame's variables, then u's}, or nil when the call is not finisher.run's.
 local function finisher_unwinding(co, t, caller, u)
-  if caller >= t.n or not rawequal(t[caller].func, F.run) then return nil end
+  if caller >= t.n or not rawequal(t[caller].func, finisher.run) then return nil end
   local fr = local_named(co, caller, "fr")
   local list = { e = u.e }
   for _, r in ipairs(fr.tbc) do list[#list + 1] = fr.R[r] end
@@ -456,7 +459,7 @@ local function finisher_unwinding(co, t, caller, u)
 end
 
 -- A __close yielding while a restored frame's variables close after an
--- error: inside F.run's guard (the finisher's closetbc has the error and
+-- error: inside finisher.run's guard (the finisher's closetbc has the error and
 -- the frame's variables still to close) or a waiting frame's guard (its
 -- `e`). Returns {e = error, list = values still to close, first created
 -- first}, or nil and why not.
@@ -467,7 +470,7 @@ end
 -- A stand-in's __close (finisher PROXY, frames.lua FRAME_GUARD) closes one
 -- variable, with the error it passes on (`err`, `e`). The other stand-ins
 -- still to close are in the catching call's tbclist, or, while the
--- finisher's close_chain returns, in its levels: then F.run's GUARD level,
+-- finisher's close_chain returns, in its levels: then finisher.run's GUARD level,
 -- further out, gives the frame's variables not closed yet (fr.tbc).
 function guard_closing(co, t, level)
   local lv = t[level]
@@ -478,8 +481,8 @@ function guard_closing(co, t, level)
 end
 
 -- The logical frames of a suspended coroutine, innermost first.
-function CF.prepare(co)
-  local t, why = FP.frames(co, true)
+function frames.prepare(co)
+  local t, why = framepeek.frames(co, true)
   if t == nil then return nil, why end
   local items, wanted, pcs = {}, {}, {}
   local plan = { co = co, table = t, pcs = pcs, wanted = wanted, items = items }
@@ -547,7 +550,7 @@ function CF.prepare(co)
       kx_u = nil
     elseif rawequal(f, EXECUTE) then
       local item = { fin = lv.regs[1] }
-      if item.fin.dec[item.fin.cur][1] == OP.CONCAT then
+      if item.fin.dec[item.fin.cur].op == OP.CONCAT then
         item.r = local_named(co, level - 1, "r")
       end
       items[#items + 1] = item
@@ -575,7 +578,7 @@ function CF.prepare(co)
   return plan
 end
 
-function CF.packed(plan) return FP.pack(plan.table) end
+function frames.packed(plan) return framepeek.pack(plan.table) end
 
 local function copy_va(va)
   local out = { n = va and va.n or 0 }
@@ -613,17 +616,18 @@ end
 local function live_bound(p, an, pc)
   if #p.lineinfo == 0 then return nil end
   local hi = 0
+  local dec = decode_proto(p)
   local function operands(ins)
-    local op, a, b, c, k = decode(ins)
-    local f = REGFIELDS[op]
+    local a, b, c = ins.a, ins.b, ins.c
+    local f = REGFIELDS[ins.op]
     if f == nil then hi = 1 << 30; return end   -- unknown: keep every register
     if f.a and a + 1 > hi then hi = a + 1 end
     if f.a1 and a + 2 > hi then hi = a + 2 end
     if f.b and b + 1 > hi then hi = b + 1 end
-    if (f.c or (f.ck and k == 0)) and c + 1 > hi then hi = c + 1 end
+    if (f.c or (f.ck and ins.k == 0)) and c + 1 > hi then hi = c + 1 end
   end
-  operands(p.code[pc])
-  if MMBINS[(decode(p.code[pc]))] and pc > 1 then operands(p.code[pc - 1]) end
+  operands(dec[pc])
+  if MMBINS[dec[pc].op] and pc > 1 then operands(dec[pc - 1]) end
   for j, v in ipairs(p.locvars or {}) do
     if v.startpc < pc and pc <= v.endpc and an.reg[j] + 1 > hi then hi = an.reg[j] + 1 end
   end
@@ -635,11 +639,11 @@ local function native_frame(plan, level, pc, probes)
   local lv = t[level]
   local f = lv.func
   local p = proto_of(f)
-  local ins = p.code[pc]
+  local ins = decode_proto(p)[pc]
   if ins == nil then return nil, "bad saved pc" end
-  local op, a, b = decode(ins)
+  local op, a, b = ins.op, ins.a, ins.b
   local nregs = lv.nslots - t[level - 1].shift
-  local fr = { f, pc, nregs, va = lv.va }
+  local fr = { f, pc, nregs, va = lv.va }      -- FN, CUR, NREGS: the array part
   tmove(lv.regs, 1, nregs, R0, fr)
   local closing
   if op == OP.CONCAT then
@@ -650,11 +654,11 @@ local function native_frame(plan, level, pc, probes)
       -- while it closes the variables (lvm.c; luaV_finishOp sets top from it)
       plan.states = plan.states or read_states(plan.co) or false
       local state = plan.states and plan.states[level]
-      if state == nil or state[2] < 0 or a + state[2] > nregs then
+      if state == nil or state.u2 < 0 or a + state.u2 > nregs then
         return nil, "it is suspended in a __close while returning a variable number " ..
           "of values, and their count cannot be read (" .. sformat("%s:%d", lv.src, lv.line) .. ")"
       end
-      fr.top = a + state[2]
+      fr.top = a + state.u2
     end
     local callee = t[level - 1]
     closing = callee.regs and callee.regs[1]
@@ -685,7 +689,9 @@ local function native_frame(plan, level, pc, probes)
   end
   freeze_next_loops(an, fr, pc - 1)
   for r in next, an.captured do
-    if r < nregs then probes[#probes + 1] = { level, r, fr, fr[R0 + r] } end
+    if r < nregs then
+      probes[#probes + 1] = { level = level, reg = r, frame = fr, value = fr[R0 + r] }
+    end
   end
   return fr
 end
@@ -694,7 +700,7 @@ local function finisher_frame(item)
   local x = item.fin
   local n = x.p.maxstacksize
   if x.top and x.top > n then n = x.top end   -- results of a call above maxstacksize
-  local fr = { x.cl, x.cur, n, top = x.top }
+  local fr = { x.cl, x.cur, n, top = x.top }   -- FN, CUR, NREGS
   for r = 0, n - 1 do fr[R0 + r] = rawget(x.R, r) end
   if x.varargs.n > 0 then fr.va = copy_va(x.varargs) end
   if next(x.boxes) then
@@ -710,7 +716,7 @@ local function finisher_frame(item)
   return fr
 end
 
-function CF.build(plan, probe)
+function frames.build(plan, probe)
   local pcs = plan.pcs
   local rec, n, probes = {}, 0, {}
   for _, item in ipairs(plan.items) do
@@ -737,7 +743,7 @@ function CF.build(plan, probe)
   end
   rec.n = n
   -- only a record that will be written has its registers probed
-  for _, x in ipairs(probes) do probe(plan.co, x[1], x[2], x[3], x[4]) end
+  for _, x in ipairs(probes) do probe(plan.co, x.level, x.reg, x.frame, x.value) end
   return rec
 end
 
@@ -754,7 +760,7 @@ end
 
 -- A restored thread is saved as its record until the user resumes it, and
 -- as dead once closed.
-function CF.pending(co)
+function frames.pending(co)
   local rec = restored[co]
   if rec and costatus(co) == "dead" then
     restored[co] = nil
@@ -763,7 +769,7 @@ function CF.pending(co)
   return rec
 end
 
-function CF.adopt(co, rec)
+function frames.adopt(co, rec)
   restored[co] = rec
 end
 
@@ -772,7 +778,8 @@ end
 -- own results (a pending tail call).
 local function deliver(fr, p, R, ...)
   local cur = fr[CUR]
-  local op, a, _, c, k = decode(p.code[cur])
+  local dec = decode_proto(p)
+  local op, a, c, k = dec[cur].op, dec[cur].a, dec[cur].c, dec[cur].k
   if op == OP.CALL then
     local n = select("#", ...)
     if c == 0 then
@@ -787,8 +794,7 @@ local function deliver(fr, p, R, ...)
     for j = 1, c do R[a + 3 + j] = (select(j, ...)) end
     return cur + 1
   elseif MMBINS[op] then
-    local _, ra = decode(p.code[cur - 1])
-    R[ra] = (...)
+    R[dec[cur - 1].a] = (...)
     return cur + 1
   elseif ARITH[op] then          -- a finisher frame: its OP_MMBIN* follows
     R[a] = (...)
@@ -817,9 +823,9 @@ function registers(fr)
 end
 
 -- Message handlers. Natively an xpcall's handler runs where the error is
--- raised, before any variable closes. A restored frame runs in F.run
+-- raised, before any variable closes. A restored frame runs in finisher.run
 -- inside the re-created xpcall of the nearest protected frame below it, so
--- F.run calls that handler itself where the error is raised (opts.msgh),
+-- finisher.run calls that handler itself where the error is raised (opts.msgh),
 -- marks it done in `st.handled`, and re-raises the handler's result, which
 -- the re-created xpcall's handler (handler_of) passes on unchanged.
 local function msgh_for(st, k)
@@ -831,7 +837,7 @@ local function msgh_for(st, k)
       local h = rec[j].h
       return function(e)
         local v = h(e)
-        st.handled = { v }
+        st.handled = { value = v }
         return v
       end
     end
@@ -844,7 +850,7 @@ local function handler_of(st, h)
     local done = st.handled
     if done then
       st.handled = nil
-      return done[1]
+      return done.value
     end
     return h(e)
   end
@@ -859,22 +865,22 @@ local function run_frame(st, k, ...)
   st.running = k
   st.handled = nil
   if pc == nil then return unpack(top, 1, top.n) end
-  return F.run(f, p, pc, R, copy_va(fr.va), top,
+  return finisher.run(f, p, pc, R, copy_va(fr.va), top,
     { links = fr.links, tbc = fr.tbc, cat = fr.cat, rec = st.rec, at = k,
       msgh = msgh_for(st, k) })
 end
 
 -- Each pending to-be-closed variable of a waiting frame is stood for by a
--- native to-be-closed variable (FRAME_GUARD {st, k, i}: frame k's i-th), so
--- Lua closes them when and where it would close the frame's own: when a
--- pcall catches an error passing through (with the error; an error of a
--- __close goes through the active message handler and on to the next, as
--- in luaF_close), or in coroutine.close (with the error that killed the
+-- native to-be-closed variable (FRAME_GUARD {st = st, k = k, i = i}: frame
+-- k's i-th), so Lua closes them when and where it would close the frame's
+-- own: when a pcall catches an error passing through (with the error; an
+-- error of a __close goes through the active message handler and on to the
+-- next, as in luaF_close), or in coroutine.close (with the error that killed the
 -- coroutine, or nil), inside the closed coroutine, where a yield is an
--- error. Once frame k runs, F.run's own guard has them.
+-- error. Once frame k runs, finisher.run's own guard has them.
 -- (a capture while one of these __close yields reads its `e`)
 FRAME_GUARD = { __close = function(g, e)
-  local st, k, i = g[1], g[2], g[3]
+  local st, k, i = g.st, g.k, g.i
   if st.running >= k then return end
   local fr = st.rec[k]
   local r = fr.tbc[i]
@@ -887,7 +893,7 @@ end }
 local yield = original("coroutine.yield", coroutine.yield)
 local START = {}            -- what a restored coroutine yields when started
 
--- Frame 0: CF.start started the coroutine, which built the levels below
+-- Frame 0: frames.start started the coroutine, which built the levels below
 -- (pcall/xpcall calls and guards) and waits here for the user's first resume.
 local function first_resume()
   local r = pack(yield(START))
@@ -925,13 +931,13 @@ local function closing_error(u, e, i, st, k)
   closing_error(u, e, i + 1, st, k)
 end
 
--- The body of a coroutine restored dead by an error (CF.failed's record):
+-- The body of a coroutine restored dead by an error (frames.failed's record):
 -- it dies with the error over the same pending variables.
-function CF.die(rec) closing_error(rec, rec.e, 1) end
+function frames.die(rec) closing_error(rec, rec.e, 1) end
 
 -- The error recovering frame k passes on once its __close (frames 1 .. k-1)
 -- has ended. A "raise" frame: a restored frame that was unwinding (its own
--- pcall in F.run had caught the error and was closing its callees'
+-- pcall in finisher.run had caught the error and was closing its callees'
 -- variables): the error goes on from the frame, through Lua's own closing
 -- of the variables left (an active message handler has seen it).
 function recovered_error(st, k)
@@ -939,7 +945,7 @@ function recovered_error(st, k)
   local ok, e = PCALL(finish_upto, st, k - 1)
   st.running = k
   if ok then e = fr.u.e end
-  if fr.c == "raise" and msgh_for(st, k) then st.handled = { e } end
+  if fr.c == "raise" and msgh_for(st, k) then st.handled = { value = e } end
   return e
 end
 
@@ -990,7 +996,7 @@ end
 -- the frame waits for the frames above it.
 function guarded(st, k, i)
   if i > #st.rec[k].tbc then return run_frame(st, k, finish_upto(st, k - 1)) end
-  local guard <close> = setmetatable({ st, k, i }, FRAME_GUARD)
+  local guard <close> = setmetatable({ st = st, k = k, i = i }, FRAME_GUARD)
   return guarded(st, k, i + 1)
 end
 
@@ -1001,7 +1007,7 @@ function resume_restored(st)
   return unpack(r, 1, r.n)
 end
 
-function CF.revive(rec)
+function frames.revive(rec)
   local st = { rec = rec, running = 0 }
   return function() return resume_restored(st) end
 end
@@ -1012,7 +1018,7 @@ end
 -- resume or close it. Returns a list of failures {index in list, reason}.
 local coresume = original("coroutine.resume", coroutine.resume)
 local tostring = original("tostring", tostring)
-function CF.start(list)
+function frames.start(list)
   local failed = {}
   for i, co in ipairs(list) do
     local ok, v = coresume(co)
@@ -1027,7 +1033,7 @@ end
 -- Such a coroutine keeps its error and its pending to-be-closed variables
 -- (lua_resume leaves the stack as it is; luaB_close -> lua_closethread ->
 -- luaE_resetthread closes them with the error and returns false, error).
--- CF.failed(co) -> {e = error, n = k, [1..k] = the values to close, first
+-- frames.failed(co) -> {e = error, n = k, [1..k] = the values to close, first
 -- created first} for such a coroutine, nil for one that ended normally (or
 -- was closed: luaE_resetthread leaves only the base level). The error is
 -- the last slot of level 0 (luaD_seterrorobj pushed it); the variables come
@@ -1038,7 +1044,7 @@ end
 function closers_of(v, out)
   local mt = getmetatable(v)
   if rawequal(mt, FRAME_GUARD) then
-    local st, k, i = v[1], v[2], v[3]
+    local st, k, i = v.st, v.k, v.i
     if st.running < k then
       local fr = st.rec[k]
       local r = fr.tbc[i]
@@ -1054,7 +1060,7 @@ function closers_of(v, out)
   end
 end
 
-function CF.failed(co)
+function frames.failed(co)
   if costatus(co) ~= "dead" or getinfo(co, 0, "f") == nil then return nil end
   local rec = { e = last_slot(co, 0) }
   local list = {}
@@ -1064,4 +1070,4 @@ function CF.failed(co)
   return rec
 end
 
-return CF
+return frames
