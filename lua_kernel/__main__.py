@@ -90,7 +90,8 @@ def _kernel(args, rest) -> int:
 
     from .kernel import LuaKernel
 
-    IPKernelApp.launch_instance(argv=rest, kernel_class=LuaKernel)
+    IPKernelApp.launch_instance(argv=rest, kernel_class=LuaKernel,
+                                outstream_class="lua_kernel.kernel.QuietOutStream")
     return 0
 
 

@@ -16,9 +16,12 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import zmq
+from ipykernel.iostream import OutStream
 from ipykernel.kernelbase import Kernel
+from traitlets import Float
 
 from . import __version__, introspect, persist, widgets
 from .magics import Magics, is_magic_cell
@@ -44,6 +47,32 @@ class ShuttingDown(Exception):
     """A request that arrived after shutdown_request."""
 
 
+class QuietOutStream(OutStream):
+    """sys.stdout/sys.stderr of the kernel process (Python's own output, such
+    as Python's print called from Lua). ipykernel flushes both four times per
+    execute_request, each a round trip to its IO thread; Lua's output never
+    passes here (the kernel sends it itself), so a flush waits only when
+    something was written since the last one. `interleave()`, set by the
+    kernel, says whether a write comes from a running Lua job (having sent
+    Lua's buffered output first): then it is sent at once, in order."""
+
+    dirty = False
+    interleave: Callable[[], bool] | None = None
+
+    def write(self, string):
+        interleave = self.interleave is not None and self.interleave()
+        self.dirty = True
+        n = super().write(string)
+        if interleave:
+            self.flush()
+        return n
+
+    def flush(self):
+        if self.dirty:
+            self.dirty = False
+            super().flush()
+
+
 class LuaKernel(Kernel):
     implementation = "lua_kernel"
     implementation_version = __version__
@@ -63,6 +92,12 @@ class LuaKernel(Kernel):
         {"text": "Lua 5.4 Reference Manual", "url": "https://www.lua.org/manual/5.4/"},
         {"text": "Programming in Lua", "url": "https://www.lua.org/pil/"},
     ]
+
+    # ipykernel sleeps 0.5 ms before every execute_reply so that output
+    # flushed through sys.stdout reaches the frontend first; ours is sent in
+    # order before the reply is (the cell's job ends with its flush), and
+    # QuietOutStream.flush still waits for Python's own output.
+    _execute_sleep = Float(0.0).tag(config=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -90,6 +125,9 @@ class LuaKernel(Kernel):
         self.magics = Magics(self.lua_session, self._chunkname)
         PersistenceMagics(self.persistence, self.magics, self)
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, QuietOutStream):
+                stream.interleave = self._python_output
 
     def _session_kwargs(self) -> dict:
         return dict(
@@ -150,6 +188,18 @@ class LuaKernel(Kernel):
 
     def _start_job(self, parent, ident, allow_stdin: bool) -> None:
         self._job = (parent, ident, allow_stdin, threading.get_ident())
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, OutStream):     # Python's own output, under the job
+                stream.set_parent(parent)
+
+    def _python_output(self) -> bool:
+        """Python writes to sys.stdout/stderr: from the Lua thread (Python's
+        print called from Lua), Lua's buffered output goes out first."""
+        job = self._job
+        if job is None or job[3] != threading.get_ident():
+            return False
+        self.lua_session.lua_side.flush()
+        return True
 
     def _iopub(self, msg_type: str, content: dict) -> None:
         self.session.send(self.iopub_socket, msg_type, content,

@@ -347,3 +347,14 @@ def test_no_debugger_is_advertised_and_debugpy_stays_out(kc):
     info = kc.get_shell_msg(timeout=10)["content"]
     assert "debugger" not in info.get("supported_features", [])
     assert info.get("debugger", False) is False
+
+
+def test_pythons_own_output_arrives_before_the_reply_in_order(kc):
+    """Python's print called from Lua goes through the kernel process's
+    sys.stdout (QuietOutStream): it is flushed before the reply although the
+    kernel no longer sleeps before every reply, and stays between Lua's lines."""
+    for i in range(5):
+        reply, msgs = execute(kc, f"print('lua {i}') python.builtins.print('python {i}') "
+                                  f"io.stdout:flush() print('lua again')")
+        assert reply["content"]["status"] == "ok"
+        assert stdout_of(msgs) == f"lua {i}\npython {i}\nlua again\n"
