@@ -10,8 +10,8 @@ def _install(args) -> int:
 
     prefix = sys.prefix if args.sys_prefix else args.prefix
     user = args.user or (prefix is None and not _can_write_system())
-    where = install(user=user, prefix=prefix)
-    print(f"Installed the Lua 5.4 kernelspec 'lua' in {where}")
+    for where in install(user=user, prefix=prefix):
+        print(f"Installed the kernelspec in {where}")
     return 0
 
 
@@ -88,18 +88,24 @@ def _kernel(args, rest) -> int:
     sys.modules.setdefault("debugpy", None)
     from ipykernel.kernelapp import IPKernelApp
 
-    from .kernel import LuaKernel
+    from .kernel import kernel_class
 
-    IPKernelApp.launch_instance(argv=rest, kernel_class=LuaKernel,
+    runtime = None
+    if "--runtime" in rest:           # which Lua: the kernelspec says (lua55, luajit)
+        i = rest.index("--runtime")
+        runtime = rest[i + 1]
+        del rest[i:i + 2]
+    IPKernelApp.launch_instance(argv=rest, kernel_class=kernel_class(runtime),
                                 outstream_class="lua_kernel.kernel.QuietOutStream")
     return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lua_kernel",
-                                     description="A Jupyter kernel for Lua 5.4.")
+                                     description="Jupyter kernels for Lua 5.4, Lua 5.5 "
+                                                 "and LuaJIT 2.1.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("install", help="install the 'lua' kernelspec")
+    p = sub.add_parser("install", help="install the kernelspecs (lua, lua55, luajit)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user only")
     where.add_argument("--sys-prefix", action="store_true",

@@ -1,4 +1,4 @@
-"""Installing the kernelspec where `pip install` did not put it.
+"""Installing the kernelspecs where `pip install` did not put them.
 
 `pip install lua_kernel` installs the kernelspec with the package: the wheel
 carries the top-level `kernelspec/lua/` folder as data files in
@@ -18,33 +18,39 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager
 
-KERNEL_NAME = "lua"
-_IN_SHARE = Path("share") / "jupyter" / "kernels" / KERNEL_NAME
+from .runtime import RUNTIMES
+
+KERNEL_NAMES = [r.kernel_name for r in RUNTIMES.values()]    # lua, lua55, luajit
 
 
-def spec_dir() -> Path:
-    """The kernelspec folder: in a source checkout (editable installs), else
+def spec_dir(name: str = "lua") -> Path:
+    """A kernelspec folder: in a source checkout (editable installs), else
     where pip put the wheel's data files."""
-    here = Path(__file__).resolve().parent.parent / "kernelspec" / KERNEL_NAME
-    candidates = [here, Path(sys.prefix) / _IN_SHARE, Path(site.USER_BASE or "") / _IN_SHARE]
+    in_share = Path("share") / "jupyter" / "kernels" / name
+    here = Path(__file__).resolve().parent.parent / "kernelspec" / name
+    candidates = [here, Path(sys.prefix) / in_share, Path(site.USER_BASE or "") / in_share]
     for folder in candidates:
         if (folder / "kernel.json").is_file():
             return folder
-    raise FileNotFoundError("the lua kernelspec is not where pip installs it: "
+    raise FileNotFoundError(f"the {name} kernelspec is not where pip installs it: "
                             + ", ".join(str(c) for c in candidates))
 
 
-def kernel_json() -> dict:
-    spec = json.loads((spec_dir() / "kernel.json").read_text(encoding="utf-8"))
+def kernel_json(name: str = "lua") -> dict:
+    spec = json.loads((spec_dir(name) / "kernel.json").read_text(encoding="utf-8"))
     spec["argv"][0] = sys.executable
     return spec
 
 
-def install(user: bool = False, prefix: str | None = None) -> str:
-    """Install the `lua` kernelspec; returns the directory it went to."""
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = Path(tmp) / KERNEL_NAME
-        shutil.copytree(spec_dir(), spec)
-        (spec / "kernel.json").write_text(json.dumps(kernel_json(), indent=2))
-        return KernelSpecManager().install_kernel_spec(
-            str(spec), KERNEL_NAME, user=user, prefix=prefix)
+def install(user: bool = False, prefix: str | None = None) -> list[str]:
+    """Install the kernelspecs (lua, lua55, luajit); returns the directories
+    they went to."""
+    done = []
+    for name in KERNEL_NAMES:
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = Path(tmp) / name
+            shutil.copytree(spec_dir(name), spec)
+            (spec / "kernel.json").write_text(json.dumps(kernel_json(name), indent=2))
+            done.append(KernelSpecManager().install_kernel_spec(
+                str(spec), name, user=user, prefix=prefix))
+    return done

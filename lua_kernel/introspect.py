@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from lupa import lua54
 
-from .runtime import KEYWORDS, is_python_object, load_lua, to_bytes
+from .runtime import KEYWORDS, is_python_object, load_lua, lua_type, to_bytes
 
 
 SOURCE_LINES_BRIEF = 40     # detail_level 0 shows at most this many source lines
@@ -297,7 +296,7 @@ def _resolve(L, base, keys: list):
 
 
 def _lua_type(value) -> str:
-    t = lua54.lua_type(value)
+    t = lua_type(value)
     if t is not None:
         return t
     if value is None:
@@ -418,7 +417,7 @@ def complete(session, code: str, cursor_pos: int | None = None) -> dict:
     else:
         text = L.names(None, False)
         candidates = set(text.split("\n")) if text else set()
-        candidates |= KEYWORDS
+        candidates |= session.runtime.keywords
         candidates |= _cell_locals(rest)
 
     if not prefix.startswith("_"):

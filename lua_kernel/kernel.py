@@ -28,7 +28,7 @@ from .magics import Magics, is_magic_cell
 from .native import lua_release
 from .persistence import Persistence, key_from_cell_id
 from .persistence_magics import PersistenceMagics
-from .runtime import to_bytes
+from .runtime import Runtime, get_runtime, to_bytes
 from .session import LuaError, Session
 
 ANSI_RED, ANSI_RESET = "\x1b[0;31m", "\x1b[0m"
@@ -36,6 +36,14 @@ ANSI_RED, ANSI_RESET = "\x1b[0;31m", "\x1b[0m"
 # that loops, one huge C call) makes the next interrupt end the kernel.
 ESCALATE_ENV, ESCALATE_AFTER = "LUA_KERNEL_INTERRUPT_GRACE", 3.0
 HELP_QUERY = re.compile(r"^\s*([A-Za-z_][\w]*(?:[.:][A-Za-z_]\w*)*)\s*(\?\??)\s*$")
+
+
+def kernel_class(runtime: str | None = None) -> type:
+    """The kernel class for a runtime ("5.5", "luajit"; None: Lua 5.4)."""
+    rt = get_runtime(runtime)
+    if rt is LuaKernel.runtime:
+        return LuaKernel
+    return type(f"LuaKernel_{rt.kernel_name}", (LuaKernel,), _describe(rt))
 
 
 def clean(text: str) -> str:
@@ -73,25 +81,41 @@ class QuietOutStream(OutStream):
             super().flush()
 
 
+def _describe(runtime: Runtime) -> dict:
+    """What a kernel of this runtime says about itself (kernel_info)."""
+    release = lua_release(runtime.module)          # "5.4.8", "LuaJIT 2.1.1774896198"
+    named = release if runtime.is_luajit else f"Lua {release}"
+    manual = f"https://www.lua.org/manual/{runtime.language}/"
+    links = [{"text": f"Lua {runtime.language} Reference Manual", "url": manual}]
+    if runtime.is_luajit:
+        links.append({"text": "LuaJIT extensions", "url": "https://luajit.org/extensions.html"})
+    return {
+        "runtime": runtime,
+        "language_version": release.split()[-1],
+        "language_info": {
+            "name": "lua",
+            "version": release.split()[-1],
+            "mimetype": "text/x-lua",
+            "file_extension": ".lua",
+            "codemirror_mode": "lua",
+            "pygments_lexer": "lua",
+        },
+        "banner": (f"{named} (lupa) — lua_kernel {__version__}\n"
+                   "Magics: %lsmagic. Help on a name: name? or Shift-Tab."),
+        "help_links": links + [{"text": "Programming in Lua", "url": "https://www.lua.org/pil/"}],
+    }
+
+
 class LuaKernel(Kernel):
     implementation = "lua_kernel"
     implementation_version = __version__
     language = "lua"
-    language_version = lua_release()
-    language_info = {
-        "name": "lua",
-        "version": language_version,
-        "mimetype": "text/x-lua",
-        "file_extension": ".lua",
-        "codemirror_mode": "lua",
-        "pygments_lexer": "lua",
-    }
-    banner = (f"Lua {language_version} (lupa) — lua_kernel {__version__}\n"
-              "Magics: %lsmagic. Help on a name: name? or Shift-Tab.")
-    help_links = [
-        {"text": "Lua 5.4 Reference Manual", "url": "https://www.lua.org/manual/5.4/"},
-        {"text": "Programming in Lua", "url": "https://www.lua.org/pil/"},
-    ]
+    # Lua 5.4; kernel_class() makes the subclasses of the other runtimes
+    _about = _describe(get_runtime())
+    runtime, language_version, language_info = (
+        _about["runtime"], _about["language_version"], _about["language_info"])
+    banner, help_links = _about["banner"], _about["help_links"]
+    del _about
 
     # ipykernel sleeps 0.5 ms before every execute_reply so that output
     # flushed through sys.stdout reaches the frontend first; ours is sent in
@@ -111,7 +135,8 @@ class LuaKernel(Kernel):
         self._job: tuple | None = None
         self.history: list[tuple[int, int, str, str | None]] = []  # session, line, in, out
         self.history_session = 1
-        self.persistence = Persistence(log=self.log, request_capture=self._request_capture)
+        self.persistence = Persistence(log=self.log, request_capture=self._request_capture,
+                                       runtime=self.runtime)
         self._interrupt_since: float | None = None    # the running cell's first interrupt
         self._escalate_after = float(os.environ.get(ESCALATE_ENV) or ESCALATE_AFTER)
         # widgets (issue 11): comms, answered in the Lua thread like cells
@@ -136,6 +161,7 @@ class LuaKernel(Kernel):
             stdin=self._read_input,
             display=self._display,
             clear_output=self._clear_output,
+            runtime=self.runtime,
         )
 
     def _new_session(self) -> Session:

@@ -17,12 +17,19 @@ Two things here cannot be done through the Lua language itself:
   gives an error instead of a crash. A self-check against a coroutine whose
   address we know runs before the walk is trusted; if it fails, interrupts
   still work everywhere except inside a running coroutine.
+
+Each lupa runtime is its own extension module with its own copy of the C
+API (`LuaLibrary`). The struct layout below is Lua 5.4.8's; another
+runtime's walk fails its self-check and is not used. LuaJIT keeps one hook
+for the whole VM (global_State), so arming any of its threads arms all of
+them: no walk is needed there.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import struct
+from types import ModuleType
 
 from lupa import lua54
 
@@ -113,38 +120,55 @@ def long_string_bytes(addr: int, size: int) -> bytes | None:
     return MEMORY.read(addr + TSTRING_CONTENTS, size)
 
 
-def _library():
-    try:
-        return ctypes.CDLL(lua54.__file__)
-    except OSError:
-        return None
+class LuaLibrary:
+    """The C API of one lupa runtime module (lua54, lua55, luajit21)."""
+
+    def __init__(self, module: ModuleType):
+        self.module = module
+        try:
+            self.lib = ctypes.CDLL(module.__file__)
+            sethook, gethook = self.lib.lua_sethook, self.lib.lua_gethook
+        except (OSError, AttributeError):
+            self.lib = self.sethook = self.gethook = None
+            return
+        sethook.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        sethook.restype = None
+        gethook.argtypes = [ctypes.c_void_p]
+        gethook.restype = ctypes.c_void_p
+        self.sethook, self.gethook = sethook, gethook
+
+    @property
+    def hooks(self) -> bool:
+        return self.sethook is not None
+
+    def release(self) -> str:
+        """The exact release lupa bundles ("5.4.8", "LuaJIT 2.1.1774896198"),
+        from lua_ident / the runtime."""
+        runtime = self.module.LuaRuntime()
+        if runtime.lua_implementation.startswith("LuaJIT"):
+            return runtime.lua_implementation     # "LuaJIT 2.1.1774896198"
+        try:
+            ident = (ctypes.c_char * 160).in_dll(self.lib, "lua_ident").value.decode()
+            return ident.split("Lua ", 1)[1].split()[0]
+        except (AttributeError, IndexError, ValueError, TypeError):
+            return ".".join(map(str, runtime.lua_version))
 
 
-_LIB = _library()
+_LIBRARIES: dict[str, LuaLibrary] = {}
 
 
-def lua_release() -> str:
-    """The exact Lua release lupa bundles (e.g. "5.4.8"), from lua_ident."""
-    try:
-        ident = (ctypes.c_char * 160).in_dll(_LIB, "lua_ident").value.decode()
-        return ident.split("Lua ", 1)[1].split()[0]
-    except (AttributeError, IndexError, ValueError, TypeError):
-        return ".".join(map(str, lua54.LuaRuntime().lua_version))
+def library(module: ModuleType = lua54) -> LuaLibrary:
+    found = _LIBRARIES.get(module.__name__)
+    if found is None:
+        found = _LIBRARIES[module.__name__] = LuaLibrary(module)
+    return found
 
 
-def _load_api():
-    try:
-        sethook, gethook = _LIB.lua_sethook, _LIB.lua_gethook
-    except AttributeError:
-        return None
-    sethook.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    sethook.restype = None
-    gethook.argtypes = [ctypes.c_void_p]
-    gethook.restype = ctypes.c_void_p
-    return sethook, gethook
+def lua_release(module: ModuleType = lua54) -> str:
+    """The exact release of a runtime (Lua 5.4's by default), e.g. "5.4.8"."""
+    return library(module).release()
 
 
-_API = _load_api()
 MEMORY = MemoryReader()
 
 
@@ -156,12 +180,14 @@ def parse_address(text: str) -> int:
 class Interrupter:
     """Arms the debug hook of one Lua state (and its running coroutines).
 
-    Built with the state's main thread address, the address of the C hook
-    (`lua_gethook` while a hook is registered), and the addresses of
-    `coroutine.resume` and of the C function behind `coroutine.wrap` closures.
+    Built with the runtime's C API, the state's main thread address (for
+    LuaJIT: any thread kept alive), the address of the C hook (`lua_gethook`
+    while a hook is registered), and the addresses of `coroutine.resume` and
+    of the C function behind `coroutine.wrap` closures.
     """
 
-    def __init__(self, main: int, hookf: int, resume_fn: int, wrap_fn: int):
+    def __init__(self, api: LuaLibrary, main: int, hookf: int, resume_fn: int, wrap_fn: int):
+        self.api = api
         self.main = main
         self.hookf = hookf
         self.resume_fn = resume_fn
@@ -169,12 +195,12 @@ class Interrupter:
         self.walk_ok = False   # set by self_check()
 
     @staticmethod
-    def supported() -> bool:
-        return _API is not None
+    def supported(api: LuaLibrary) -> bool:
+        return api.hooks
 
     @staticmethod
-    def current_hook(thread: int) -> int:
-        return _API[1](thread) or 0
+    def current_hook(api: LuaLibrary, thread: int) -> int:
+        return api.gethook(thread) or 0
 
     def running_chain(self) -> list[int]:
         """The threads to arm: the main one, plus the running coroutines when
@@ -218,7 +244,7 @@ class Interrupter:
     def arm(self) -> None:
         """Make every running thread call its hook at its next instruction."""
         for thread in self.running_chain():
-            _API[0](thread, self.hookf, LUA_MASKCOUNT, 1)
+            self.api.sethook(thread, self.hookf, LUA_MASKCOUNT, 1)
 
     def disarm(self) -> None:
-        _API[0](self.main, None, 0, 0)
+        self.api.sethook(self.main, None, 0, 0)

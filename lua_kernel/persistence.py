@@ -89,9 +89,13 @@ class Persistence:
 
     def __init__(self, key: str | None = None, store: Store | None = None,
                  log: logging.Logger | None = None,
-                 request_capture: Callable[[], None] | None = None):
+                 request_capture: Callable[[], None] | None = None,
+                 runtime: str | None = None):
         """`request_capture()` asks the kernel to call capture_due() in its Lua
-        thread when it is free (a big state is saved between cells)."""
+        thread when it is free (a big state is saved between cells);
+        `runtime` is the kernel's Lua (lua_kernel.runtime), named in every
+        snapshot."""
+        self.runtime = runtime
         self.store = None if Store.disabled() else (store or Store())
         self.key = key if key is not None else os.environ.get(KEY_ENV) or None
         self.autosave = os.environ.get(AUTOSAVE_ENV, "1").strip().lower() not in (
@@ -273,7 +277,8 @@ class Persistence:
         reading the key file cost 0.3 ms, on every cell's request path)."""
         if self._secret is None:
             self._secret = load_secret()
-        return seal(body, counts, notebook=self.key, kernel=kernel, key=self._secret)
+        return seal(body, counts, notebook=self.key, kernel=kernel, key=self._secret,
+                    runtime=self.runtime)
 
     def _submit(self, fn, *args, big: bool) -> None:
         """Hand work to the writer thread. Big-state writes are counted: while

@@ -1,4 +1,5 @@
-"""One Lua 5.4 state: run cells, route their output, interrupt them.
+"""One Lua state (Lua 5.4, 5.5 or LuaJIT): run cells, route their output,
+interrupt them.
 
 This is the Python API that the kernel is built on; it works without Jupyter:
 
@@ -16,12 +17,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from lupa import lua54
-
 from . import native
 from .widgets import WidgetHost
-from .runtime import (is_lua_object, is_python_object, load_lua, module_paths, name_test,
-                      new_runtime, to_bytes)
+from .runtime import (Runtime, c_modules_load, get_runtime, is_lua_object, is_python_object,
+                      load_lua, lua_type, module_paths, name_test, new_runtime, to_bytes)
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
@@ -97,7 +96,8 @@ def _default_display(data: dict, metadata: dict) -> None:
 
 
 class Session:
-    """A Lua 5.4 state that runs notebook cells.
+    """A Lua state that runs notebook cells: Lua 5.4 unless `runtime` says
+    "5.5" or "luajit" (see lua_kernel.runtime.RUNTIMES).
 
     Output callbacks receive text; `stdin(prompt)` returns a line or None at
     end of input; `display(data, metadata)` receives a MIME bundle and
@@ -122,7 +122,9 @@ class Session:
         clear_output: Callable[[bool], Any] | None = None,
         max_memory: int | str | None = None,
         companions: Mapping[str, Callable[["Session"], Any]] | None = None,
+        runtime: str | Runtime | None = None,
     ):
+        self.runtime = get_runtime(runtime)
         self.stdout = stdout or (lambda text: sys.stdout.write(text))
         self.stderr = stderr or (lambda text: sys.stderr.write(text))
         self.stdin = stdin or _default_stdin
@@ -144,7 +146,7 @@ class Session:
     # -- the Lua state ------------------------------------------------------
 
     def _start(self) -> None:
-        self.lua = new_runtime(self.max_memory)
+        self.lua = new_runtime(self.max_memory, self.runtime)
         host = self.lua.table_from({
             "emit": self._emit,
             "readline": self._readline,
@@ -155,7 +157,10 @@ class Session:
         })
         host["is_name"] = name_test(self.lua)
         self._lua_side = load_lua(self.lua, "session.lua", host)
-        self._lua_side.search_paths(*module_paths())
+        before, after, cbefore, cafter = module_paths(self.runtime.language)
+        if not c_modules_load(self.lua):     # another Lua's C API is the visible one
+            cbefore = cafter = None
+        self._lua_side.search_paths(before, after, cbefore, cafter)
         self._repr = load_lua(self.lua, "repr.lua", self._lua_side.is_name)
         self._repr.init(self.lua.globals())
         self.widgets = WidgetHost(self)     # the `widgets` module (ipywidgets, lazily)
@@ -166,20 +171,23 @@ class Session:
             self._companions[name] = (self.lua, make(self))
 
     def _make_interrupter(self) -> native.Interrupter | None:
-        if not native.Interrupter.supported():
+        api = native.library(self.runtime.module)
+        if not native.Interrupter.supported(api):
             return None
-        probe = load_lua(self.lua, "interrupt_probe.lua", self._lua_side.hook,
-                         self._lua_side.sethook)
+        # kept: for LuaJIT, probe.main is a thread the probe keeps alive
+        self._probe = probe = load_lua(self.lua, "interrupt_probe.lua", self._lua_side.hook,
+                                       self._lua_side.sethook)
         main = native.parse_address(probe.main)
         # The hook is registered with a huge count only so that lua_gethook
         # tells us the address of Lua's C hook; then it is disarmed.
-        hookf = native.Interrupter.current_hook(main)
+        hookf = native.Interrupter.current_hook(api, main)
         probe.disarm()
         wrap_fn = native.MEMORY.pointer(native.parse_address(probe.wrap_closure) + native.CCL_F)
         interrupter = native.Interrupter(
-            main, hookf, native.parse_address(probe.resume), wrap_fn or 0)
-        probe.check(lambda *chain: interrupter.self_check(
-            [native.parse_address(a) for a in chain]))
+            api, main, hookf, native.parse_address(probe.resume), wrap_fn or 0)
+        if not self.runtime.is_luajit:      # the walk reads Lua 5.4 structs (5.5 keeps them)
+            probe.check(lambda *chain: interrupter.self_check(
+                [native.parse_address(a) for a in chain]))
         return interrupter
 
     def _globals_now(self) -> dict:
@@ -227,7 +235,8 @@ class Session:
 
     @property
     def interrupts_in_coroutines(self) -> bool:
-        return bool(self._interrupter and self._interrupter.walk_ok)
+        # LuaJIT has one hook for the whole VM: arming it reaches every coroutine
+        return bool(self._interrupter and (self._interrupter.walk_ok or self.runtime.is_luajit))
 
     def memory_used(self) -> int:
         return self.lua.get_memory_used()
@@ -268,9 +277,9 @@ class Session:
             self._running = True
         try:
             result = self._lua_side.run(fn, *args)
-        except lua54.LuaMemoryError:
+        except self.runtime.module.LuaMemoryError:
             result = (False, "memory", "not enough memory", "", None)
-        except lua54.LuaError as e:
+        except self.runtime.module.LuaError as e:
             # only an interrupt raised outside the cell's own handler gets here
             if not self._interrupted:
                 raise LuaError(str(e)) from None
@@ -343,7 +352,7 @@ class Session:
         texts = [self.text(v) for v in values]
         sep = "\n" if any("\n" in t for t in texts) else "\t"
         data = {"text/plain": sep.join(texts)}
-        if len(values) == 1 and lua54.lua_type(values[0]) == "table":
+        if len(values) == 1 and lua_type(values[0]) == "table":
             html = self._lua_side.html_of(values[0], self._repr)
             if html is not None:
                 data["text/html"] = html
@@ -416,7 +425,7 @@ def lua_to_json(value, address: Callable[[Any], str], _seen: frozenset = frozens
         if value is None or isinstance(value, (bool, int, float)):
             return value
         return str(value)
-    if lua54.lua_type(value) != "table":
+    if lua_type(value) != "table":
         return str(value)
     ident = address(value)
     if ident in _seen:

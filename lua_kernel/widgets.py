@@ -31,9 +31,7 @@ import uuid
 import weakref
 from typing import Any, Callable
 
-from lupa import lua54
-
-from .runtime import load_lua
+from .runtime import load_lua, lua_type
 
 # Classes whose list part of the options table is their children / options.
 BOXES = {"Box", "HBox", "VBox", "GridBox", "Accordion", "Tab", "Stack"}
@@ -247,7 +245,7 @@ class WidgetHost:
                 FRONTEND.show_error(self.session, e)
 
     def is_widget(self, value) -> bool:
-        return lua54.lua_type(value) == "table" and bool(self.lua_side.is_widget(value))
+        return lua_type(value) == "table" and bool(self.lua_side.is_widget(value))
 
     def bundle(self, value) -> tuple[dict, dict] | None:
         """The MIME bundle showing a widget (a widget view), or None."""
@@ -291,7 +289,7 @@ class WidgetHost:
         return value
 
     def from_lua(self, value):
-        if lua54.lua_type(value) != "table":
+        if lua_type(value) != "table":
             return value
         if self.lua_side.is_widget(value):
             return self._live(value)

@@ -9,10 +9,10 @@ from jupyter_client.manager import start_new_kernel
 
 
 @contextmanager
-def running_kernel(stderr=None, cwd=None, **env):
-    """Start the installed `lua` kernel; yield (manager, client). `stderr`: a
-    file for the kernel process's log; `cwd`: its directory (Jupyter starts
-    a notebook's kernel in the notebook's directory)."""
+def running_kernel(stderr=None, cwd=None, kernel_name="lua", **env):
+    """Start an installed kernel (`lua`, `lua55`, `luajit`); yield (manager,
+    client). `stderr`: a file for the kernel process's log; `cwd`: its
+    directory (Jupyter starts a notebook's kernel in the notebook's directory)."""
     import os
 
     kw = {"env": {**os.environ, **env}} if env else {}
@@ -20,7 +20,7 @@ def running_kernel(stderr=None, cwd=None, **env):
         kw["stderr"] = stderr
     if cwd is not None:
         kw["cwd"] = str(cwd)
-    km, kc = start_new_kernel(kernel_name="lua", startup_timeout=60, **kw)
+    km, kc = start_new_kernel(kernel_name=kernel_name, startup_timeout=60, **kw)
     try:
         yield km, kc
     finally:

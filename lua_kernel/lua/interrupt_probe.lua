@@ -6,10 +6,17 @@
 local hook, sethook = ...
 local P = {}
 
-P.main = tostring(coroutine.running())
+-- LuaJIT (Lua 5.1) has no handle on its main thread, and one hook for the
+-- whole VM: any live thread will do, so P keeps one.
+local main = coroutine.running()
+if main == nil then
+  P.anchor = coroutine.create(function() end)
+  main = P.anchor
+end
+P.main = tostring(main)
 P.resume = string.format("%p", coroutine.resume)
 P.wrap_closure = string.format("%p", coroutine.wrap(function() end))
-sethook(hook, "", 1 << 30)
+sethook(hook, "", 2 ^ 30)
 
 function P.disarm()
   sethook(hook, "", 0)

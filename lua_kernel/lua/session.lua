@@ -689,9 +689,15 @@ function M.compile(code, chunkname)
 end
 
 -- Where require looks: Python's runtime.module_paths around Lua's defaults.
+-- cbefore nil: no C modules in this state (another Lua's C API is the one
+-- this process made visible to them; see lua_kernel/runtime.py).
 function M.search_paths(before, after, cbefore, cafter)
   package.path = before .. ";" .. package.path .. ";" .. after
-  package.cpath = cbefore .. ";" .. package.cpath .. ";" .. cafter
+  if cbefore then
+    package.cpath = cbefore .. ";" .. package.cpath .. ";" .. cafter
+  else
+    package.cpath = ""
+  end
 end
 
 -- io.write returns its file: a cell ending in io.write(...) shows nothing.

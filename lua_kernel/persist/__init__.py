@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .. import native
+from ..runtime import Runtime, get_runtime
 from ..session import Session
 from . import snapshot as envelope
 from . import state
@@ -46,12 +47,13 @@ def capture(session: Session) -> tuple[bytes, list[Issue], dict]:
 
 
 def seal(body: bytes, counts: dict, *, notebook: str = "", kernel: dict | None = None,
-         key: bytes | None = None) -> bytes:
-    """Compress and sign a body from capture() (with the user's secret, or
-    `key`)."""
+         key: bytes | None = None, runtime: str | Runtime | None = None) -> bytes:
+    """Compress and sign a body from capture() of a session of `runtime`
+    (Lua 5.4 by default), with the user's secret, or `key`."""
+    release = native.lua_release(get_runtime(runtime).module)
     counts = dict(counts)
     seconds = counts.pop("seconds", None)
-    return envelope.seal(body, notebook=notebook, lua_version=native.lua_release(),
+    return envelope.seal(body, notebook=notebook, lua_version=release,
                          counts=counts, timings={"serialize": seconds}, kernel=kernel,
                          key=key)
 
@@ -66,7 +68,8 @@ def snapshot_of(session: Session, *, notebook: str = "", kernel: dict | None = N
     """The whole Lua state as a snapshot; anything that could not be saved
     is listed, by path, in `issues`."""
     body, issues, counts = capture(session)
-    return Saved(seal(body, counts, notebook=notebook, kernel=kernel, key=key), issues)
+    return Saved(seal(body, counts, notebook=notebook, kernel=kernel, key=key,
+                      runtime=session.runtime), issues)
 
 
 class Restored(NamedTuple):
@@ -76,9 +79,11 @@ class Restored(NamedTuple):
 
 
 def restore(data: bytes, **kwargs) -> Restored:
-    """A new Session (keyword arguments as for Session()) from a snapshot.
-    Unsigned, altered, truncated or foreign data raise SnapshotError."""
-    info, body = envelope.open_snapshot(data, lua_version=native.lua_release())
+    """A new Session (keyword arguments as for Session(), `runtime` included)
+    from a snapshot. Unsigned, altered, truncated or foreign data, and a
+    snapshot of another runtime, raise SnapshotError."""
+    runtime = get_runtime(kwargs.get("runtime"))
+    info, body = envelope.open_snapshot(data, lua_version=native.lua_release(runtime.module))
     session = new_session(**kwargs)
     try:
         issues = state.apply(session, body)

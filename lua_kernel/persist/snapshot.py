@@ -28,6 +28,8 @@ from pathlib import Path
 
 import zstandard
 
+from ..runtime import RUNTIMES
+
 MAGIC = b"LUAKSNAP"
 FORMAT_VERSION = 1
 MAC_SIZE = 32
@@ -138,15 +140,32 @@ def read_header(data: bytes) -> tuple[dict, int]:
     return header, end
 
 
+def lua_family(release: str) -> str:
+    """What a snapshot must match: "Lua 5.4" for "5.4.8", "LuaJIT 2.1" for
+    "LuaJIT 2.1.1774896198" (the serializer's format follows the language
+    and its bytecode, which change between these, not within)."""
+    if release.startswith("LuaJIT"):
+        return "LuaJIT " + ".".join(release.split()[-1].split(".")[:2])
+    return "Lua " + ".".join(release.split(".")[:2])
+
+
+def _named(release: str) -> str:
+    return release if release.startswith("LuaJIT") else "Lua " + release
+
+
 def open_snapshot(data: bytes, *, lua_version: str,
                   key: bytes | None = None) -> tuple[SnapshotInfo, bytes]:
     """Verify, then decode: (info, serialized state)."""
     verify(data, key)
     header, pos = read_header(data)
     info = SnapshotInfo.from_header(header, len(data))
-    if info.lua_version.split(".")[:2] != lua_version.split(".")[:2]:
-        raise SnapshotError(f"the snapshot is of Lua {info.lua_version}; "
-                            f"this kernel runs Lua {lua_version}")
+    saved, here = lua_family(info.lua_version), lua_family(lua_version)
+    if saved != here:
+        kernel = next((r.display_name for r in RUNTIMES.values()
+                       if r.display_name == saved), None)
+        raise SnapshotError(
+            f"the snapshot was saved by {_named(info.lua_version)}; this kernel runs "
+            f"{_named(lua_version)}" + (f" (open it in a {kernel} kernel)" if kernel else ""))
     try:
         (body_len,) = _BODY_LEN.unpack_from(data, pos)
         compressed = data[pos + _BODY_LEN.size:pos + _BODY_LEN.size + body_len]

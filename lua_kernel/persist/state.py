@@ -29,10 +29,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from lupa import lua54
-
 from .. import native
-from ..runtime import load_lua, to_bytes
+from ..runtime import load_lua, module_of, to_bytes
 from . import framepeek, pyobjects
 
 LUA_FILE = "persist/lua/state.lua"
@@ -136,7 +134,7 @@ def capture(session) -> tuple[bytes, list[Issue], dict]:
 
     try:
         addr, size, head, tail, lua_issues, lua_counts = module.capture(pickle_many)
-    except lua54.LuaError as e:
+    except module_of(lua).LuaError as e:
         raise RuntimeError(f"cannot serialize the Lua state: {e}") from None
     try:
         body = _copy_out(addr, size, head, tail)
@@ -172,7 +170,7 @@ def apply(session, body: bytes) -> list[Issue]:
 
     try:
         ok, result = module.apply(body, unpickle_at)
-    except lua54.LuaError as e:
+    except module_of(lua).LuaError as e:
         raise ValueError(f"malformed Lua state: {e}") from None
     if not ok:
         raise ValueError(str(result))
