@@ -1,5 +1,6 @@
-"""Rules of the house that a test can hold: doctests run, and every test
-module that starts a kernel process says so with the `kernel` marker."""
+"""Rules of the house that a test can hold: doctests run, every test
+module that starts a kernel process says so with the `kernel` marker, and
+no Lua function of the package is longer than 150 lines."""
 from __future__ import annotations
 
 import ast
@@ -40,3 +41,46 @@ def test_modules_that_start_kernels_carry_the_kernel_marker():
         if names & set(STARTS_A_KERNEL) and "pytestmark = pytest.mark.kernel" not in source:
             missing.append(path.name)
     assert missing == [], missing
+
+
+MAX_LUA_FUNCTION_LINES = 150
+# (file, line of the `function` that opens it): the functions allowed to be longer
+LONG_LUA_FUNCTIONS_ALLOWED = {
+    ("persist/lua/bytecode.lua", "function B.read(dump)"),   # split on branch finisher-names
+}
+
+
+def test_no_lua_function_is_longer_than_150_lines():
+    """Measured on the compiled prototypes (linedefined to lastlinedefined),
+    nested functions each on their own, with bytecode.lua's own reader."""
+    from lua_kernel.runtime import load_lua, new_runtime
+
+    lua = new_runtime()
+    B = load_lua(lua, "persist/lua/bytecode.lua")
+    lengths = lua.eval("""function(B, src, name)
+      local out = {}
+      local function walk(p)
+        for _, c in ipairs(p.p) do
+          out[#out + 1] = c.linedefined
+          out[#out + 1] = c.lastlinedefined - c.linedefined + 1
+          walk(c)
+        end
+      end
+      walk(B.read(string.dump(assert(load(src, "@" .. name)))))
+      return out
+    end""")
+    package = Path(lua_kernel.__file__).resolve().parent
+    files = sorted(package.rglob("*.lua"))
+    assert files
+    too_long = []
+    for path in files:
+        rel = path.relative_to(package).as_posix()
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        out = lengths(B, source, rel)
+        for i in range(1, len(out) + 1, 2):
+            first, n = out[i], out[i + 1]
+            opening = lines[first - 1].strip()
+            if n > MAX_LUA_FUNCTION_LINES and (rel, opening) not in LONG_LUA_FUNCTIONS_ALLOWED:
+                too_long.append(f"{rel}:{first} {n} lines: {opening}")
+    assert too_long == []
