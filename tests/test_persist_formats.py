@@ -45,3 +45,27 @@ def test_the_fixtures_are_what_make_py_describes():
     for code, want in make.CHECKS["v3"]:
         got = s.execute(code)
         assert len(got) == len(want) and all(map(same, got, want)), (code, got, want)
+
+
+def test_a_malformed_object_is_named_in_the_error():
+    """Restore errors say which object was being made: its number and kind."""
+    import struct
+
+    s = Session()
+    s.execute("function f() return 1 end")
+    body, issues, _ = state.capture(s)
+    assert issues == []
+    head, secs = make.sections(body)
+    h = secs[2]                                   # the headers: one chunk
+    (count,) = struct.unpack_from("<q", h, 0)
+    width = h[8]
+    fmt = "<" + ("i" if width == 4 else "q") * count
+    H = list(struct.unpack_from(fmt, h, 9))
+    i = 0
+    while H[i] != 4:                              # LFUNC proto: a string code...
+        i += {1: 1, 2: 2, 3: 2, 5: 3, 6: 2, 7: 1, 8: 5, 9: 3, 10: 3}[H[i]]
+    H[i + 1] = 7 * 8 + 3                          # ...made an integer
+    secs[2] = h[:9] + struct.pack(fmt, *H)
+    bad = head + b"".join(struct.pack("<q", len(x)) + x for x in secs)
+    with pytest.raises(ValueError, match=r"string expected in header \(object \d+, Lua function\)"):
+        state.apply(Session(), bad)
