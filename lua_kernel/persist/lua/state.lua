@@ -571,6 +571,12 @@ local function bad(R, msg, ...)
   error(msg, 0)
 end
 
+-- bad() for object `id` (the stretch readers set R.at only when they fail).
+local function bad_at(R, id, msg, ...)
+  R.at = id
+  bad(R, msg, ...)
+end
+
 local function note(R, where, reason)
   local n = R.nnotes + 1
   R.nnotes = n
@@ -622,6 +628,7 @@ end
 local function obj_id(c)
   return c & 7 == T_OBJ and c >> 3 or nil
 end
+
 ---------------------------------------------------------------------------
 -- TABLE
 --   H  1 TABLE                 a new, empty table
@@ -784,14 +791,14 @@ end
 
 -- The value of a code that is not an object, string, integer or float
 -- (those are decoded in place by get_tables), and the new position in J.
-local function rare_value(R, c, jp)
+local function rare_value(R, c, jp, id)
   local tag = c & 7
   if tag == T_TRUE then return true, jp
   elseif tag == T_FALSE then return false, jp
   elseif tag == T_NIL then return nil, jp
   elseif c == C_BIGINT then return R.J[jp + 1], jp + 1
   end
-  bad(R, ERR.value, c)
+  bad_at(R, id, ERR.value, c)
 end
 
 -- Fills table `id` and the tables numbered right after it, the same way;
@@ -801,7 +808,6 @@ local function get_tables(R, id)
   local cp, fp, jp, ncodes, nfl = R.cp, R.fp, R.jp, R.ncodes, R.nfl
   local mts, nmts = R.mts, R.nmts
   repeat
-    R.at = id
     local t = O[id]
     local hdr = C[cp]
     cp = cp + 1
@@ -813,20 +819,20 @@ local function get_tables(R, id)
       local tag = c & 7
       if tag == T_EXT then          -- first: runs are the hot case
         local sub, len = (c >> 3) & 7, c >> 6
-        if len > n - i + 1 then bad(R, ERR.run_length) end
+        if len > n - i + 1 then bad_at(R, id, ERR.run_length) end
         if sub == X_FRUN then
-          if fp + len > nfl then bad(R, ERR.float_run) end
+          if fp + len > nfl then bad_at(R, id, ERR.float_run) end
           tmove(F, fp + 1, fp + len, i, t)
           fp = fp + len
         elseif sub == X_IRUN then
-          if cp + len - 1 > ncodes then bad(R, ERR.int_run) end
+          if cp + len - 1 > ncodes then bad_at(R, id, ERR.int_run) end
           tmove(C, cp, cp + len - 1, i, t)
           cp = cp + len
         elseif c == C_BIGINT then
-          t[i], jp = rare_value(R, c, jp)
+          t[i], jp = rare_value(R, c, jp, id)
           len = 1
         else
-          bad(R, ERR.array_code)
+          bad_at(R, id, ERR.array_code)
         end
         i = i + len
       else
@@ -834,7 +840,7 @@ local function get_tables(R, id)
         elseif tag == T_STR then t[i] = S[c >> 3]
         elseif tag == T_INT then t[i] = c // 8
         elseif tag == T_FLT then fp = fp + 1; t[i] = F[fp]
-        else t[i], jp = rare_value(R, c, jp)
+        else t[i], jp = rare_value(R, c, jp, id)
         end
         i = i + 1
       end
@@ -847,7 +853,7 @@ local function get_tables(R, id)
       elseif tag == T_INT then k = c // 8
       elseif tag == T_OBJ then k = O[c >> 3]
       elseif tag == T_FLT then fp = fp + 1; k = F[fp]
-      else k, jp = rare_value(R, c, jp)
+      else k, jp = rare_value(R, c, jp, id)
       end
       c = C[cp + 1]
       cp = cp + 2
@@ -856,16 +862,16 @@ local function get_tables(R, id)
       elseif tag == T_STR then v = S[c >> 3]
       elseif tag == T_INT then v = c // 8
       elseif tag == T_FLT then fp = fp + 1; v = F[fp]
-      else v, jp = rare_value(R, c, jp)
+      else v, jp = rare_value(R, c, jp, id)
       end
       if k ~= nil and k == k then t[k] = v end
     end
     if hdr & 1 == 1 then
-      R.cp, R.fp, R.jp = cp, fp, jp
+      R.cp, R.fp, R.jp, R.at = cp, fp, jp, id
       local mt = next_val(R)
       cp, fp, jp = R.cp, R.fp, R.jp
       if mt ~= nil then
-        if type(mt) ~= "table" then bad(R, ERR.metatable) end
+        if type(mt) ~= "table" then bad_at(R, id, ERR.metatable) end
         nmts = nmts + 1
         mts[nmts] = { t, mt }
       end
@@ -1003,11 +1009,17 @@ end
 -- Makes closure `id` and the closures whose headers follow (like
 -- make_tables); returns the last one's number and the position after it.
 local function make_closures(R, id, hp)
-  local H, O, K = R.H, R.O, R.K
+  local H, O, K, S = R.H, R.O, R.K, R.S
   while true do
-    R.at, K[id] = id, K_LFUNC
-    local f, err = load(str(R, H[hp + 1]), "=(snapshot)", "b")
-    if not f then bad(R, ERR.load, tostring(err)) end
+    K[id] = K_LFUNC
+    local pc = H[hp + 1]
+    local proto = pc & 7 == T_STR and S[pc >> 3]
+    if not proto then
+      R.at = id
+      proto = str(R, pc)              -- says what is wrong
+    end
+    local f, err = load(proto, "=(snapshot)", "b")
+    if not f then bad_at(R, id, ERR.load, tostring(err)) end
     O[id] = f
     hp = hp + 2
     if H[hp] ~= K_LFUNC then return id, hp end
@@ -1054,10 +1066,9 @@ end
 -- Sets the upvalues of closure `id` and of the closures numbered right
 -- after it; returns the first object that is not one of them.
 local function get_closures(R, id)
-  local C, O, K = R.C, R.O, R.K
+  local C, O, K, S = R.C, R.O, R.K, R.S
   local cp = R.cp
   repeat
-    R.at = id
     local f = O[id]
     local n = C[cp]
     cp = cp + 1
@@ -1067,10 +1078,18 @@ local function get_closures(R, id)
       if c == C_JOIN then
         local owner = C[cp]
         cp = cp + 1
-        if K[owner >> 8] ~= K_LFUNC then bad(R, ERR.shared_upvalue) end
+        if K[owner >> 8] ~= K_LFUNC then bad_at(R, id, ERR.shared_upvalue) end
         upvaluejoin(f, i, O[owner >> 8], owner & 255)
       else
-        setupvalue(f, i, val(R, c))     -- val moves fp and jp, never cp
+        local tag, v = c & 7, nil
+        if tag == T_INT then v = c // 8
+        elseif tag == T_OBJ then v = O[c >> 3]
+        elseif tag == T_STR then v = S[c >> 3]
+        else
+          R.at = id
+          v = val(R, c)                 -- val moves fp and jp, never cp
+        end
+        setupvalue(f, i, v)
       end
     end
     id = id + 1
