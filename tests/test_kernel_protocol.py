@@ -54,5 +54,12 @@ class LuaKernelProtocolTests(jupyter_kernel_test.KernelTests):
     code_clear_output = "display.clear()"
 
 
+
+class Lua55KernelProtocolTests(LuaKernelProtocolTests):
+    """The same samples against the Lua 5.5 kernel (issue 10)."""
+
+    kernel_name = "lua55"
+
+
 if __name__ == "__main__":
     unittest.main()
