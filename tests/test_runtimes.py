@@ -158,3 +158,14 @@ def test_kernel_state_comes_back_after_shutdown_and_after_sigkill(kernel_name):
         _, msgs = execute(kc, "x = 1")
         text = stdout_of(msgs)
         assert "Could not restore" in text and "open it in a Lua 5.5 kernel" in text
+
+
+def test_a_suspended_coroutine_outside_lua_54_is_refused_by_path_saying_why():
+    s = persist.new_session(runtime="5.5")
+    s.execute("kept = 1 co = coroutine.create(function() coroutine.yield() end) coroutine.resume(co)")
+    data, issues = persist.snapshot_of(s)
+    assert [(i.path, i.reason) for i in issues] == [
+        ("_G.co", "suspended coroutine: its call stack can be saved in Lua 5.4 only, "
+                  "not yet in Lua 5.5")]
+    back, issues, _ = persist.restore(data, runtime="5.5")
+    assert back.execute("return kept, co") == (1, None)

@@ -60,6 +60,10 @@ def attach(session):
     lua_side = session.lua_side
     tracked = load_lua(lua, "persist/lua/track.lua", lua_side, os.path.abspath)
     module = load_lua(lua, LUA_FILE, lua_side, tracked)
+    if session.runtime.key != "5.4":      # the frame readers know Lua 5.4 only, so far
+        module.use_frames(None, None, f"its call stack can be saved in Lua 5.4 only, "
+                                      f"not yet in {session.runtime.display_name}")
+        return module
     bytecode = load_lua(lua, "persist/lua/bytecode.lua")
     finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)
     peek = session.companion(framepeek.COMPANION, lambda s: load_lua(

@@ -72,10 +72,11 @@ function M.permanent(name) return permvalue[name] end
 function M.name_of(value) return permname[value] end
 
 -- Suspended coroutines: frames.lua's module and Python's batch of saved pcs
--- (framepeek.py's saved_pcs_many), set by state.py once both exist.
-local CF, saved_pcs_many
-function M.use_frames(cf, pcs_many)
-  CF, saved_pcs_many = cf, pcs_many
+-- (framepeek.py's saved_pcs_many), set by state.py once both exist; or,
+-- in a runtime whose frames cannot be read yet, why not.
+local CF, saved_pcs_many, NO_FRAMES
+function M.use_frames(cf, pcs_many, why_not)
+  CF, saved_pcs_many, NO_FRAMES = cf, pcs_many, why_not
 end
 
 local MAGIC, VERSION = "LKSTATE\0", 3
@@ -1129,7 +1130,9 @@ local function thread_state(co)
       end
       return "new"
     end
-    if CF == nil then return nil, "suspended coroutine: frames cannot be saved here" end
+    if CF == nil then
+      return nil, "suspended coroutine: " .. (NO_FRAMES or "frames cannot be saved here")
+    end
     return "live"
   end
   return nil, st .. " coroutine cannot be saved"
