@@ -21,9 +21,10 @@
 
 local env, repr = ...   -- the globals, and lua/repr.lua's module
 
-local type, next, rawget, rawlen, rawequal, pcall, select = type, next, rawget, rawlen, rawequal, pcall, select
+local type, next, rawget, rawequal, pcall, select = type, next, rawget, rawequal, pcall, select
+local rawlen = rawlen or function(t) return #t end     -- LuaJIT: # ignores __len on tables
 local load = load
-local math_type = math.type
+local math_type = repr.math_type
 local sfind, sformat, sgsub, ssub = string.find, string.format, string.gsub, string.sub
 local tconcat, tsort = table.concat, table.sort
 local getmt = debug.getmetatable

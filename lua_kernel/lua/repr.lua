@@ -15,7 +15,13 @@
 
 local type, next, rawget, rawequal, pcall = type, next, rawget, rawequal, pcall
 local tostring, tonumber, getmetatable = tostring, tonumber, getmetatable
-local math_type, math_floor = math.type, math.floor
+local math_floor = math.floor
+-- LuaJIT (Lua 5.1) has no math.type: its numbers are doubles, and an
+-- integral one prints as an integer does (tostring(3.0) is "3")
+local math_type = math.type or function(x)
+  if type(x) ~= "number" then return nil end
+  return x == math_floor(x) and x > -2 ^ 53 and x < 2 ^ 53 and "integer" or "float"
+end
 local sbyte, sfind, sformat, sgsub, ssub = string.byte, string.find, string.format, string.gsub, string.sub
 local tconcat, tsort = table.concat, table.sort
 local utf8_len = utf8 and utf8.len
@@ -26,6 +32,7 @@ local getlocal = debug and debug.getlocal
 local rawmeta = debug and debug.getmetatable or getmetatable
 
 local M = {}
+M.math_type = math_type    -- for the other Lua files: math.type, or LuaJIT's stand-in
 
 local globals = nil   -- the globals table given to M.init
 local builtins = {}   -- C function -> "string.format", "print", "file:read", ...

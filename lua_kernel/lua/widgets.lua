@@ -40,8 +40,12 @@ local setmetatable, ipairs, pairs, next = setmetatable, ipairs, pairs, next
 local xpcall = xpcall            -- the kernel's: interrupts pass through it
 local dgetmt, getinfo, getlocal, traceback = debug.getmetatable, debug.getinfo, debug.getlocal,
   debug.traceback
-local pack, unpack = table.pack, table.unpack
-local sformat, mtype = string.format, math.type
+local pack = table.pack or function(...) return { n = select("#", ...), ... } end  -- LuaJIT
+local unpack = table.unpack or unpack
+local sformat = string.format
+local mtype = math.type or function(x)    -- LuaJIT: doubles only; integral means integer
+  return type(x) == "number" and (x == math.floor(x) and "integer" or "float") or nil
+end
 
 local Widget = { __name = "widget" }   -- the metatable of every proxy
 local methods = {}                      -- Lua methods of every widget
@@ -353,7 +357,7 @@ local function control_for(name, spec)
       local lo, hi, step = spec[1], spec[2], spec[3]
       if mtype(lo) == "integer" and mtype(hi) == "integer" and (step == nil or mtype(step) == "integer") then
         step = step or 1
-        local value = lo + ((hi - lo) // (2 * step)) * step
+        local value = lo + math.floor((hi - lo) / (2 * step)) * step
         return new("IntSlider", { min = lo, max = hi, step = step, value = value, description = name })
       end
       step = step or (hi - lo) / 100
