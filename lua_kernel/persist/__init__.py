@@ -32,11 +32,18 @@ __all__ = ["new_session", "capture", "seal", "snapshot_of", "restore", "Saved", 
            "Issue", "SnapshotError", "SnapshotInfo"]
 
 
+# Why a runtime's state cannot be saved (yet); absent: it can.
+UNSUPPORTED = {"luajit": "snapshots are not available in LuaJIT yet (the serializer needs "
+                         "Lua 5.3's integers and string.pack)"}
+
+
 def new_session(**kwargs) -> Session:
     """A Session whose state can be saved (keyword arguments as for
-    Session()): the serializer attaches to every fresh Lua state it starts."""
+    Session()): the serializer attaches to every fresh Lua state it starts.
+    In a runtime listed in UNSUPPORTED it is a plain Session."""
     companions = dict(kwargs.pop("companions", None) or {})
-    companions[state.COMPANION] = state.attach
+    if get_runtime(kwargs.get("runtime")).key not in UNSUPPORTED:
+        companions[state.COMPANION] = state.attach
     return Session(companions=companions, **kwargs)
 
 
