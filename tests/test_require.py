@@ -40,15 +40,41 @@ def test_modules_in_the_notebooks_lua_modules_tree(notebook_dir):
         assert value(kc, "box = tiny.box(5); return type(box)") == '"userdata"'
 
 
-def test_c_module_values_are_reported_by_path_at_save(notebook_dir):
+def test_c_modules_come_back_by_require_and_their_userdata_is_reported(notebook_dir):
+    """At save, a C module's table and functions are named by the module
+    (restore requires it again: the same functions, and the fields the user
+    set on it); the userdata it made is reported by path."""
     with running_kernel(cwd=notebook_dir) as (km, kc):
         execute(kc, "%session tiny-values")
-        execute(kc, "tiny = require('tiny'); box = tiny.box(); twice = tiny.twice")
+        execute(kc, "tiny = require('tiny'); box = tiny.box(); twice = tiny.twice; "
+                    "tiny.note = 'mine'; fns = {tiny.twice}")
         _, msgs = execute(kc, "%save")
         text = stdout_of(msgs)
         assert "Saved the Lua state" in text and "Not saved:" in text
         assert "_G.box: userdata tiny.box" in text
-        assert "C function that is not part of the standard environment" in text
+        assert "C function" not in text
+    with running_kernel(cwd=notebook_dir) as (km, kc):
+        _, msgs = execute(kc, "%session tiny-values")
+        assert "Restored the Lua state" in stdout_of(msgs)
+        assert value(kc, "twice(21), tiny.twice == twice, fns[1] == twice, tiny.note, box, "
+                         "package.loaded.tiny == tiny") == '42\ttrue\ttrue\t"mine"\tnil\ttrue'
+        assert value(kc, "type(tiny.box(3))") == '"userdata"'
+
+
+def test_a_c_module_that_cannot_be_required_at_restore_is_reported(notebook_dir, tmp_path):
+    import shutil
+    project = tmp_path / "project"
+    shutil.copytree(notebook_dir, project)
+    with running_kernel(cwd=project) as (km, kc):
+        execute(kc, "%session tiny-gone")
+        execute(kc, "tiny = require('tiny'); kept = 1")
+        execute(kc, "%save")
+    (project / "lua_modules" / "lib" / "lua" / "5.4" / "tiny.so").unlink()
+    with running_kernel(cwd=project) as (km, kc):
+        _, msgs = execute(kc, "%session tiny-gone")
+        text = stdout_of(msgs)
+        assert "require:tiny: require 'tiny' failed" in text and "restored as nil" in text
+        assert value(kc, "kept, tiny") == "1\tnil"
 
 
 def test_search_paths_cover_the_user_tree_and_the_system():

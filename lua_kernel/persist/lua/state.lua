@@ -922,10 +922,14 @@ HEAD_OF.permanent = function(W, id, v, name)
   head(W, id, base[v] and K_PERMTABLE or K_PERM, scode(W, name))
 end
 
+local c_modules = {}   -- below: add, forget, required
+
 local function make_permanent(R, id, hp)
   local kind, name = R.H[hp], str(R, R.H[hp + 1])
   local v = permvalue[name]
-  if v == nil then
+  if v == nil and ssub(name, 1, 8) == "require:" then
+    v = c_modules.required(R, name)
+  elseif v == nil then
     note(R, name, "not part of this kernel's standard environment; restored as nil")
   elseif kind == K_PERMTABLE and type(v) ~= "table" then
     bad(R, ERR.not_table, name)
@@ -1738,6 +1742,70 @@ local function get_body(body)
 end
 
 ---------------------------------------------------------------------------
+-- C modules (issue 13). A module that `require` loaded from a C library
+-- (one package.cpath finds) is a permanent while a capture runs: its table
+-- is PERMTABLE "require:NAME", with its C functions as the base (so the
+-- delta holds the fields the user set), and each of those C functions is
+-- PERM "require:NAME:KEY". Restore requires NAME again and finds the values
+-- by the same names; a module that cannot be required comes back as nil,
+-- with a note. Userdata a module made (a socket, a database handle) is not
+-- saved: it is reported by path, as any userdata.
+---------------------------------------------------------------------------
+do   -- one local (c_modules) for the main chunk, which is near Lua's 200
+  local REQUIRE = "require:"
+  local loaded, searchpath, krequire = package.loaded, package.searchpath, require
+
+  -- Name the C modules' tables and functions for one capture; returns what to
+  -- forget afterwards.
+  function c_modules.add()
+    local added = {}
+    for name, mod in next, loaded do
+      if type(name) == "string" and type(mod) == "table" and permname[mod] == nil
+          and searchpath(name, package.cpath) then
+        local b = {}
+        permname[mod], base[mod], basemt[mod] = REQUIRE .. name, b, dgetmt(mod) or false
+        added[#added + 1] = mod
+        for k, v in next, mod do
+          if type(k) == "string" and type(v) == "function" and permname[v] == nil
+              and not pcall(sdump, v) then           -- a C function
+            permname[v], b[k] = REQUIRE .. name .. ":" .. k, v
+            added[#added + 1] = v
+          end
+        end
+      end
+    end
+    return added
+  end
+
+  function c_modules.forget(added)
+    for _, v in ipairs(added) do permname[v], base[v], basemt[v] = nil, nil, nil end
+  end
+
+  -- At restore: the value a "require:" name stands for, requiring the module
+  -- (once per restore).
+  function c_modules.required(R, name)
+    local mod, key = smatch(name, "^require:([^:]*):(.*)$")
+    mod = mod or ssub(name, #REQUIRE + 1)
+    R.required = R.required or {}
+    local got = R.required[mod]
+    if got == nil then
+      local ok, m = pcall(krequire, mod)
+      got = ok and type(m) == "table" and m or false
+      R.required[mod] = got
+      if not got then
+        note(R, name, "require '" .. mod .. "' failed: " .. tostring(ok and "not a table" or m)
+          .. "; restored as nil")
+      end
+    end
+    if not got then return nil end
+    if key == nil then return got end
+    local v = rawget(got, key)
+    if v == nil then note(R, name, "the module no longer has it; restored as nil") end
+    return v
+  end
+end
+
+---------------------------------------------------------------------------
 -- Capture: the walk. Objects in the order they were found; the contents
 -- of each may find more.
 ---------------------------------------------------------------------------
@@ -1767,7 +1835,9 @@ end
 function M.capture(pickle_many)
   local running = collectgarbage("isrunning")
   collectgarbage("stop")
+  local added = c_modules.add()
   local ok, body, issues, counts = pcall(capture, pickle_many)
+  c_modules.forget(added)
   unprobe()
   if running then collectgarbage("restart") end
   if not ok then error(body, 0) end
