@@ -536,6 +536,10 @@ class Persistence:
         return (f"The previous state is kept as '{BEFORE_RESET}': %restore {BEFORE_RESET} "
                 f"brings it back.")
 
+    def stop_autosave(self) -> None:
+        """%session off: nothing is saved unless asked (%save, shutdown)."""
+        self.autosave = False
+
     def use_key(self, key: str) -> None:
         """The notebook's key, learnt from the frontend after start (VS Code)."""
         self.key = key

@@ -93,7 +93,7 @@ class PersistenceMagics:
     def session(self, args: str) -> None:
         arg = args.strip()
         if arg.lower() == "off":
-            self.p.autosave = False
+            self.p.stop_autosave()
             self.out("Autosave is off for this kernel; %save still saves on request.")
         elif arg.lower() == "takeover":
             self._active("session")
