@@ -141,11 +141,28 @@ M.sethook = sethook          -- the original, for interrupt_probe.lua
 ---------------------------------------------------------------------------
 local user_hooks = setmetatable({}, { __mode = "k" })   -- thread -> {chain, mask, count, f}
 
+-- The kernel's replacements are Lua functions where the originals are C: a
+-- user's hook does not see what happens inside them (their lines, their
+-- calls), only their own call and return, as for the C originals. From
+-- here, level 3 is the function the event is about; an event is internal
+-- when it runs in our code, or when the nearest Lua function calling it
+-- (past C functions such as pcall) is ours.
+local function internal(event)
+  local level = event == "line" and 3 or 4
+  while true do
+    local ar = getinfo(level, "S")
+    if not ar then return false end
+    if ar.what ~= "C" then return ar.source == OURS end
+    level = level + 1
+  end
+end
+
 local function chain(f, count)
   return function(event, line)
     if event == "count" and (count == 0 or host.interrupted()) then
       return hook(event, line)
     end
+    if internal(event) then return end
     return f(event, line)
   end
 end
@@ -159,7 +176,14 @@ rehook = function(co)
   end
 end
 
-local function check_sethook(...) sethook(...) end   -- not a tail call: keeps the name
+-- The original checks the arguments, on a scratch thread: the user's hook is
+-- never registered as such, not even for a moment (it would see our frames).
+-- Given no thread, the scratch one shifts the argument numbers by one.
+local scratch = cocreate(function() end)
+local function check_sethook(...)
+  sethook(scratch, ...)                 -- not a tail call: keeps the name
+  sethook(scratch)
+end
 
 function debug.sethook(...)
   local co, f, mask, count
@@ -168,8 +192,22 @@ function debug.sethook(...)
     f, mask, count = ...
   end
   -- the original's argument checks and messages, at the caller's position
-  local ok, err = pcall(check_sethook, ...)
-  if not ok then raise((sgsub(err, "^[^\n]-:%d+: ", "", 1))) end
+  local ok, err
+  if type((...)) == "thread" then
+    ok, err = pcall(check_sethook, select(2, ...))
+  else
+    ok, err = pcall(check_sethook, ...)
+    if not ok then
+      err = sgsub(err, "#(%d+)", function(n) return "#" .. (tointeger(n) - 1) end, 1)
+    end
+  end
+  if not ok then
+    -- named as the caller called us; under pcall, by the global name
+    local ar = getinfo(1, "n")
+    local name = ar and ar.name or "debug.sethook"
+    err = sgsub(err, "to 'sethook'", function() return "to '" .. name .. "'" end, 1)
+    raise((sgsub(err, "^[^\n]-:%d+: ", "", 1)))
+  end
   if f == nil then
     user_hooks[co] = nil
   else
@@ -320,6 +358,12 @@ function print(...)
   out("stdout", concat(parts, "\t", 1, n) .. "\n")
 end
 
+-- The name luaL_argerror falls back on when the call has none (under pcall):
+-- the function's global name; a method of the streams has none ("?").
+local function global_name(first, name)
+  return first == 1 and "io." .. name or "?"
+end
+
 -- io.write and file:write accept only strings and numbers, like the
 -- originals; `first` is the argument number of the first value (2 after self).
 local function write_values(stream, self, first, ...)
@@ -329,7 +373,7 @@ local function write_values(stream, self, first, ...)
     if tv == "number" then
       v = sformat(mtype(v) == "integer" and "%d" or "%.14g", v)
     elseif tv ~= "string" then
-      argerror(first + i - 1, "string expected, got " .. typename(v, true), "io.write")
+      argerror(first + i - 1, "string expected, got " .. typename(v, true), global_name(first, "write"))
     end
     out(stream, v)
   end
@@ -338,19 +382,26 @@ end
 
 ---------------------------------------------------------------------------
 -- Standard streams: io.stdin/io.stdout/io.stderr become objects that behave
--- like file handles (io.type says "file") but talk to the notebook.
+-- like file handles (io.type says "file") but talk to the notebook. They are
+-- the state's own stdio handles, full userdata like the originals, each given
+-- a metatable of its own (Lua keeps one per userdata object): type() says
+-- "userdata", rawlen refuses them, tostring shows "file (0x...)". The io
+-- library's own functions no longer take them; they are all replaced below.
 ---------------------------------------------------------------------------
 local stream_mt = { __name = "FILE*" }
 stream_mt.__index = stream_mt
 local is_stream = setmetatable({}, { __mode = "k" })
+local stream_name = setmetatable({}, { __mode = "k" })
+local dsetmetatable = debug.setmetatable
 
 local function new_stream(name)
-  local s = setmetatable({ name = name }, stream_mt)
+  local s = dsetmetatable(real_io[name], stream_mt)
   is_stream[s] = true
+  stream_name[s] = name
   return s
 end
 stream_mt.__tostring = function(self)
-  return sformat("file (%s)", self.name)
+  return sformat("file (%p)", self)
 end
 
 local stdin, stdout, stderr = new_stream("stdin"), new_stream("stdout"), new_stream("stderr")
@@ -358,7 +409,7 @@ M.stdin, M.stdout, M.stderr = stdin, stdout, stderr
 
 function stream_mt.write(self, ...)
   if self == stdin then return nil, "Bad file descriptor", 9 end
-  local r = write_values(self.name, self, 2, ...)   -- not a tail call: errors count levels
+  local r = write_values(stream_name[self], self, 2, ...)   -- not a tail call: errors count levels
   return r
 end
 function stream_mt.flush(self)
@@ -454,14 +505,14 @@ local function read_formats(base, first, ...)
       v = read_chars(floor(f))
     else
       if type(f) ~= "string" then
-        argerror(base + i - 1, "string expected, got " .. typename(f, true), "io.read")
+        argerror(base + i - 1, "string expected, got " .. typename(f, true), global_name(base, "read"))
       end
       local c = smatch(f, "^%*?(.)")
       if c == "n" then v = read_number()
       elseif c == "l" then v = read_line(false)
       elseif c == "L" then v = read_line(true)
       elseif c == "a" then v = read_all()
-      else argerror(base + i - 1, "invalid format", "io.read")
+      else argerror(base + i - 1, "invalid format", global_name(base, "read"))
       end
     end
     results[i] = v
