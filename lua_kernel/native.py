@@ -222,3 +222,142 @@ class Interrupter:
 
     def disarm(self) -> None:
         _API[0](self.main, None, 0, 0)
+
+
+# -- the standard streams as real FILE* handles --------------------------------
+#
+# A Lua state's io.stdin/io.stdout/io.stderr are full userdata holding an
+# LStream (liolib.c): {FILE *f; lua_CFunction closef}. NativeStreams points
+# their `f` at FILE*s made with glibc's fopencookie, whose read and write go
+# to Python callbacks, so that the io library's own C functions serve the
+# notebook: no other process-wide state (fd 1/2, the C `stdout`) changes.
+
+class _CookieIO(ctypes.Structure):
+    _fields_ = [("read", ctypes.c_void_p), ("write", ctypes.c_void_p),
+                ("seek", ctypes.c_void_p), ("close", ctypes.c_void_p)]
+
+
+_READ = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_char),
+                         ctypes.c_size_t, use_errno=True)
+_WRITE = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                          use_errno=True)
+_SEEK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                         use_errno=True)
+_IONBF = 2
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fns = {name: getattr(libc, name) for name in
+               ("fopencookie", "setvbuf", "fflush", "clearerr", "__fpurge")}
+        std = {name: ctypes.c_void_p.in_dll(libc, name).value
+               for name in ("stdin", "stdout", "stderr")}
+    except (OSError, AttributeError, ValueError):
+        return None
+    fns["fopencookie"].argtypes = [ctypes.c_void_p, ctypes.c_char_p, _CookieIO]
+    fns["fopencookie"].restype = ctypes.c_void_p
+    fns["setvbuf"].argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t]
+    for name in ("fflush", "clearerr", "__fpurge"):
+        fns[name].argtypes = [ctypes.c_void_p]
+    return fns, std
+
+
+_LIBC = _load_libc()
+
+
+class NativeStreams:
+    """The notebook's standard streams for one Lua state.
+
+    `write(stream, data)` receives what Lua writes ("stdout"/"stderr", bytes);
+    stderr is unbuffered and flushes stdout first, so the two stay in order.
+    `read()` returns the next line of input as bytes (with "\\n"), b"" at end
+    of input, or None for a read error (io.read then returns fail, as for a
+    failing stdin). The FILE*s are never closed: Lua code may still write
+    while its state is closed (a __gc), so they live as long as the process
+    (about 17 KiB a state).
+    """
+
+    def __init__(self, write, read):
+        self._write, self._read = write, read
+        self._pending = b""
+        self._callbacks = (_READ(self._on_read), _WRITE(self._on_write_out),
+                           _WRITE(self._on_write_err), _SEEK(self._on_seek))
+        self.files: dict[str, int] = {}
+        _KEEP.append(self._callbacks)   # a FILE* may call them until the process ends
+
+    @staticmethod
+    def supported() -> bool:
+        return _LIBC is not None and _API is not None and MEMORY.available
+
+    def install(self, addresses: dict[str, int]) -> bool:
+        """Point the LStreams at `addresses` (name -> `%p` of io.<name>) at
+        cookie FILE*s. Each must hold the C library's own FILE* of that name
+        (the layout check); otherwise nothing is changed and False returned."""
+        fns, std = _LIBC
+        if any(MEMORY.pointer(addr) != std[name] for name, addr in addresses.items()):
+            return False
+        read, write_out, write_err, seek = (ctypes.cast(c, ctypes.c_void_p).value
+                                            for c in self._callbacks)
+        made = {"stdin": fns["fopencookie"](None, b"r", _CookieIO(read, None, seek, None)),
+                "stdout": fns["fopencookie"](None, b"w", _CookieIO(None, write_out, seek, None)),
+                "stderr": fns["fopencookie"](None, b"w", _CookieIO(None, write_err, seek, None))}
+        if not all(made.values()):
+            return False
+        fns["setvbuf"](made["stderr"], None, _IONBF, 0)
+        for name, addr in addresses.items():
+            ctypes.c_void_p.from_address(addr).value = made[name]
+        self.files = made
+        return True
+
+    def flush(self) -> None:
+        """Hand what stdout buffers to `write`."""
+        _LIBC[0]["fflush"](self.files["stdout"])
+
+    def reset_input(self) -> None:
+        """Drop buffered input and the end-of-file mark: a new cell starts
+        with no pending input."""
+        fns = _LIBC[0]
+        fns["__fpurge"](self.files["stdin"])
+        fns["clearerr"](self.files["stdin"])
+        self._pending = b""
+
+    def _on_write_out(self, _cookie, buf, size):
+        return self._on_write("stdout", buf, size)
+
+    def _on_write_err(self, _cookie, buf, size):
+        return self._on_write("stderr", buf, size)
+
+    def _on_write(self, stream, buf, size):
+        try:
+            if stream == "stderr":
+                self.flush()             # what stdout buffers comes first
+            self._write(stream, ctypes.string_at(buf, size))
+        except BaseException:  # noqa: BLE001 - must not unwind into C
+            pass
+        return size
+
+    def _on_read(self, _cookie, buf, size):
+        try:
+            if not self._pending:
+                self.flush()
+                line = self._read()
+                if line is None:
+                    ctypes.set_errno(5)      # EIO: "Input/output error"
+                    return -1
+                self._pending = line
+            n = min(size, len(self._pending))
+            ctypes.memmove(buf, self._pending, n)
+            self._pending = self._pending[n:]
+            return n
+        except BaseException:  # noqa: BLE001 - must not unwind into C
+            ctypes.set_errno(5)
+            return -1
+
+    @staticmethod
+    def _on_seek(_cookie, _offset, _whence):
+        ctypes.set_errno(29)                 # ESPIPE: "Illegal seek", as on a terminal
+        return -1
+
+
+_KEEP: list = []

@@ -10,6 +10,7 @@ This is the Python API that the kernel is built on; it works without Jupyter:
 from __future__ import annotations
 
 import base64
+import codecs
 import os
 import sys
 import threading
@@ -28,6 +29,9 @@ from .runtime import (is_lua_object, is_python_object, load_lua, module_paths, n
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
+EMULATED_STREAMS_ENV = "LUA_KERNEL_EMULATED_STREAMS"   # set: Lua's streams emulated
+FLUSH_BYTES = 65536       # output goes out in pieces of at most about this size
+FLUSH_SECONDS = 0.05      # ... and no later than this
 
 
 class LuaError(Exception):
@@ -143,6 +147,7 @@ class Session:
 
     def _start(self) -> None:
         self.lua = new_runtime(self.max_memory)
+        self._streams = self._native_streams()
         host = self.lua.table_from({
             "emit": self._emit,
             "readline": self._readline,
@@ -150,6 +155,8 @@ class Session:
             "output_pending": self._output_pending,
             "publish": self._publish,
             "display_value": self._display_value,
+            "native_streams": self._streams is not None,
+            "flush_output": self._flush_output,
         })
         host["is_name"] = name_test(self.lua)
         self._lua_side = load_lua(self.lua, "session.lua", host)
@@ -161,6 +168,64 @@ class Session:
         self._fresh_globals = self._globals_now()
         # before any user code: the serializer's baseline of permanents
         self._state = state.attach(self)
+
+    def _native_streams(self) -> native.NativeStreams | None:
+        """io.stdin/io.stdout/io.stderr as Lua's own handles over the notebook
+        (docs/design.md, "Output"), where the platform allows; None otherwise
+        (lua/session.lua then emulates them)."""
+        self._out: list[tuple[str, str]] = []
+        self._out_bytes = 0
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("surrogateescape")
+                          for name in ("stdout", "stderr")}
+        if not native.NativeStreams.supported() or os.environ.get(EMULATED_STREAMS_ENV):
+            return None
+        streams = native.NativeStreams(self._write_bytes, self._read_bytes)
+        where = self.lua.eval("function(f) return string.format('%p', f) end")
+        addresses = {name: native.parse_address(where(self.lua.globals().io[name]))
+                     for name in ("stdin", "stdout", "stderr")}
+        return streams if streams.install(addresses) else None
+
+    def _write_bytes(self, stream: str, data: bytes) -> None:
+        """What Lua wrote into a standard stream: gathered into pieces, in order."""
+        self._gather(stream, self._decoders[stream].decode(data), len(data))
+
+    def _gather(self, stream: str, text: str, size: int) -> None:
+        if self._out and self._out[-1][0] != stream:
+            self._emit_gathered()
+        self._out.append((stream, text))
+        self._out_bytes += size
+        if self._out_bytes >= FLUSH_BYTES:
+            self._emit_gathered()
+
+    def _emit_gathered(self) -> None:
+        out, self._out, self._out_bytes = self._out, [], 0
+        if out:
+            self._emit(out[0][0], "".join(text for _, text in out))
+
+    def _flush_output(self, final: bool = False) -> None:
+        """Hand all of Lua's output to the callbacks (`final`: at the end of a
+        cell, with an unfinished UTF-8 sequence as it is)."""
+        if self._streams is None:
+            return
+        self._streams.flush()
+        if final:
+            for stream, decoder in self._decoders.items():
+                if tail := decoder.decode(b"", final=True):
+                    self._gather(stream, tail, len(tail))
+        self._emit_gathered()
+
+    def _read_bytes(self) -> bytes | None:
+        """The next line of input for io.stdin: b"" at end of input, None when
+        interrupted or when the frontend has no input (said on stderr)."""
+        ok, line = self._readline("")
+        if not ok:
+            if line is not None:
+                self._write_bytes("stderr", f"{line}\n".encode("utf-8", "surrogateescape"))
+                self._emit_gathered()
+            return None
+        if line is None:
+            return b""
+        return (line + "\n").encode("utf-8", "surrogateescape")
 
     def _make_interrupter(self) -> native.Interrupter | None:
         if not native.Interrupter.supported():
@@ -213,6 +278,12 @@ class Session:
         return found[1]
 
     @property
+    def native_streams(self) -> bool:
+        """io.stdin/io.stdout/io.stderr are Lua's own handles (see
+        docs/design.md, "Output"), not the Lua emulation."""
+        return self._streams is not None
+
+    @property
     def interrupts_in_coroutines(self) -> bool:
         return bool(self._interrupter and self._interrupter.walk_ok)
 
@@ -235,6 +306,8 @@ class Session:
             self.execution_count += 1
             name = f"In[{self.execution_count}]"
         self._lua_side.reset_input()
+        if self._streams:
+            self._streams.reset_input()
         fn, show = self.compile(code, name)
         if fn is None:
             raise LuaSyntaxError(show)
@@ -253,6 +326,8 @@ class Session:
         with self._lock:
             self._interrupted = False
             self._running = True
+        if self._streams:
+            self._output_pending()     # the flush tick runs while the cell does
         try:
             result = self._lua_side.run(fn, *args)
         except lua54.LuaMemoryError:
@@ -268,6 +343,7 @@ class Session:
                 if self._interrupter:
                     self._interrupter.disarm()
         self._lua_side.flush()
+        self._flush_output(final=True)
         if result[0]:
             return tuple(result[2:2 + result[1]])
         _, kind, message, traceback, value = result
@@ -288,7 +364,7 @@ class Session:
             return False
         with self._lock:
             if self._flush_timer is None:
-                self._flush_timer = threading.Timer(0.05, self._flush_tick)
+                self._flush_timer = threading.Timer(FLUSH_SECONDS, self._flush_tick)
                 self._flush_timer.daemon = True
                 self._flush_timer.start()
         return True
@@ -298,6 +374,8 @@ class Session:
             self._flush_timer = None
             if self._running:
                 self._interrupter.arm()   # the hook flushes, sees no interrupt, disarms
+        if self._streams and self._running:
+            self._output_pending()        # native streams: Python cannot see io.write
 
     @property
     def interrupted(self) -> bool:

@@ -72,6 +72,10 @@ local function typename(v, given)  -- luaL_typeerror's name for a value's type
 end
 
 
+-- Native streams (see Output below): lua_kernel/native.py pointed the
+-- state's own stdio handles at the notebook before this file runs.
+local NATIVE = host.native_streams
+
 local real_io = { write = io.write, read = io.read, lines = io.lines, close = io.close,
                   input = io.input, output = io.output, type = io.type,
                   stdin = io.stdin, stdout = io.stdout, stderr = io.stderr }
@@ -280,15 +284,17 @@ local function register(co, f)
   sethook(co, hook, "", 0)
 end
 
-function coroutine.create(f)
-  check_function(f, "create", f ~= nil)
+function coroutine.create(...)
+  local f = ...
+  check_function(f, "create", select("#", ...) > 0)
   local co = cocreate(f)
   register(co, f)
   return co
 end
 
-function coroutine.wrap(f)
-  check_function(f, "wrap", f ~= nil)
+function coroutine.wrap(...)
+  local f = ...
+  check_function(f, "wrap", select("#", ...) > 0)
   local w = cowrap(f)
   local _, co = getupvalue(w, 1)
   if type(co) == "thread" then
@@ -326,7 +332,8 @@ flush = function()
 end
 M.flush = flush
 
-local function out(stream, s)
+local out
+out = function(stream, s)
   if bufstream ~= stream then
     flush()
     bufstream = stream
@@ -344,6 +351,28 @@ local function out(stream, s)
     elseif not host.output_pending() and not interrupting and gethook() == nil then
       sethook(hook, "", TICK_INSTRUCTIONS)   -- the tail-flush tick, done in Lua
     end
+  end
+end
+
+-- With native streams, the io library is Lua's own: io.write, io.stdout:write
+-- and io.stderr:write are the C functions writing into FILE*s whose output
+-- reaches Python (native.NativeStreams), which gathers it into pieces of up to
+-- 64 KiB, in order across the two streams. Only `print` stays ours (Lua's
+-- writes to the process's C stdout): it writes into io.stdout with the C
+-- method. The first piece after a quiet spell still goes out at once (for
+-- print; io.write's within 50 ms); Python arms the hook every 50 ms while a
+-- cell runs, and the hook hands the pieces over.
+if NATIVE then
+  local fh = real_io.stdout
+  local cwrite = dgetmetatable(fh).__index.write
+  flush = function()
+    host.flush_output()
+    last_flush = clock()
+  end
+  M.flush = flush
+  out = function(_, s)
+    cwrite(fh, s)
+    if clock() - last_flush >= FLUSH_SECONDS then flush() end
   end
 end
 
@@ -395,7 +424,9 @@ local stream_name = setmetatable({}, { __mode = "k" })
 local dsetmetatable = debug.setmetatable
 
 local function new_stream(name)
-  local s = dsetmetatable(real_io[name], stream_mt)
+  local s = real_io[name]
+  if NATIVE then return s end
+  dsetmetatable(s, stream_mt)
   is_stream[s] = true
   stream_name[s] = name
   return s
@@ -589,64 +620,60 @@ end
 -- The io library, rerouted through the current default input and output.
 local cur_in, cur_out = stdin, stdout
 
-io.stdin, io.stdout, io.stderr = stdin, stdout, stderr
+if not NATIVE then
+  io.stdin, io.stdout, io.stderr = stdin, stdout, stderr
 
-function io.write(...)
-  if cur_out == stdout then
-    local r = write_values("stdout", stdout, 1, ...)  -- not a tail call: errors count levels
-    return r
+  function io.write(...)
+    if cur_out == stdout then
+      local r = write_values("stdout", stdout, 1, ...)  -- not a tail call: errors count levels
+      return r
+    end
+    return cur_out:write(...)
   end
-  return cur_out:write(...)
-end
--- A C function's errors name the caller of our wrapper, as they would
--- have named the caller of the original.
-local function as_library(ok, ...)
-  if not ok then raise((...)) end
-  return ...
-end
+  -- A C function's errors name the caller of our wrapper, as they would
+  -- have named the caller of the original.
+  local function as_library(ok, ...)
+    if not ok then raise((...)) end
+    return ...
+  end
 
-function io.read(...)
-  if cur_in == stdin then
-    local r = pack(read_formats(1, ...))  -- not a tail call: errors count levels
-    return unpack(r, 1, r.n)
-  end
-  return as_library(pcall(cur_in.read, cur_in, ...))
-end
-function io.output(file)
-  if file == nil then return cur_out end
-  if type(file) == "string" or type(file) == "number" then
-    cur_out = open_checked(tostring(file), "w")
-  else
-    if not (is_stream[file] or real_io.type(file)) then
-      argerror(1, "FILE* expected, got " .. typename(file, true), "io.output")
+  function io.read(...)
+    if cur_in == stdin then
+      local r = pack(read_formats(1, ...))  -- not a tail call: errors count levels
+      return unpack(r, 1, r.n)
     end
-    cur_out = file
+    return as_library(pcall(cur_in.read, cur_in, ...))
   end
-  return cur_out
-end
-function io.input(file)
-  if file == nil then return cur_in end
-  if type(file) == "string" or type(file) == "number" then
-    cur_in = open_checked(tostring(file), "r")
-  else
-    if not (is_stream[file] or real_io.type(file)) then
-      argerror(1, "FILE* expected, got " .. typename(file, true), "io.input")
+  -- what io.output/io.input switch to: a name is opened, a file taken as it is
+  local function default_file(file, mode, global)
+    if type(file) == "string" or type(file) == "number" then
+      return open_checked(tostring(file), mode)
     end
-    cur_in = file
+    if not (is_stream[file] or real_io.type(file)) then
+      argerror(1, "FILE* expected, got " .. typename(file, true), global)
+    end
+    return file
   end
-  return cur_in
-end
-function io.lines(filename, ...)
-  if filename == nil then return cur_in:lines(...) end
-  return as_library(pcall(real_io.lines, filename, ...))
-end
-function io.close(file)
-  if file == nil then file = cur_out end
-  return file:close()
-end
-function io.type(obj)
-  if is_stream[obj] then return "file" end
-  return real_io.type(obj)
+  function io.output(file)
+    if file ~= nil then cur_out = default_file(file, "w", "io.output") end
+    return cur_out
+  end
+  function io.input(file)
+    if file ~= nil then cur_in = default_file(file, "r", "io.input") end
+    return cur_in
+  end
+  function io.lines(filename, ...)
+    if filename == nil then return cur_in:lines(...) end
+    return as_library(pcall(real_io.lines, filename, ...))
+  end
+  function io.close(file)
+    if file == nil then file = cur_out end
+    return file:close()
+  end
+  function io.type(obj)
+    if is_stream[obj] then return "file" end
+    return real_io.type(obj)
+  end
 end
 
 ---------------------------------------------------------------------------
