@@ -365,14 +365,19 @@ end
 if NATIVE then
   local fh = real_io.stdout
   local cwrite = dgetmetatable(fh).__index.write
+  local written = false       -- print wrote since the last flush
   flush = function()
+    written = false
     host.flush_output()
     last_flush = clock()
   end
   M.flush = flush
   out = function(_, s)
     cwrite(fh, s)
-    if clock() - last_flush >= FLUSH_SECONDS then flush() end
+    if not written then       -- the clock is read once per flush cycle
+      written = true
+      if clock() - last_flush >= FLUSH_SECONDS then flush() end
+    end
   end
 end
 
