@@ -118,6 +118,7 @@ DIFFERENT = [
     "debug.getinfo(print).what", "pcall(string.dump, print)",
     "debug.getinfo(xpcall).what", "debug.getinfo(debug.sethook).what",
     "debug.getinfo(coroutine.wrap).what", "debug.getinfo(io.open).what",
+    "debug.getinfo(io.output).what", "debug.getinfo(io.input).what",
 ]
 
 _POS = ('[string "<python>"]:1:', "In[1]:1:")
@@ -198,3 +199,14 @@ def test_no_kernel_file_names_in_error_messages():
     for call in calls:
         for value in session.execute(f"return {call}"):
             assert "lua_kernel" not in str(value), call
+
+
+def test_a_file_opened_by_io_output_is_restored_open(tmp_path):
+    """io.output(name) opens through the tracked io.open (persistence)."""
+    path = str(tmp_path / "o.txt").replace("\\", "/")
+    s = Session(stdout=lambda t: None)
+    s.execute(f"g = io.output('{path}') io.output(io.stdout)")
+    restored = Session.restore(s.snapshot(), stdout=lambda t: None)
+    assert restored.restore_issues == []
+    restored.execute("g:write('x') g:close()")
+    assert (tmp_path / "o.txt").read_text() == "x"

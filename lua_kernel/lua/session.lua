@@ -625,6 +625,38 @@ end
 -- The io library, rerouted through the current default input and output.
 local cur_in, cur_out = stdin, stdout
 
+-- A C function's errors name the caller of our wrapper, as they would
+-- have named the caller of the original.
+local function as_library(ok, ...)
+  if not ok then raise((...)) end
+  return ...
+end
+
+-- what io.output/io.input switch to: a name is opened, a file taken as it is
+local function default_file(file, mode, global)
+  if type(file) == "string" or type(file) == "number" then
+    return open_checked(tostring(file), mode)
+  end
+  if not (is_stream[file] or real_io.type(file)) then
+    argerror(1, "FILE* expected, got " .. typename(file, true), global)
+  end
+  return file
+end
+
+-- io.output(name) and io.input(name) open the file through io.open, so that
+-- persistence knows its path (the C functions would fopen it unseen); the
+-- C functions then make it the default. Everything else is Lua's own.
+if NATIVE then
+  function io.output(file)
+    if file ~= nil then file = default_file(file, "w", "io.output") end
+    return as_library(pcall(real_io.output, file))
+  end
+  function io.input(file)
+    if file ~= nil then file = default_file(file, "r", "io.input") end
+    return as_library(pcall(real_io.input, file))
+  end
+end
+
 if not NATIVE then
   io.stdin, io.stdout, io.stderr = stdin, stdout, stderr
 
@@ -635,29 +667,12 @@ if not NATIVE then
     end
     return cur_out:write(...)
   end
-  -- A C function's errors name the caller of our wrapper, as they would
-  -- have named the caller of the original.
-  local function as_library(ok, ...)
-    if not ok then raise((...)) end
-    return ...
-  end
-
   function io.read(...)
     if cur_in == stdin then
       local r = pack(read_formats(1, ...))  -- not a tail call: errors count levels
       return unpack(r, 1, r.n)
     end
     return as_library(pcall(cur_in.read, cur_in, ...))
-  end
-  -- what io.output/io.input switch to: a name is opened, a file taken as it is
-  local function default_file(file, mode, global)
-    if type(file) == "string" or type(file) == "number" then
-      return open_checked(tostring(file), mode)
-    end
-    if not (is_stream[file] or real_io.type(file)) then
-      argerror(1, "FILE* expected, got " .. typename(file, true), global)
-    end
-    return file
   end
   function io.output(file)
     if file ~= nil then cur_out = default_file(file, "w", "io.output") end
