@@ -167,6 +167,11 @@ class Interrupter:
         self.resume_fn = resume_fn
         self.wrap_fn = wrap_fn
         self.walk_ok = False   # set by self_check()
+        # Threads armed besides the walk's: those the walk cannot find. print
+        # runs in a coroutine.wrap closure whose upvalue is swapped for a spare
+        # while it runs (lua/session.lua), so the walk stops at the spare.
+        # They must live as long as the state (session.lua keeps them).
+        self.extra: list[int] = []
 
     @staticmethod
     def supported() -> bool:
@@ -179,12 +184,19 @@ class Interrupter:
     def running_chain(self) -> list[int]:
         """The threads to arm: the main one, plus the running coroutines when
         the walk passed its self-check."""
-        return self._walk() if self.walk_ok else [self.main]
+        if not self.walk_ok:
+            return [self.main, *self.extra]
+        chain = self._walk()
+        for thread in list(self.extra):
+            if thread not in chain:
+                chain.extend(t for t in self._walk(thread) if t not in chain)
+        return chain
 
-    def _walk(self) -> list[int]:
-        """The main thread followed by the coroutines it is resuming, innermost last."""
-        chain = [self.main]
-        thread = self.main
+    def _walk(self, start: int | None = None) -> list[int]:
+        """The thread (the main one) followed by the coroutines it is
+        resuming, innermost last."""
+        thread = self.main if start is None else start
+        chain = [thread]
         for _ in range(LUAI_MAXCCALLS):
             resumed = self._resumed_by(thread)
             if resumed is None or resumed in chain:

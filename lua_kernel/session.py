@@ -147,6 +147,8 @@ class Session:
 
     def _start(self) -> None:
         self.lua = new_runtime(self.max_memory)
+        self._print_threads: list[int] = []
+        self._interrupter = None
         self._streams = self._native_streams()
         host = self.lua.table_from({
             "emit": self._emit,
@@ -157,6 +159,7 @@ class Session:
             "display_value": self._display_value,
             "native_streams": self._streams is not None,
             "flush_output": self._flush_output,
+            "print_thread": self._print_thread,
         })
         host["is_name"] = name_test(self.lua)
         self._lua_side = load_lua(self.lua, "session.lua", host)
@@ -242,7 +245,12 @@ class Session:
             main, hookf, native.parse_address(probe.resume), wrap_fn or 0)
         probe.check(lambda *chain: interrupter.self_check(
             [native.parse_address(a) for a in chain]))
+        interrupter.extra = self._print_threads
         return interrupter
+
+    def _print_thread(self, address: str) -> None:
+        """A thread print runs in (lua/session.lua): armed on interrupts."""
+        self._print_threads.append(native.parse_address(address))
 
     def _globals_now(self) -> dict:
         return dict(self.lua.eval(

@@ -31,8 +31,6 @@ pytestmark = pytest.mark.skipif(not Session(stdout=lambda t: None).native_stream
 # Files that still fail inside a Session, and why; each must fail (strict),
 # so that a fix shows up here. Empty is the goal.
 KNOWN: dict[str, str] = {
-    "closure": "print is a Lua function: debug.upvaluejoin accepts it (natively C)",
-    "calls": "print is a Lua function: string.dump(print) succeeds (natively C)",
 }
 
 # Exact substitutions on a file's source for what is inherently not native
@@ -111,11 +109,22 @@ SAME = [
     "rawequal(getmetatable(io.stdout), getmetatable(io.tmpfile()))",
     "pcall(getmetatable(io.stdin).__gc)", "pcall(io.stdin.close)",
     "io.stdin:write('x')", "io.stdout:read()",
+    "debug.getinfo(print).what", "pcall(string.dump, print)",
+    "pcall(print, setmetatable({}, {__tostring = function() return {} end}))",
+    "pcall(function() print(setmetatable({}, {__tostring = function() return {} end})) end)",
+    "pcall(function() print(setmetatable({}, {__tostring = function() error('x') end})) end)",
+    "pcall(function() local t = setmetatable({}, {__tostring = function() print('in') "
+    "return 'out' end}) print(t) end)",
 ]
 
-# Still distinguishable: the replacements are Lua functions (see docs/design.md).
+# Still distinguishable (see docs/design.md, "Globals the kernel replaces"):
+# the replacements but print are Lua functions; print is a C closure with
+# an upvalue (the thread it runs in), and an error inside it gets the
+# position of print's caller, even one that natively has none.
 DIFFERENT = [
-    "debug.getinfo(print).what", "pcall(string.dump, print)",
+    "pcall(debug.upvaluejoin, print, 1, function() return print end, 1)",
+    "pcall(coroutine.wrap(function() print(setmetatable({}, {__tostring = function() "
+    "coroutine.yield(1) end})) end))",
     "debug.getinfo(xpcall).what", "debug.getinfo(debug.sethook).what",
     "debug.getinfo(coroutine.wrap).what", "debug.getinfo(io.open).what",
     "debug.getinfo(io.output).what", "debug.getinfo(io.input).what",
@@ -210,3 +219,31 @@ def test_a_file_opened_by_io_output_is_restored_open(tmp_path):
     assert restored.restore_issues == []
     restored.execute("g:write('x') g:close()")
     assert (tmp_path / "o.txt").read_text() == "x"
+
+
+# -- print, a C function running in its own threads ------------------------------
+
+def test_print_from_inside_print_and_from_a_finalizer():
+    out: list[str] = []
+    s = Session(stdout=out.append)
+    s.execute("local t = setmetatable({}, {__tostring = function() print('inner') "
+              "return 'outer' end}) print(t, 1)")
+    s.execute("setmetatable({}, {__gc = function() print('gc') end}) collectgarbage() "
+              "print('after')")
+    assert "".join(out) == "inner\nouter\t1\ngc\nafter\n"
+
+
+def test_print_survives_errors_and_interrupts_inside_it():
+    import threading
+
+    from lua_kernel.session import LuaInterrupt
+
+    out: list[str] = []
+    s = Session(stdout=out.append)
+    with pytest.raises(LuaError, match=r"^In\[1\]:1: boom"):
+        s.execute("print(setmetatable({}, {__tostring = function() error('boom', 0) end}))")
+    threading.Timer(0.2, s.interrupt).start()
+    with pytest.raises(LuaInterrupt):
+        s.execute("print(setmetatable({}, {__tostring = function() while true do end end}))")
+    s.execute("print('alive')")
+    assert "".join(out) == "alive\n"

@@ -25,6 +25,7 @@ local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug
 local getupvalue, dgetmetatable = debug.getupvalue, debug.getmetatable
 local tointeger, mtype, floor, max = math.tointeger, math.type, math.floor, math.max
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
+local coyield = coroutine.yield
 M.is_name = host.is_name     -- lua/names.lua: for the serializer's paths
 
 ---------------------------------------------------------------------------
@@ -102,6 +103,7 @@ local cell_handler           -- defined below; the hook must not fire inside it
 local flush                  -- defined below
 
 local busy = false           -- the output buffer is being changed
+local print_loop             -- defined below: the hook must not raise in it
 local rehook                 -- defined below: the thread's registration, mask as set
 
 local function hook()
@@ -124,6 +126,9 @@ local function hook()
     unwinding = true
     return
   end
+  -- print's own loop ends only as planned (its spare in place); the
+  -- interrupt is raised in what print called, or after it returns
+  if info and rawequal(info.func, print_loop) then return end
   if not interrupt_where then
     interrupt_where = traceback(nil, 2)
   end
@@ -381,7 +386,7 @@ if NATIVE then
   end
 end
 
-function print(...)
+local function print_lua(...)
   local n = select("#", ...)
   if n == 1 then
     out("stdout", tostring((...)) .. "\n")
@@ -391,6 +396,61 @@ function print(...)
   for i = 1, n do parts[i] = tostring(parts[i]) end
   out("stdout", concat(parts, "\t", 1, n) .. "\n")
 end
+
+-- print is a C function, as Lua's is (debug.getinfo says "C", string.dump
+-- and debug.upvaluejoin refuse it): a coroutine.wrap closure, whose C
+-- function resumes the thread in its upvalue, running print_lua in a loop.
+-- While one print runs, the upvalue holds a spare thread, so that a print
+-- from inside it (a __tostring, a __gc) runs there. print_lua runs under
+-- string.gsub, a C call that cannot be yielded across, as C print cannot.
+-- An error kills the thread (the spare stays); its position, added by the
+-- wrap closure as by luaL_error, is print's caller's (an error raised by a
+-- __tostring has its own position natively).
+local setupvalue = debug.setupvalue
+local spares = {}            -- suspended print threads
+local print_args             -- the arguments, for run_print
+local cprint
+
+local function run_print()
+  print_lua(unpack(print_args, 1, print_args.n))
+end
+
+-- Every print thread is kept, and Python told of it: an interrupt arms them
+-- all, since the walk of running coroutines stops at the spare (native.py).
+local print_threads = {}
+
+local function print_thread()
+  local co = cocreate(print_loop)
+  sethook(co, hook, "", 0)   -- interruptible, like every thread
+  print_threads[#print_threads + 1] = co
+  host.print_thread(tostring(co))
+  return co
+end
+
+print_loop = function(...)
+  local args = pack(...)
+  local me = corunning()
+  while true do
+    local spare = spares[#spares]
+    if spare then spares[#spares] = nil else spare = print_thread() end
+    setupvalue(cprint, 1, spare)
+    print_args = args
+    local ok, err = pcall(sgsub, "x", "x", run_print)
+    if not ok then
+      -- the wrap closure adds the caller's position: one position, not two
+      if type(err) == "string" then err = sgsub(err, "^[^\n]-:%d+: ", "", 1) end
+      error(err, 0)          -- this thread dies; the spare serves the next print
+    end
+    setupvalue(cprint, 1, me)
+    spares[#spares + 1] = spare
+    args = pack(coyield())
+  end
+end
+
+cprint = cowrap(print_loop)
+setupvalue(cprint, 1, print_thread())   -- registered for the hook, like the spares
+print = cprint
+M.print_lua = print_lua
 
 -- The name luaL_argerror falls back on when the call has none (under pcall):
 -- the function's global name; a method of the streams has none ("?").
