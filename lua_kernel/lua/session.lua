@@ -386,34 +386,35 @@ if NATIVE then
   end
 end
 
-local function print_lua(...)
-  local n = select("#", ...)
+local function print_packed(args)     -- args: table.pack of print's arguments
+  local n = args.n
   if n == 1 then
-    out("stdout", tostring((...)) .. "\n")
+    out("stdout", tostring(args[1]) .. "\n")
     return
   end
-  local parts = pack(...)
-  for i = 1, n do parts[i] = tostring(parts[i]) end
-  out("stdout", concat(parts, "\t", 1, n) .. "\n")
+  for i = 1, n do args[i] = tostring(args[i]) end
+  out("stdout", concat(args, "\t", 1, n) .. "\n")
 end
 
 -- print is a C function, as Lua's is (debug.getinfo says "C", string.dump
 -- and debug.upvaluejoin refuse it): a coroutine.wrap closure, whose C
--- function resumes the thread in its upvalue, running print_lua in a loop.
--- While one print runs, the upvalue holds a spare thread, so that a print
--- from inside it (a __tostring, a __gc) runs there. print_lua runs under
--- string.gsub, a C call that cannot be yielded across, as C print cannot.
+-- function resumes the thread in its upvalue, running print_packed in a
+-- loop. While one print runs, the upvalue holds a spare thread, so that a
+-- print from inside it (a __tostring, a __gc) runs there. print_packed runs
+-- as a __tostring called by tostring, a C call that cannot be yielded
+-- across, as C print cannot (string.gsub did the same at twice the cost).
 -- An error kills the thread (the spare stays); its position, added by the
 -- wrap closure as by luaL_error, is print's caller's (an error raised by a
 -- __tostring has its own position natively).
 local setupvalue = debug.setupvalue
 local spares = {}            -- suspended print threads
-local print_args             -- the arguments, for run_print
+local print_args             -- the arguments, for the proxy
 local cprint
 
-local function run_print()
-  print_lua(unpack(print_args, 1, print_args.n))
-end
+local print_proxy = setmetatable({}, { __tostring = function()
+  print_packed(print_args)
+  return ""
+end })
 
 -- Every print thread is kept, and Python told of it: an interrupt arms them
 -- all, since the walk of running coroutines stops at the spare (native.py).
@@ -435,7 +436,7 @@ print_loop = function(...)
     if spare then spares[#spares] = nil else spare = print_thread() end
     setupvalue(cprint, 1, spare)
     print_args = args
-    local ok, err = pcall(sgsub, "x", "x", run_print)
+    local ok, err = pcall(tostring, print_proxy)
     if not ok then
       -- the wrap closure adds the caller's position: one position, not two
       if type(err) == "string" then err = sgsub(err, "^[^\n]-:%d+: ", "", 1) end
@@ -450,7 +451,6 @@ end
 cprint = cowrap(print_loop)
 setupvalue(cprint, 1, print_thread())   -- registered for the hook, like the spares
 print = cprint
-M.print_lua = print_lua
 
 -- The name luaL_argerror falls back on when the call has none (under pcall):
 -- the function's global name; a method of the streams has none ("?").
