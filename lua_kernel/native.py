@@ -20,6 +20,7 @@ Two things here cannot be done through the Lua language itself:
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import struct
@@ -253,8 +254,6 @@ _READ = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(ctype
                          ctypes.c_size_t, use_errno=True)
 _WRITE = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                           use_errno=True)
-_SEEK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                         use_errno=True)
 _IOFBF, _IONBF = 0, 2
 STDOUT_BUFFER = 65536     # stdio's default (8 KiB) meant a GIL round per 8 KiB
 
@@ -263,7 +262,7 @@ def _load_libc():
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fns = {name: getattr(libc, name) for name in
-               ("fopencookie", "setvbuf", "fflush", "clearerr", "__fpurge")}
+               ("fopencookie", "setvbuf", "fflush", "clearerr", "__fpurge", "lseek")}
         std = {name: ctypes.c_void_p.in_dll(libc, name).value
                for name in ("stdin", "stdout", "stderr")}
     except (OSError, AttributeError, ValueError):
@@ -295,7 +294,7 @@ class NativeStreams:
         self._write, self._read = write, read
         self._pending = b""
         self._callbacks = (_READ(self._on_read), _WRITE(self._on_write_out),
-                           _WRITE(self._on_write_err), _SEEK(self._on_seek))
+                           _WRITE(self._on_write_err))
         self.files: dict[str, int] = {}
         _KEEP.append(self._callbacks)   # a FILE* may call them until the process ends
 
@@ -310,11 +309,16 @@ class NativeStreams:
         fns, std = _LIBC
         if any(MEMORY.pointer(addr) != std[name] for name, addr in addresses.items()):
             return False
-        read, write_out, write_err, seek = (ctypes.cast(c, ctypes.c_void_p).value
-                                            for c in self._callbacks)
-        made = {"stdin": fns["fopencookie"](None, b"r", _CookieIO(read, None, seek, None)),
-                "stdout": fns["fopencookie"](None, b"w", _CookieIO(None, write_out, seek, None)),
-                "stderr": fns["fopencookie"](None, b"w", _CookieIO(None, write_err, seek, None))}
+        read, write_out, write_err = (ctypes.cast(c, ctypes.c_void_p).value
+                                      for c in self._callbacks)
+        # Seeking is lseek on a pipe (the cookie): "Illegal seek", as on a
+        # terminal, and no call into Python, which glibc's exit would make
+        # (it syncs every stream) after Python has finished.
+        seek = ctypes.cast(fns["lseek"], ctypes.c_void_p).value
+        pipe = ctypes.c_void_p(_seek_pipe())
+        made = {"stdin": fns["fopencookie"](pipe, b"r", _CookieIO(read, None, seek, None)),
+                "stdout": fns["fopencookie"](pipe, b"w", _CookieIO(None, write_out, seek, None)),
+                "stderr": fns["fopencookie"](pipe, b"w", _CookieIO(None, write_err, seek, None))}
         if not all(made.values()):
             return False
         fns["setvbuf"](made["stderr"], None, _IONBF, 0)
@@ -324,6 +328,7 @@ class NativeStreams:
         for name, addr in addresses.items():
             ctypes.c_void_p.from_address(addr).value = made[name]
         self.files = made
+        _ALL.append(made)
         return True
 
     def flush(self) -> None:
@@ -344,7 +349,11 @@ class NativeStreams:
     def _on_write_err(self, _cookie, buf, size):
         return self._on_write("stderr", buf, size)
 
+    exiting = False
+
     def _on_write(self, stream, buf, size):
+        if NativeStreams.exiting:
+            return size
         try:
             if stream == "stderr":
                 self.flush()             # what stdout buffers comes first
@@ -354,6 +363,8 @@ class NativeStreams:
         return size
 
     def _on_read(self, _cookie, buf, size):
+        if NativeStreams.exiting:
+            return 0
         try:
             if not self._pending:
                 self.flush()
@@ -370,10 +381,33 @@ class NativeStreams:
             ctypes.set_errno(5)
             return -1
 
-    @staticmethod
-    def _on_seek(_cookie, _offset, _whence):
-        ctypes.set_errno(29)                 # ESPIPE: "Illegal seek", as on a terminal
-        return -1
 
 
-_KEEP: list = []
+_KEEP: list = []      # callbacks and buffers of every FILE*: never freed
+_ALL: list = []       # every state's FILE*s
+_PIPE: list = []
+
+
+def _seek_pipe() -> int:
+    if not _PIPE:
+        _PIPE.extend(os.pipe())
+    return _PIPE[0]
+
+
+@atexit.register
+def _quiet_at_exit() -> None:
+    """glibc's exit flushes and syncs every FILE*, after Python has finished:
+    nothing may be left for it to hand to a callback. Output still buffered
+    now is dropped (no cell runs any more), pending input too; from now on
+    stdout is unbuffered, so a late write (a __gc while a state is freed)
+    calls its callback at once, while Python still runs."""
+    if _LIBC is None:
+        return
+    fns = _LIBC[0]
+    NativeStreams.exiting = True
+    for made in _ALL:
+        fns["fflush"](made["stdout"])
+        fns["setvbuf"](made["stdout"], None, _IONBF, 0)
+        fns["__fpurge"](made["stdin"])
+    # the callbacks must outlive the interpreter's teardown of this module
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(_KEEP))
