@@ -26,6 +26,7 @@ them: no walk is needed there.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import struct
@@ -193,6 +194,11 @@ class Interrupter:
         self.resume_fn = resume_fn
         self.wrap_fn = wrap_fn
         self.walk_ok = False   # set by self_check()
+        # Threads armed besides the walk's: those the walk cannot find. print
+        # runs in a coroutine.wrap closure whose upvalue is swapped for a spare
+        # while it runs (lua/session.lua), so the walk stops at the spare.
+        # They must live as long as the state (session.lua keeps them).
+        self.extra: list[int] = []
 
     @staticmethod
     def supported(api: LuaLibrary) -> bool:
@@ -205,12 +211,19 @@ class Interrupter:
     def running_chain(self) -> list[int]:
         """The threads to arm: the main one, plus the running coroutines when
         the walk passed its self-check."""
-        return self._walk() if self.walk_ok else [self.main]
+        if not self.walk_ok:
+            return [self.main, *self.extra]
+        chain = self._walk()
+        for thread in list(self.extra):
+            if thread not in chain:
+                chain.extend(t for t in self._walk(thread) if t not in chain)
+        return chain
 
-    def _walk(self) -> list[int]:
-        """The main thread followed by the coroutines it is resuming, innermost last."""
-        chain = [self.main]
-        thread = self.main
+    def _walk(self, start: int | None = None) -> list[int]:
+        """The thread (the main one) followed by the coroutines it is
+        resuming, innermost last."""
+        thread = self.main if start is None else start
+        chain = [thread]
         for _ in range(LUAI_MAXCCALLS):
             resumed = self._resumed_by(thread)
             if resumed is None or resumed in chain:
@@ -248,3 +261,179 @@ class Interrupter:
 
     def disarm(self) -> None:
         self.api.sethook(self.main, None, 0, 0)
+
+
+# -- the standard streams as real FILE* handles --------------------------------
+#
+# A Lua state's io.stdin/io.stdout/io.stderr are full userdata holding an
+# LStream (liolib.c): {FILE *f; lua_CFunction closef}. NativeStreams points
+# their `f` at FILE*s made with glibc's fopencookie, whose read and write go
+# to Python callbacks, so that the io library's own C functions serve the
+# notebook: no other process-wide state (fd 1/2, the C `stdout`) changes.
+
+class _CookieIO(ctypes.Structure):
+    _fields_ = [("read", ctypes.c_void_p), ("write", ctypes.c_void_p),
+                ("seek", ctypes.c_void_p), ("close", ctypes.c_void_p)]
+
+
+_READ = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_char),
+                         ctypes.c_size_t, use_errno=True)
+_WRITE = ctypes.CFUNCTYPE(ctypes.c_ssize_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                          use_errno=True)
+_IOFBF, _IONBF = 0, 2
+STDOUT_BUFFER = 65536     # stdio's default (8 KiB) meant a GIL round per 8 KiB
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fns = {name: getattr(libc, name) for name in
+               ("fopencookie", "setvbuf", "fflush", "clearerr", "__fpurge", "lseek")}
+        std = {name: ctypes.c_void_p.in_dll(libc, name).value
+               for name in ("stdin", "stdout", "stderr")}
+    except (OSError, AttributeError, ValueError):
+        return None
+    fns["fopencookie"].argtypes = [ctypes.c_void_p, ctypes.c_char_p, _CookieIO]
+    fns["fopencookie"].restype = ctypes.c_void_p
+    fns["setvbuf"].argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+    for name in ("fflush", "clearerr", "__fpurge"):
+        fns[name].argtypes = [ctypes.c_void_p]
+    return fns, std
+
+
+_LIBC = _load_libc()
+
+
+class NativeStreams:
+    """The notebook's standard streams for one Lua state.
+
+    `write(stream, data)` receives what Lua writes ("stdout"/"stderr", bytes);
+    stderr is unbuffered and flushes stdout first, so the two stay in order.
+    `read()` returns the next line of input as bytes (with "\\n"), b"" at end
+    of input, or None for a read error (io.read then returns fail, as for a
+    failing stdin). The FILE*s are never closed: Lua code may still write
+    while its state is closed (a __gc), so they live as long as the process
+    (about 75 KiB a state, most of it stdout's 64 KiB buffer).
+    """
+
+    def __init__(self, write, read):
+        self._write, self._read = write, read
+        self._pending = b""
+        self._callbacks = (_READ(self._on_read), _WRITE(self._on_write_out),
+                           _WRITE(self._on_write_err))
+        self.files: dict[str, int] = {}
+        _KEEP.append(self._callbacks)   # a FILE* may call them until the process ends
+
+    @staticmethod
+    def supported() -> bool:
+        return _LIBC is not None and MEMORY.available
+
+    def install(self, addresses: dict[str, int]) -> bool:
+        """Point the LStreams at `addresses` (name -> `%p` of io.<name>) at
+        cookie FILE*s. Each must hold the C library's own FILE* of that name
+        (the layout check); otherwise nothing is changed and False returned."""
+        fns, std = _LIBC
+        if any(MEMORY.pointer(addr) != std[name] for name, addr in addresses.items()):
+            return False
+        read, write_out, write_err = (ctypes.cast(c, ctypes.c_void_p).value
+                                      for c in self._callbacks)
+        # Seeking is lseek on a pipe (the cookie): "Illegal seek", as on a
+        # terminal, and no call into Python, which glibc's exit would make
+        # (it syncs every stream) after Python has finished.
+        seek = ctypes.cast(fns["lseek"], ctypes.c_void_p).value
+        pipe = ctypes.c_void_p(_seek_pipe())
+        made = {"stdin": fns["fopencookie"](pipe, b"r", _CookieIO(read, None, seek, None)),
+                "stdout": fns["fopencookie"](pipe, b"w", _CookieIO(None, write_out, seek, None)),
+                "stderr": fns["fopencookie"](pipe, b"w", _CookieIO(None, write_err, seek, None))}
+        if not all(made.values()):
+            return False
+        fns["setvbuf"](made["stderr"], None, _IONBF, 0)
+        buffer = ctypes.create_string_buffer(STDOUT_BUFFER)
+        _KEEP.append(buffer)             # as long as the FILE*: the process
+        fns["setvbuf"](made["stdout"], ctypes.addressof(buffer), _IOFBF, STDOUT_BUFFER)
+        for name, addr in addresses.items():
+            ctypes.c_void_p.from_address(addr).value = made[name]
+        self.files = made
+        _ALL.append(made)
+        return True
+
+    def flush(self) -> None:
+        """Hand what stdout buffers to `write`."""
+        _LIBC[0]["fflush"](self.files["stdout"])
+
+    def reset_input(self) -> None:
+        """Drop buffered input and the end-of-file mark: a new cell starts
+        with no pending input."""
+        fns = _LIBC[0]
+        fns["__fpurge"](self.files["stdin"])
+        fns["clearerr"](self.files["stdin"])
+        self._pending = b""
+
+    def _on_write_out(self, _cookie, buf, size):
+        return self._on_write("stdout", buf, size)
+
+    def _on_write_err(self, _cookie, buf, size):
+        return self._on_write("stderr", buf, size)
+
+    exiting = False
+
+    def _on_write(self, stream, buf, size):
+        if NativeStreams.exiting:
+            return size
+        try:
+            if stream == "stderr":
+                self.flush()             # what stdout buffers comes first
+            self._write(stream, ctypes.string_at(buf, size))
+        except BaseException:  # noqa: BLE001 - must not unwind into C
+            pass
+        return size
+
+    def _on_read(self, _cookie, buf, size):
+        if NativeStreams.exiting:
+            return 0
+        try:
+            if not self._pending:
+                self.flush()
+                line = self._read()
+                if line is None:
+                    ctypes.set_errno(5)      # EIO: "Input/output error"
+                    return -1
+                self._pending = line
+            n = min(size, len(self._pending))
+            ctypes.memmove(buf, self._pending, n)
+            self._pending = self._pending[n:]
+            return n
+        except BaseException:  # noqa: BLE001 - must not unwind into C
+            ctypes.set_errno(5)
+            return -1
+
+
+
+_KEEP: list = []      # callbacks and buffers of every FILE*: never freed
+_ALL: list = []       # every state's FILE*s
+_PIPE: list = []
+
+
+def _seek_pipe() -> int:
+    if not _PIPE:
+        _PIPE.extend(os.pipe())
+    return _PIPE[0]
+
+
+@atexit.register
+def _quiet_at_exit() -> None:
+    """glibc's exit flushes and syncs every FILE*, after Python has finished:
+    nothing may be left for it to hand to a callback. Output still buffered
+    now is dropped (no cell runs any more), pending input too; from now on
+    stdout is unbuffered, so a late write (a __gc while a state is freed)
+    calls its callback at once, while Python still runs."""
+    if _LIBC is None:
+        return
+    fns = _LIBC[0]
+    NativeStreams.exiting = True
+    for made in _ALL:
+        fns["fflush"](made["stdout"])
+        fns["setvbuf"](made["stdout"], None, _IONBF, 0)
+        fns["__fpurge"](made["stdin"])
+    # the callbacks must outlive the interpreter's teardown of this module
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(_KEEP))

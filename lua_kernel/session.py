@@ -11,6 +11,7 @@ This is the Python API that the kernel is built on; it works without Jupyter:
 from __future__ import annotations
 
 import base64
+import codecs
 import os
 import sys
 import threading
@@ -24,6 +25,9 @@ from .runtime import (Runtime, c_modules_load, get_runtime, is_lua_object, is_py
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
+EMULATED_STREAMS_ENV = "LUA_KERNEL_EMULATED_STREAMS"   # set: Lua's streams emulated
+FLUSH_BYTES = 65536       # output goes out in pieces of at most about this size
+FLUSH_SECONDS = 0.05      # ... and no later than this
 
 
 class LuaError(Exception):
@@ -147,6 +151,9 @@ class Session:
 
     def _start(self) -> None:
         self.lua = new_runtime(self.max_memory, self.runtime)
+        self._print_threads: list[int] = []
+        self._interrupter = None
+        self._streams = self._native_streams()
         host = self.lua.table_from({
             "emit": self._emit,
             "readline": self._readline,
@@ -154,6 +161,9 @@ class Session:
             "output_pending": self._output_pending,
             "publish": self._publish,
             "display_value": self._display_value,
+            "native_streams": self._streams is not None,
+            "flush_output": self._flush_output,
+            "print_thread": self._print_thread,
         })
         host["is_name"] = name_test(self.lua)
         self._lua_side = load_lua(self.lua, "session.lua", host)
@@ -169,6 +179,64 @@ class Session:
         self._companions = {}
         for name, make in self._eager.items():     # before any user code
             self._companions[name] = (self.lua, make(self))
+
+    def _native_streams(self) -> native.NativeStreams | None:
+        """io.stdin/io.stdout/io.stderr as Lua's own handles over the notebook
+        (docs/design.md, "Output"), where the platform allows; None otherwise
+        (lua/session.lua then emulates them)."""
+        self._out: list[tuple[str, str]] = []
+        self._out_bytes = 0
+        self._decoders = {name: codecs.getincrementaldecoder("utf-8")("surrogateescape")
+                          for name in ("stdout", "stderr")}
+        if not native.NativeStreams.supported() or os.environ.get(EMULATED_STREAMS_ENV):
+            return None
+        streams = native.NativeStreams(self._write_bytes, self._read_bytes)
+        where = self.lua.eval("function(f) return string.format('%p', f) end")
+        addresses = {name: native.parse_address(where(self.lua.globals().io[name]))
+                     for name in ("stdin", "stdout", "stderr")}
+        return streams if streams.install(addresses) else None
+
+    def _write_bytes(self, stream: str, data: bytes) -> None:
+        """What Lua wrote into a standard stream: gathered into pieces, in order."""
+        self._gather(stream, self._decoders[stream].decode(data), len(data))
+
+    def _gather(self, stream: str, text: str, size: int) -> None:
+        if self._out and self._out[-1][0] != stream:
+            self._emit_gathered()
+        self._out.append((stream, text))
+        self._out_bytes += size
+        if self._out_bytes >= FLUSH_BYTES:
+            self._emit_gathered()
+
+    def _emit_gathered(self) -> None:
+        out, self._out, self._out_bytes = self._out, [], 0
+        if out:
+            self._emit(out[0][0], "".join(text for _, text in out))
+
+    def _flush_output(self, final: bool = False) -> None:
+        """Hand all of Lua's output to the callbacks (`final`: at the end of a
+        cell, with an unfinished UTF-8 sequence as it is)."""
+        if self._streams is None:
+            return
+        self._streams.flush()
+        if final:
+            for stream, decoder in self._decoders.items():
+                if tail := decoder.decode(b"", final=True):
+                    self._gather(stream, tail, len(tail))
+        self._emit_gathered()
+
+    def _read_bytes(self) -> bytes | None:
+        """The next line of input for io.stdin: b"" at end of input, None when
+        interrupted or when the frontend has no input (said on stderr)."""
+        ok, line = self._readline("")
+        if not ok:
+            if line is not None:
+                self._write_bytes("stderr", f"{line}\n".encode("utf-8", "surrogateescape"))
+                self._emit_gathered()
+            return None
+        if line is None:
+            return b""
+        return (line + "\n").encode("utf-8", "surrogateescape")
 
     def _make_interrupter(self) -> native.Interrupter | None:
         api = native.library(self.runtime.module)
@@ -188,7 +256,12 @@ class Session:
         if not self.runtime.is_luajit:      # the walk reads Lua 5.4 structs (5.5 keeps them)
             probe.check(lambda *chain: interrupter.self_check(
                 [native.parse_address(a) for a in chain]))
+        interrupter.extra = self._print_threads
         return interrupter
+
+    def _print_thread(self, address: str) -> None:
+        """A thread print runs in (lua/session.lua): armed on interrupts."""
+        self._print_threads.append(native.parse_address(address))
 
     def _globals_now(self) -> dict:
         return dict(self.lua.eval(
@@ -234,6 +307,12 @@ class Session:
         return found[1]
 
     @property
+    def native_streams(self) -> bool:
+        """io.stdin/io.stdout/io.stderr are Lua's own handles (see
+        docs/design.md, "Output"), not the Lua emulation."""
+        return self._streams is not None
+
+    @property
     def interrupts_in_coroutines(self) -> bool:
         # LuaJIT has one hook for the whole VM: arming it reaches every coroutine
         return bool(self._interrupter and (self._interrupter.walk_ok or self.runtime.is_luajit))
@@ -257,6 +336,8 @@ class Session:
             self.execution_count += 1
             name = f"In[{self.execution_count}]"
         self._lua_side.reset_input()
+        if self._streams:
+            self._streams.reset_input()
         fn, show = self.compile(code, name)
         if fn is None:
             raise LuaSyntaxError(show)
@@ -275,6 +356,8 @@ class Session:
         with self._lock:
             self._interrupted = False
             self._running = True
+        if self._streams:
+            self._output_pending()     # the flush tick runs while the cell does
         try:
             result = self._lua_side.run(fn, *args)
         except self.runtime.module.LuaMemoryError:
@@ -290,6 +373,7 @@ class Session:
                 if self._interrupter:
                     self._interrupter.disarm()
         self._lua_side.flush()
+        self._flush_output(final=True)
         if result[0]:
             return tuple(result[2:2 + result[1]])
         _, kind, message, traceback, value = result
@@ -310,7 +394,7 @@ class Session:
             return False
         with self._lock:
             if self._flush_timer is None:
-                self._flush_timer = threading.Timer(0.05, self._flush_tick)
+                self._flush_timer = threading.Timer(FLUSH_SECONDS, self._flush_tick)
                 self._flush_timer.daemon = True
                 self._flush_timer.start()
         return True
@@ -320,6 +404,8 @@ class Session:
             self._flush_timer = None
             if self._running:
                 self._interrupter.arm()   # the hook flushes, sees no interrupt, disarms
+        if self._streams and self._running:
+            self._output_pending()        # native streams: Python cannot see io.write
 
     @property
     def interrupted(self) -> bool:

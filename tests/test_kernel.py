@@ -191,9 +191,12 @@ def test_io_read_number_and_prompt(kc):
     assert len(reply["input_requests"]) == 1
 
 
-def test_input_without_frontend_support_is_a_clear_error(kc):
+def test_input_without_frontend_support_says_why_on_stderr(kc):
+    """io.read returns fail, as Lua's does for a stdin it cannot read."""
     reply, msgs = execute(kc, "io.read()")
-    assert "does not support input requests" in only(msgs, "error")["evalue"]
+    stream = only(msgs, "stream")
+    assert stream["name"] == "stderr" and "does not support input requests" in stream["text"]
+    assert "Input/output error" in only(msgs, "execute_result")["data"]["text/plain"]
 
 
 def test_interrupt_while_waiting_for_input(kernel):

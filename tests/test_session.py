@@ -195,13 +195,22 @@ def test_io_stdin_read_uses_the_same_input():
     assert s.execute("io.stdin:read('a')") == ("x y\n",)
 
 
-def test_unavailable_input_is_a_clear_lua_error():
+def test_unavailable_input_fails_like_a_broken_stdin_and_says_why():
+    """io.read is Lua's own: it returns fail (an I/O error), as for a stdin
+    that cannot be read; why it failed goes to stderr."""
     def no_stdin(prompt):
         raise RuntimeError("this frontend does not support input requests (stdin)")
-    s = Session(stdin=no_stdin)
-    with pytest.raises(LuaError, match="input is not available: this frontend does not"):
-        s.execute("io.read()")
-    assert s.execute("pcall(io.read)")[0] is False
+    err = []
+    s = Session(stdin=no_stdin, stderr=err.append)
+    if not s.native_streams:      # the emulation raises the reason instead
+        with pytest.raises(LuaError, match="input is not available: this frontend does not"):
+            s.execute("io.read()")
+        return
+    assert s.execute("io.read()") == (None, "Input/output error", 5)
+    assert "".join(err) == "input is not available: this frontend does not support " \
+        "input requests (stdin)\n"
+    with pytest.raises(LuaError, match="Input/output error"):
+        s.execute("for l in io.lines() do end")
 
 
 # -- errors --------------------------------------------------------------------

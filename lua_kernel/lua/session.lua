@@ -25,6 +25,7 @@ local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug
 local getupvalue, dgetmetatable = debug.getupvalue, debug.getmetatable
 local tointeger, mtype, floor, max = math.tointeger, math.type, math.floor, math.max
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
+local coyield = coroutine.yield
 M.is_name = host.is_name     -- lua/names.lua: for the serializer's paths
 
 ---------------------------------------------------------------------------
@@ -72,6 +73,10 @@ local function typename(v, given)  -- luaL_typeerror's name for a value's type
 end
 
 
+-- Native streams (see Output below): lua_kernel/native.py pointed the
+-- state's own stdio handles at the notebook before this file runs.
+local NATIVE = host.native_streams
+
 local real_io = { write = io.write, read = io.read, lines = io.lines, close = io.close,
                   input = io.input, output = io.output, type = io.type,
                   stdin = io.stdin, stdout = io.stdout, stderr = io.stderr }
@@ -98,6 +103,7 @@ local cell_handler           -- defined below; the hook must not fire inside it
 local flush                  -- defined below
 
 local busy = false           -- the output buffer is being changed
+local print_loop             -- defined below: the hook must not raise in it
 local rehook                 -- defined below: the thread's registration, mask as set
 
 local function hook()
@@ -120,6 +126,9 @@ local function hook()
     unwinding = true
     return
   end
+  -- print's own loop ends only as planned (its spare in place); the
+  -- interrupt is raised in what print called, or after it returns
+  if info and rawequal(info.func, print_loop) then return end
   if not interrupt_where then
     interrupt_where = traceback(nil, 2)
   end
@@ -141,11 +150,28 @@ M.sethook = sethook          -- the original, for interrupt_probe.lua
 ---------------------------------------------------------------------------
 local user_hooks = setmetatable({}, { __mode = "k" })   -- thread -> {chain, mask, count, f}
 
+-- The kernel's replacements are Lua functions where the originals are C: a
+-- user's hook does not see what happens inside them (their lines, their
+-- calls), only their own call and return, as for the C originals. From
+-- here, level 3 is the function the event is about; an event is internal
+-- when it runs in our code, or when the nearest Lua function calling it
+-- (past C functions such as pcall) is ours.
+local function internal(event)
+  local level = event == "line" and 3 or 4
+  while true do
+    local ar = getinfo(level, "S")
+    if not ar then return false end
+    if ar.what ~= "C" then return ar.source == OURS end
+    level = level + 1
+  end
+end
+
 local function chain(f, count)
   return function(event, line)
     if event == "count" and (count == 0 or host.interrupted()) then
       return hook(event, line)
     end
+    if internal(event) then return end
     return f(event, line)
   end
 end
@@ -159,7 +185,14 @@ rehook = function(co)
   end
 end
 
-local function check_sethook(...) sethook(...) end   -- not a tail call: keeps the name
+-- The original checks the arguments, on a scratch thread: the user's hook is
+-- never registered as such, not even for a moment (it would see our frames).
+-- Given no thread, the scratch one shifts the argument numbers by one.
+local scratch = cocreate(function() end)
+local function check_sethook(...)
+  sethook(scratch, ...)                 -- not a tail call: keeps the name
+  sethook(scratch)
+end
 
 function debug.sethook(...)
   local co, f, mask, count
@@ -168,8 +201,22 @@ function debug.sethook(...)
     f, mask, count = ...
   end
   -- the original's argument checks and messages, at the caller's position
-  local ok, err = pcall(check_sethook, ...)
-  if not ok then raise((sgsub(err, "^[^\n]-:%d+: ", "", 1))) end
+  local ok, err
+  if type((...)) == "thread" then
+    ok, err = pcall(check_sethook, select(2, ...))
+  else
+    ok, err = pcall(check_sethook, ...)
+    if not ok then
+      err = sgsub(err, "#(%d+)", function(n) return "#" .. (tointeger(n) - 1) end, 1)
+    end
+  end
+  if not ok then
+    -- named as the caller called us; under pcall, by the global name
+    local ar = getinfo(1, "n")
+    local name = ar and ar.name or "debug.sethook"
+    err = sgsub(err, "to 'sethook'", function() return "to '" .. name .. "'" end, 1)
+    raise((sgsub(err, "^[^\n]-:%d+: ", "", 1)))
+  end
   if f == nil then
     user_hooks[co] = nil
   else
@@ -249,15 +296,17 @@ local function register(co, f, w)
   tell(thread_watchers, co, f, w)
 end
 
-function coroutine.create(f)
-  check_function(f, "create", f ~= nil)
+function coroutine.create(...)
+  local f = ...
+  check_function(f, "create", select("#", ...) > 0)
   local co = cocreate(f)
   register(co, f)
   return co
 end
 
-function coroutine.wrap(f)
-  check_function(f, "wrap", f ~= nil)
+function coroutine.wrap(...)
+  local f = ...
+  check_function(f, "wrap", select("#", ...) > 0)
   local w = cowrap(f)
   local _, co = getupvalue(w, 1)
   if type(co) == "thread" then
@@ -294,7 +343,8 @@ flush = function()
 end
 M.flush = flush
 
-local function out(stream, s)
+local out
+out = function(stream, s)
   if bufstream ~= stream then
     flush()
     bufstream = stream
@@ -315,15 +365,103 @@ local function out(stream, s)
   end
 end
 
-function print(...)
-  local n = select("#", ...)
+-- With native streams, the io library is Lua's own: io.write, io.stdout:write
+-- and io.stderr:write are the C functions writing into FILE*s whose output
+-- reaches Python (native.NativeStreams), which gathers it into pieces of up to
+-- 64 KiB, in order across the two streams. Only `print` stays ours (Lua's
+-- writes to the process's C stdout): it writes into io.stdout with the C
+-- method. The first piece after a quiet spell still goes out at once (for
+-- print; io.write's within 50 ms); Python arms the hook every 50 ms while a
+-- cell runs, and the hook hands the pieces over.
+if NATIVE then
+  local fh = real_io.stdout
+  local cwrite = dgetmetatable(fh).__index.write
+  local written = false       -- print wrote since the last flush
+  flush = function()
+    written = false
+    host.flush_output()
+    last_flush = clock()
+  end
+  M.flush = flush
+  out = function(_, s)
+    cwrite(fh, s)
+    if not written then       -- the clock is read once per flush cycle
+      written = true
+      if clock() - last_flush >= FLUSH_SECONDS then flush() end
+    end
+  end
+end
+
+local function print_packed(args)     -- args: table.pack of print's arguments
+  local n = args.n
   if n == 1 then
-    out("stdout", tostring((...)) .. "\n")
+    out("stdout", tostring(args[1]) .. "\n")
     return
   end
-  local parts = pack(...)
-  for i = 1, n do parts[i] = tostring(parts[i]) end
-  out("stdout", concat(parts, "\t", 1, n) .. "\n")
+  for i = 1, n do args[i] = tostring(args[i]) end
+  out("stdout", concat(args, "\t", 1, n) .. "\n")
+end
+
+-- print is a C function, as Lua's is (debug.getinfo says "C", string.dump
+-- and debug.upvaluejoin refuse it): a coroutine.wrap closure, whose C
+-- function resumes the thread in its upvalue, running print_packed in a
+-- loop. While one print runs, the upvalue holds a spare thread, so that a
+-- print from inside it (a __tostring, a __gc) runs there. print_packed runs
+-- as a __tostring called by tostring, a C call that cannot be yielded
+-- across, as C print cannot (string.gsub did the same at twice the cost).
+-- An error kills the thread (the spare stays); its position, added by the
+-- wrap closure as by luaL_error, is print's caller's (an error raised by a
+-- __tostring has its own position natively).
+local setupvalue = debug.setupvalue
+local spares = {}            -- suspended print threads
+local print_args             -- the arguments, for the proxy
+local cprint
+
+local print_proxy = setmetatable({}, { __tostring = function()
+  print_packed(print_args)
+  return ""
+end })
+
+-- Every print thread is kept, and Python told of it: an interrupt arms them
+-- all, since the walk of running coroutines stops at the spare (native.py).
+local print_threads = {}
+
+local function print_thread()
+  local co = cocreate(print_loop)
+  sethook(co, hook, "", 0)   -- interruptible, like every thread
+  print_threads[#print_threads + 1] = co
+  host.print_thread(tostring(co))
+  return co
+end
+
+print_loop = function(...)
+  local args = pack(...)
+  local me = corunning()
+  while true do
+    local spare = spares[#spares]
+    if spare then spares[#spares] = nil else spare = print_thread() end
+    setupvalue(cprint, 1, spare)
+    print_args = args
+    local ok, err = pcall(tostring, print_proxy)
+    if not ok then
+      -- the wrap closure adds the caller's position: one position, not two
+      if type(err) == "string" then err = sgsub(err, "^[^\n]-:%d+: ", "", 1) end
+      error(err, 0)          -- this thread dies; the spare serves the next print
+    end
+    setupvalue(cprint, 1, me)
+    spares[#spares + 1] = spare
+    args = pack(coyield())
+  end
+end
+
+cprint = cowrap(print_loop)
+setupvalue(cprint, 1, print_thread())   -- registered for the hook, like the spares
+print = cprint
+
+-- The name luaL_argerror falls back on when the call has none (under pcall):
+-- the function's global name; a method of the streams has none ("?").
+local function global_name(first, name)
+  return first == 1 and "io." .. name or "?"
 end
 
 -- io.write and file:write accept only strings and numbers, like the
@@ -335,7 +473,7 @@ local function write_values(stream, self, first, ...)
     if tv == "number" then
       v = sformat(mtype(v) == "integer" and "%d" or "%.14g", v)
     elseif tv ~= "string" then
-      argerror(first + i - 1, "string expected, got " .. typename(v, true), "io.write")
+      argerror(first + i - 1, "string expected, got " .. typename(v, true), global_name(first, "write"))
     end
     out(stream, v)
   end
@@ -344,19 +482,28 @@ end
 
 ---------------------------------------------------------------------------
 -- Standard streams: io.stdin/io.stdout/io.stderr become objects that behave
--- like file handles (io.type says "file") but talk to the notebook.
+-- like file handles (io.type says "file") but talk to the notebook. They are
+-- the state's own stdio handles, full userdata like the originals, each given
+-- a metatable of its own (Lua keeps one per userdata object): type() says
+-- "userdata", rawlen refuses them, tostring shows "file (0x...)". The io
+-- library's own functions no longer take them; they are all replaced below.
 ---------------------------------------------------------------------------
 local stream_mt = { __name = "FILE*" }
 stream_mt.__index = stream_mt
 local is_stream = setmetatable({}, { __mode = "k" })
+local stream_name = setmetatable({}, { __mode = "k" })
+local dsetmetatable = debug.setmetatable
 
 local function new_stream(name)
-  local s = setmetatable({ name = name }, stream_mt)
+  local s = real_io[name]
+  if NATIVE then return s end
+  dsetmetatable(s, stream_mt)
   is_stream[s] = true
+  stream_name[s] = name
   return s
 end
 stream_mt.__tostring = function(self)
-  return sformat("file (%s)", self.name)
+  return sformat("file (%p)", self)
 end
 
 local stdin, stdout, stderr = new_stream("stdin"), new_stream("stdout"), new_stream("stderr")
@@ -364,7 +511,7 @@ M.stdin, M.stdout, M.stderr = stdin, stdout, stderr
 
 function stream_mt.write(self, ...)
   if self == stdin then return nil, "Bad file descriptor", 9 end
-  local r = write_values(self.name, self, 2, ...)   -- not a tail call: errors count levels
+  local r = write_values(stream_name[self], self, 2, ...)   -- not a tail call: errors count levels
   return r
 end
 function stream_mt.flush(self)
@@ -460,14 +607,14 @@ local function read_formats(base, first, ...)
       v = read_chars(floor(f))
     else
       if type(f) ~= "string" then
-        argerror(base + i - 1, "string expected, got " .. typename(f, true), "io.read")
+        argerror(base + i - 1, "string expected, got " .. typename(f, true), global_name(base, "read"))
       end
       local c = smatch(f, "^%*?(.)")
       if c == "n" then v = read_number()
       elseif c == "l" then v = read_line(false)
       elseif c == "L" then v = read_line(true)
       elseif c == "a" then v = read_all()
-      else argerror(base + i - 1, "invalid format", "io.read")
+      else argerror(base + i - 1, "invalid format", global_name(base, "read"))
       end
     end
     results[i] = v
@@ -534,15 +681,6 @@ end
 -- The io library, rerouted through the current default input and output.
 local cur_in, cur_out = stdin, stdout
 
-io.stdin, io.stdout, io.stderr = stdin, stdout, stderr
-
-function io.write(...)
-  if cur_out == stdout then
-    local r = write_values("stdout", stdout, 1, ...)  -- not a tail call: errors count levels
-    return r
-  end
-  return cur_out:write(...)
-end
 -- A C function's errors name the caller of our wrapper, as they would
 -- have named the caller of the original.
 local function as_library(ok, ...)
@@ -550,48 +688,68 @@ local function as_library(ok, ...)
   return ...
 end
 
-function io.read(...)
-  if cur_in == stdin then
-    local r = pack(read_formats(1, ...))  -- not a tail call: errors count levels
-    return unpack(r, 1, r.n)
-  end
-  return as_library(pcall(cur_in.read, cur_in, ...))
-end
-function io.output(file)
-  if file == nil then return cur_out end
+-- what io.output/io.input switch to: a name is opened, a file taken as it is
+local function default_file(file, mode, global)
   if type(file) == "string" or type(file) == "number" then
-    cur_out = open_checked(tostring(file), "w")
-  else
-    if not (is_stream[file] or real_io.type(file)) then
-      argerror(1, "FILE* expected, got " .. typename(file, true), "io.output")
-    end
-    cur_out = file
+    return open_checked(tostring(file), mode)
   end
-  return cur_out
-end
-function io.input(file)
-  if file == nil then return cur_in end
-  if type(file) == "string" or type(file) == "number" then
-    cur_in = open_checked(tostring(file), "r")
-  else
-    if not (is_stream[file] or real_io.type(file)) then
-      argerror(1, "FILE* expected, got " .. typename(file, true), "io.input")
-    end
-    cur_in = file
+  if not (is_stream[file] or real_io.type(file)) then
+    argerror(1, "FILE* expected, got " .. typename(file, true), global)
   end
-  return cur_in
+  return file
 end
-function io.lines(filename, ...)
-  if filename == nil then return cur_in:lines(...) end
-  return as_library(pcall(real_io.lines, filename, ...))
+
+-- io.output(name) and io.input(name) open the file through io.open, so that
+-- persistence knows its path (the C functions would fopen it unseen); the
+-- C functions then make it the default. Everything else is Lua's own.
+if NATIVE then
+  function io.output(file)
+    if file ~= nil then file = default_file(file, "w", "io.output") end
+    return as_library(pcall(real_io.output, file))
+  end
+  function io.input(file)
+    if file ~= nil then file = default_file(file, "r", "io.input") end
+    return as_library(pcall(real_io.input, file))
+  end
 end
-function io.close(file)
-  if file == nil then file = cur_out end
-  return file:close()
-end
-function io.type(obj)
-  if is_stream[obj] then return "file" end
-  return real_io.type(obj)
+
+if not NATIVE then
+  io.stdin, io.stdout, io.stderr = stdin, stdout, stderr
+
+  function io.write(...)
+    if cur_out == stdout then
+      local r = write_values("stdout", stdout, 1, ...)  -- not a tail call: errors count levels
+      return r
+    end
+    return cur_out:write(...)
+  end
+  function io.read(...)
+    if cur_in == stdin then
+      local r = pack(read_formats(1, ...))  -- not a tail call: errors count levels
+      return unpack(r, 1, r.n)
+    end
+    return as_library(pcall(cur_in.read, cur_in, ...))
+  end
+  function io.output(file)
+    if file ~= nil then cur_out = default_file(file, "w", "io.output") end
+    return cur_out
+  end
+  function io.input(file)
+    if file ~= nil then cur_in = default_file(file, "r", "io.input") end
+    return cur_in
+  end
+  function io.lines(filename, ...)
+    if filename == nil then return cur_in:lines(...) end
+    return as_library(pcall(real_io.lines, filename, ...))
+  end
+  function io.close(file)
+    if file == nil then file = cur_out end
+    return file:close()
+  end
+  function io.type(obj)
+    if is_stream[obj] then return "file" end
+    return real_io.type(obj)
+  end
 end
 
 ---------------------------------------------------------------------------
