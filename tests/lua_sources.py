@@ -1,8 +1,10 @@
-"""Lua 5.4.8's sources and official test suite (testes/), from lupa's sdist.
+"""Lua 5.4.8's and Lua 5.5.1's sources and official test suites (testes/),
+from lupa's sdist.
 
-Found in $LUA_KERNEL_LUA_SOURCES, else in the user's cache
-(~/.cache/lua_kernel/lupa-2.8/third-party/lua54), else fetched there once
-with `pip download --no-binary :all: lupa==2.8` (CI reaches PyPI).
+Found in $LUA_KERNEL_LUA_SOURCES (5.4) or $LUA_KERNEL_LUA55_SOURCES (5.5),
+else in the user's cache (~/.cache/lua_kernel/lupa-2.8/third-party/lua54 or
+lua55), else fetched there once with `pip download --no-binary :all:
+lupa==2.8` (CI reaches PyPI).
 """
 from __future__ import annotations
 
@@ -21,12 +23,12 @@ def _cache() -> Path:
     return Path(base) / "lua_kernel"
 
 
-def lua54_dir() -> Path:
-    """The folder holding lvm.c, lopcodes.h, ... and testes/."""
-    env = os.environ.get("LUA_KERNEL_LUA_SOURCES")
+def _lua_dir(folder: str, env_var: str) -> Path:
+    """The folder lupa's sdist has for one Lua (third-party/<folder>)."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
-    found = _cache() / "lupa-2.8" / "third-party" / "lua54"
+    found = _cache() / "lupa-2.8" / "third-party" / folder
     if (found / "testes").is_dir():
         return found
     _cache().mkdir(parents=True, exist_ok=True)
@@ -37,8 +39,19 @@ def lua54_dir() -> Path:
         (archive,) = Path(tmp).glob("lupa-*.tar.gz")
         with tarfile.open(archive) as tar:
             members = [m for m in tar.getmembers()
-                       if "/third-party/lua54/" in m.name or m.name.endswith("/third-party/lua54")]
+                       if f"/third-party/{folder}/" in m.name
+                       or m.name.endswith(f"/third-party/{folder}")]
             tar.extractall(_cache(), members=members, filter="data")
     if not (found / "testes").is_dir():
         raise RuntimeError(f"lupa's sdist did not contain {found}")
     return found
+
+
+def lua54_dir() -> Path:
+    """The folder holding Lua 5.4's lvm.c, lopcodes.h, ... and testes/."""
+    return _lua_dir("lua54", "LUA_KERNEL_LUA_SOURCES")
+
+
+def lua55_dir() -> Path:
+    """The folder holding Lua 5.5's lvm.c, lopcodes.h, ... and testes/."""
+    return _lua_dir("lua55", "LUA_KERNEL_LUA55_SOURCES")

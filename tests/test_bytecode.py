@@ -1,15 +1,20 @@
-"""persist/lua/bytecode.lua: Lua 5.4 binary chunks as tables and back."""
+"""persist/lua/bytecode.lua: Lua 5.4 and 5.5 binary chunks as tables and back.
+
+Most tests run once per version (the `lua` fixture is a state of each);
+where the formats differ, the expectations are given per version."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from lupa import lua54
 
-from lua_kernel.runtime import load_lua, new_runtime
-from lua_sources import lua54_dir as lua54_sources
+from lua_kernel.runtime import load_lua, module_of, new_runtime
+from lua_sources import lua54_dir, lua55_dir
 
-LUA54 = lua54_sources()   # fetched once through pip when not cached
+VERSIONS = ["5.4", "5.5"]
+# Lua's sources and testes, fetched once through pip when not cached
+SOURCES = {"5.4": lua54_dir(), "5.5": lua55_dir()}
 
 # Lua helpers shared by the tests: `same(a, b)` compares two protos (or any
 # values) recursively, floats by their bits, integers and floats as different;
@@ -58,9 +63,11 @@ return H
 """
 
 
-@pytest.fixture(scope="module")
-def lua():
-    rt = new_runtime()
+@pytest.fixture(scope="module", params=VERSIONS)
+def lua(request):
+    """A state of each Lua version with bytecode.lua loaded (as B, its
+    default: the state's own version) and the helpers (as H)."""
+    rt = new_runtime(0, request.param)
     B = load_lua(rt, "persist/lua/bytecode.lua")
     g = rt.globals()
     g.B = B
@@ -68,23 +75,32 @@ def lua():
     return rt
 
 
+def only(version):
+    """For a test of one version's format only."""
+    return pytest.mark.parametrize("lua", [version], indirect=True)
+
+
+def version(lua) -> str:
+    return {0x54: "5.4", 0x55: "5.5"}[lua.eval("B.VERSION")]
+
+
+@pytest.fixture(scope="module")
+def sources(lua) -> Path:
+    return SOURCES[version(lua)]
+
+
 def run(lua, code: str, *args):
     return lua.execute(code, *args)
 
 
 def lua_error(lua, code: str, *args) -> str:
-    with pytest.raises(lua54.LuaError) as e:
+    with pytest.raises(module_of(lua).LuaError) as e:
         lua.execute(code, *args)
     return str(e.value)
 
 
-@pytest.fixture(scope="module")
-def lua54_dir() -> Path:
-    return LUA54
-
-
-def official_files() -> list[str]:
-    return sorted(p.name for p in (LUA54 / "testes").glob("*.lua"))
+def official_files(v: str) -> list[str]:
+    return sorted(p.name for p in (SOURCES[v] / "testes").glob("*.lua"))
 
 
 # Functions covering every constant type, nesting, varargs, upvalue kinds,
@@ -169,16 +185,33 @@ def as_list(r):
 
 # -------------------------------------------------------------- opcodes ---
 
-def test_opcode_names_follow_lopnames_h(lua, lua54_dir):
-    text = (lua54_dir / "lopnames.h").read_text()
+# The number of opcodes; the names of decode's results, in order.
+NUM_OPCODES = {"5.4": 83, "5.5": 85}
+FIELDS = {"5.4": ["op", "a", "b", "c", "k", "bx", "sbx", "ax", "sj"],
+          "5.5": ["op", "a", "b", "c", "k", "bx", "sbx", "ax", "sj", "vb", "vc"]}
+
+
+def test_opcode_names_follow_lopnames_h(lua, sources):
+    text = (sources / "lopnames.h").read_text()
     body = text[text.index("opnames[] = {"):text.index("NULL")]
     names = [line.strip().strip('",') for line in body.splitlines()[1:] if line.strip()]
-    assert len(names) == 83
+    count = NUM_OPCODES[version(lua)]
+    assert len(names) == count
     for n, name in enumerate(names):
         assert lua.eval(f"B.OP[{name!r}]") == n
         assert lua.eval(f"B.OPNAMES[{n}]") == name
-    assert lua.eval("B.OP.MOVE") == 0 and lua.eval("B.OP.EXTRAARG") == 82
-    assert lua.eval("B.OPNAMES[83]") is None
+    assert lua.eval("B.OP.MOVE") == 0 and lua.eval("B.OP.EXTRAARG") == count - 1
+    assert lua.eval(f"B.OPNAMES[{count}]") is None
+
+
+def test_opcode_modes_follow_lopcodes_c(lua, sources):
+    # lines like ` ,opmode(0, 0, 0, 0, 1, iABx)\t\t/* OP_LOADK */`
+    text = (sources / "lopcodes.c").read_text()
+    modes = {name: mode for mode, name in
+             re.findall(r"opmode\([^)]*,\s*(\w+)\)\s*/\* OP_(\w+)", text)}
+    assert len(modes) == NUM_OPCODES[version(lua)]
+    for name, mode in modes.items():
+        assert lua.eval(f"B.OPMODES[B.OP[{name!r}]]") == mode, name
 
 
 def test_decode_add_gives_op_and_registers(lua):
@@ -206,13 +239,14 @@ def test_decode_signed_fields(lua):
 
 def test_decode_fields_cover_whole_instruction(lua):
     r = run(lua, "return B.decode(0xFFFFFFFF)")
+    vabc = {"5.4": (), "5.5": (0x3F, 0x3FF)}[version(lua)]   # vB 6 bits, vC 10
     assert r == (0x7F, 0xFF, 0xFF, 0xFF, 1, 0x1FFFF, 0x1FFFF - 65535,
-                 0x1FFFFFF, 0x1FFFFFF - (2**24 - 1))
+                 0x1FFFFFF, 0x1FFFFFF - (2**24 - 1)) + vabc
 
 
 def test_fields_are_decode_by_name(lua):
     r = run(lua, """
-        local names = {"op", "a", "b", "c", "k", "bx", "sbx", "ax", "sj"}
+        local names = ...
         for _, i in ipairs({0, 0xFFFFFFFF, 0x12345678, 0x80008001}) do
           local by_position, by_name, n = {B.decode(i)}, B.fields(i), 0
           for j, name in ipairs(names) do
@@ -220,9 +254,30 @@ def test_fields_are_decode_by_name(lua):
           end
           for _ in pairs(by_name) do n = n + 1 end
           if n ~= #names then return "extra fields" end
+          if select("#", B.decode(i)) ~= #names then return "more results" end
         end
-        return 'same'""")
+        return 'same'""", lua.table_from(FIELDS[version(lua)]))
     assert r == "same"
+
+
+def test_table_constructor_sizes_are_named_by_the_instruction_layout(lua):
+    # NEWTABLE: log2(hash size) + 1 and the array size; SETLIST: the number
+    # of items. In 5.4 they are B and C (8 bits each); in 5.5 NEWTABLE and
+    # SETLIST are ivABC, vB (6 bits) and vC (10 bits).
+    b, c = {"5.4": ("b", "c"), "5.5": ("vb", "vc")}[version(lua)]
+    r = run(lua, f"""
+        local p = B.read(string.dump(function() return {{1, 2, 3, x = 1, y = 2}} end))
+        local out = {{}}
+        for pc = 1, #p.code do
+          local f = B.fields(p.code[pc])
+          local name = B.OPNAMES[f.op]
+          if name == "NEWTABLE" or name == "SETLIST" then
+            out[#out + 1] = name .. " " .. B.OPMODES[f.op] .. " " .. f.{b} .. " " .. f.{c}
+          end
+        end
+        return table.concat(out, ", ")""")
+    mode = {"5.4": "iABC", "5.5": "ivABC"}[version(lua)]
+    assert r == f"NEWTABLE {mode} 2 3, SETLIST {mode} 3 0"
 
 
 # ------------------------------------------------------- header errors ---
@@ -246,17 +301,41 @@ def test_wrong_version_byte_is_rejected(lua):
     assert msg.startswith("bytecode: version mismatch")
 
 
-@pytest.mark.parametrize("offset,byte,expect", [
-    (0, 0x1A, "not a binary chunk"),      # signature
-    (5, 1, "format mismatch"),            # format
-    (7, 0x00, "corrupted chunk"),         # LUAC_DATA
-    (12, 8, "Instruction size mismatch"),
-    (13, 4, "lua_Integer size mismatch"),
-    (14, 4, "lua_Number size mismatch"),
-    (15, 0x79, "integer format mismatch"),
-    (30, 0x41, "float format mismatch"),
-    (31, 9, "header says 9 upvalues"),
-])
+# offset (0-based), a byte put there, the error's start: every field of each
+# version's header (lundump.h's LUAC_*; 5.5 has a size and a value for each
+# of int, Instruction, lua_Integer and lua_Number)
+HEADER_CASES = {
+    "5.4": [
+        (0, 0x1A, "not a binary chunk"),      # signature
+        (5, 1, "format mismatch"),            # format
+        (7, 0x00, "corrupted chunk"),         # LUAC_DATA
+        (12, 8, "Instruction size mismatch"),
+        (13, 4, "lua_Integer size mismatch"),
+        (14, 4, "lua_Number size mismatch"),
+        (15, 0x79, "integer format mismatch"),
+        (30, 0x41, "float format mismatch"),
+        (31, 9, "header says 9 upvalues"),
+    ],
+    "5.5": [
+        (0, 0x1A, "not a binary chunk"),
+        (4, 0x54, "version mismatch"),
+        (5, 1, "format mismatch"),
+        (7, 0x00, "corrupted chunk"),
+        (12, 8, "int size mismatch"),
+        (13, 0x79, "int format mismatch"),          # -0x5678
+        (17, 8, "Instruction size mismatch"),
+        (18, 0x79, "instruction format mismatch"),  # 0x12345678
+        (22, 4, "lua_Integer size mismatch"),
+        (23, 0x79, "integer format mismatch"),      # -0x5678
+        (31, 4, "lua_Number size mismatch"),
+        (39, 0x41, "float format mismatch"),        # -370.5
+        (40, 9, "header says 9 upvalues"),
+    ],
+}
+
+
+@pytest.mark.parametrize("lua,offset,byte,expect", [
+    (v, *case) for v, cases in HEADER_CASES.items() for case in cases], indirect=["lua"])
 def test_corrupted_header_fields_are_rejected(lua, offset, byte, expect):
     msg = lua_error(lua, """
         local d = string.dump(function() return 1 end)
@@ -273,25 +352,39 @@ def test_garbage_is_rejected(lua):
     assert lua_error(lua, "return B.read(42)").startswith("bytecode: expected a string")
 
 
+# The string constant "abc" in a dump: tag 4 (short string), size + 1 and
+# the bytes (5.5: and a NUL).
+ABC = {"5.4": r"\4\x84abc", "5.5": r"\4\4abc\0"}
+
+
 def test_bad_constant_tag_is_rejected(lua):
-    # function() return "abc" end: find the constant's tag byte (4, then
-    # size 0x84, "abc") and replace the tag.
-    msg = lua_error(lua, r"""
+    # function() return "abc" end: find the constant's tag byte and replace it.
+    msg = lua_error(lua, rf"""
         local d = string.dump(function() return "abc" end, true)
-        local at = d:find("\4\x84abc", 1, true)
+        local at = d:find("{ABC[version(lua)]}", 1, true)
         return B.read(d:sub(1, at - 1) .. "\9" .. d:sub(at + 1))""")
     assert msg.startswith("bytecode: bad constant tag 9"), msg
 
 
+# In a stripped dump of `function() end`, the main function's code count
+# follows the header and 5 one-byte fields (5.4: header 32 bytes and
+# nupvalues, source NULL, linedefined, lastlinedefined, numparams,
+# is_vararg, maxstacksize; 5.5: header 40 bytes and nupvalues, linedefined,
+# lastlinedefined, numparams, flag, maxstacksize); then a count of 2^28 - 1
+# and a varint of 6 bytes in each version's varint encoding.
+CODE_COUNT = {
+    "5.4": (38, r"\x7f\x7f\x7f\xff", r"\x7f\x7f\x7f\x7f\x7f\xff"),
+    "5.5": (46, r"\xff\xff\xff\x7f", r"\xff\xff\xff\xff\xff\x7f"),
+}
+
+
 def test_huge_counts_and_overflowing_varints_are_rejected(lua):
-    # The main function's code count follows source/linedefined/... in a
-    # stripped dump: header (32 bytes), source NULL (0x80), linedefined,
-    # lastlinedefined (0x80 each), numparams, is_vararg, maxstacksize.
-    msgs = run(lua, r"""
+    at, huge, overflowing = CODE_COUNT[version(lua)]
+    msgs = run(lua, rf"""
         local d = string.dump(function() end, true)
-        local head, rest = d:sub(1, 38), d:sub(40)  -- drop the code count
-        local _, m1 = pcall(B.read, head .. "\x7f\x7f\x7f\xff" .. rest)
-        local _, m2 = pcall(B.read, head .. "\x7f\x7f\x7f\x7f\x7f\xff" .. rest)
+        local head, rest = d:sub(1, {at}), d:sub({at + 2})  -- drop the code count
+        local _, m1 = pcall(B.read, head .. "{huge}" .. rest)
+        local _, m2 = pcall(B.read, head .. "{overflowing}" .. rest)
         local _, m3 = pcall(B.read, d .. "\0")
         return m1, m2, m3""")
     assert msgs[0].startswith("bytecode: truncated chunk"), msgs[0]
@@ -403,22 +496,34 @@ def test_long_strings_and_nul_bytes_survive(lua):
     assert r == (True, True, 54, None)
 
 
+# The kind of an upvalue (lparser.h) of a regular local, a <const> and a
+# <close>: 5.4 numbers them VDKREG 0, RDKCONST 1, RDKTOCLOSE 2; 5.5 has
+# RDKVAVAR 2 (a vararg parameter) before RDKTOCLOSE 3.
+KINDS = {"5.4": {"reg": 0, "konst": 1, "tbc": 2}, "5.5": {"reg": 0, "konst": 1, "tbc": 3}}
+
+
 def test_upvalue_descriptions_cover_every_kind(lua):
     r = run(lua, """
         local p = B.read(string.dump(...))
-        local kinds, instack, notinstack, names = {}, false, false, {}
+        local kinds, instack, notinstack = {}, false, false
         H.walk(p, function(q)
           for _, u in ipairs(q.upvalues) do
-            kinds[u.kind] = true
+            kinds[u.name] = u.kind
             if u.instack then instack = true else notinstack = true end
-            names[#names + 1] = u.name
           end
         end)
-        return kinds[0], kinds[1], kinds[2], instack, notinstack, table.concat(names, ",")""",
+        return instack, notinstack, kinds""",
         sample(lua, "upvalue_kinds"))
-    assert r[:5] == (True, True, True, True, True)
-    assert "tbc" in r[5] and "konst" in r[5] and "reg" in r[5]
-    assert "ctc" not in r[5]  # a compile-time constant is folded, not captured
+    assert r[:2] == (True, True)
+    kinds = dict(r[2].items())
+    assert {name: kinds.get(name) for name in KINDS[version(lua)]} == KINDS[version(lua)]
+    assert "ctc" not in kinds  # a compile-time constant is folded, not captured
+
+
+# A child's source and the main function's flag: 5.4 writes a child's
+# source as NULL (the parent's) and has no flag; 5.5 gives every function
+# its own source and a main function has hidden varargs (PF_VAHID).
+SHAPE = {"5.4": (True, None), "5.5": (None, 1)}
 
 
 def test_proto_fields_have_the_documented_shape(lua):
@@ -429,12 +534,13 @@ def test_proto_fields_have_the_documented_shape(lua):
                p.maxstacksize > 0, #p.code, p.nupvalues_main, #p.upvalues,
                c.source, c.source_was_null, c.nupvalues_main, #c.lineinfo == #c.code,
                p.locvars[1].name, p.locvars[1].startpc, p.locvars[1].endpc > 0,
-               p.source_was_null""",
+               p.source_was_null, p.flag""",
         lua.eval('load("local x = 1\\nreturn function(a, b, ...) return x end", "=src")'))
     assert r[0] == "=src" and r[1] == 0 and r[2] == 0 and r[3] == 0 and r[4] is True
     assert r[5] and r[6] > 0 and r[7] == 1 and r[8] == 1
-    assert r[9] == "=src" and r[10] is True and r[11] is None and r[12]
+    assert r[9] == "=src" and r[11] is None and r[12]
     assert r[13] == "x" and r[14] >= 0 and r[15] and r[16] is None
+    assert (r[10], r[17]) == SHAPE[version(lua)]
 
 
 # ---------------------------------------------------- children as chunks ---
@@ -540,7 +646,7 @@ def test_line_of_call_instructions_gives_call_site_lines(lua):
           if B.decode(p.code[pc]) == B.OP.CALL then calls[#calls + 1] = B.line_of(p, pc) end
         end
         return table.concat(calls, ",")""", src)
-    # Lua 5.4 gives a call the line where its function expression starts
+    # Lua 5.4 and 5.5 give a call the line where its function expression starts
     assert r == "3,10"
     seen = run(lua, """
         local f = load(...)()
@@ -588,11 +694,116 @@ def test_line_of_matches_line_hook_for_every_instruction(lua):
     assert r[0] > 400 and r[1] is None and r[2] is None and r[3] is None
 
 
+# ------------------------------------------------- versions and formats ---
+
+def test_for_version_gives_each_format_and_defaults_to_the_states_lua(lua):
+    r = run(lua, """
+        local ok, err = pcall(B.for_version, 53)
+        return B.VERSION, _VERSION, B.for_version("5.4").VERSION, B.for_version(55).VERSION,
+               B.for_version("Lua 5.5") == B.for_version(0x55), B == B.for_version(_VERSION),
+               B.for_version(54).for_version == B.for_version, ok, err""")
+    assert r[:2] in [(0x54, "Lua 5.4"), (0x55, "Lua 5.5")]
+    assert r[2:8] == (0x54, 0x55, True, True, True, False)
+    assert r[8].startswith("bytecode: no format for Lua version 53")
+
+
+def test_either_lua_reads_and_writes_both_formats():
+    # The module does not need the chunk's Lua: a 5.4 state rewrites 5.5
+    # chunks byte for byte, and the other way round.
+    states = {v: new_runtime(0, v) for v in VERSIONS}
+    mods = {v: load_lua(rt, "persist/lua/bytecode.lua") for v, rt in states.items()}
+    dumps = {v: [rt.execute(f"return string.dump(load(...), {strip})", SAMPLES[name])
+                 for name in sorted(SAMPLES) for strip in ("false", "true")]
+             for v, rt in states.items()}
+    for host, rt in states.items():
+        for v, chunks in dumps.items():
+            for n, d in enumerate(chunks):
+                same = rt.execute("""
+                    local B, d, strip = ...
+                    return B.write(B.read(d), strip) == d""",
+                    mods[host].for_version(v), d, n % 2 == 1)
+                assert same, (host, v, n)
+
+
+# How often a string used by two functions is written: 5.5 writes each
+# distinct string once per chunk and refers to it by index after that.
+TIMES_WRITTEN = {"5.4": 2, "5.5": 1}
+
+
+def test_strings_are_saved_once_per_chunk_in_5_5(lua):
+    r = run(lua, """
+        local s = "a string both functions use as a constant"
+        local d = string.dump(load(("local x = %q return function() return %q end"):format(s, s),
+                                   "=chunk"))
+        local _, times = d:gsub(s, "")
+        local p = B.read(d)
+        return times, p.k[1] == s and p.p[1].k[1] == s, B.write(p) == d""")
+    assert r == (TIMES_WRITTEN[version(lua)], True, True)
+
+
+@only("5.5")
+@pytest.mark.parametrize("corrupt,expect", [
+    # the child's "abcd" refers to the main function's (saved string 1)
+    (r'(d:gsub("\4\0\1", "\4\0\9"))', "invalid string index 9"),
+    # the NUL after a string
+    (r'(d:gsub("abcd\0", "abcdX", 1))', "string constant without its NUL"),
+    # the padding before the main function's code (at byte 47, 0-based)
+    (r'd:sub(1, 47) .. "\1" .. d:sub(49)', "non-zero padding before instructions"),
+])
+def test_malformed_5_5_strings_and_padding_are_rejected(lua, corrupt, expect):
+    msg = lua_error(lua, f"""
+        local d = string.dump(function() return "abcd", function() return "abcd" end end, true)
+        assert(d:byte(48) == 0)
+        return B.read({corrupt})""")
+    assert msg.startswith("bytecode: " + expect), msg
+
+
+@only("5.5")
+def test_vararg_flags_say_hidden_arguments_or_a_table(lua):
+    # PF_VAHID (1): varargs kept below the frame; PF_VATAB (2): a named
+    # vararg parameter used as a table (#t, or captured: upvalue kind
+    # RDKVAVAR 2); t[i] alone stays hidden (GETVARG).
+    r = run(lua, """
+        local p = B.read(string.dump(load([[
+          local function none(a) return a end
+          local function hidden(...) return select("#", ...) end
+          local function tab(...t) return #t end
+          local function captured(...t) return function() return t.n end end
+          local function indexed(...t) return t[2] end
+          return none, hidden, tab, captured, indexed]])))
+        local out = {}
+        for i, c in ipairs(p.p) do out[i] = c.flag .. (c.is_vararg and "v" or "-") end
+        local up = p.p[4].p[1].upvalues[1]
+        local ops = {}
+        for pc = 1, #p.p[5].code do ops[pc] = B.OPNAMES[B.decode(p.p[5].code[pc])] end
+        -- without `flag`, write takes is_vararg as PF_VAHID
+        local q = p.p[5]
+        q.flag = nil
+        local g = load(B.write(q), "=g", "b")
+        return table.concat(out, " "), up.name .. " " .. up.kind, table.concat(ops, " "),
+               B.read(B.write(q)).flag, g(10, 20, 30)""")
+    assert r == ("0- 1v 2v 2v 1v", "t 2", "VARARGPREP LOADI GETVARG RETURN RETURN", 1, 20)
+
+
+@only("5.5")
+def test_global_declarations_compile_to_errnnil(lua):
+    # `global x = v` checks that x is still nil: ERRNNIL A Bx, Bx - 1 the
+    # constant of the name.
+    r = run(lua, """
+        local p = B.read(string.dump(load("global x = 1")))
+        for pc = 1, #p.code do
+          local f = B.fields(p.code[pc])
+          if f.op == B.OP.ERRNNIL then return B.OPMODES[f.op], p.k[f.bx] end
+        end""")
+    assert r == ("iABx", "x")
+
+
 # ----------------------------------------------------- official testes ---
 
-@pytest.mark.parametrize("filename", official_files())
-def test_official_test_files_round_trip(lua, lua54_dir, filename):
-    paths = sorted((lua54_dir / "testes").glob(filename))
+@pytest.mark.parametrize("lua,filename", [
+    (v, name) for v in VERSIONS for name in official_files(v)], indirect=["lua"])
+def test_official_test_files_round_trip(lua, sources, filename):
+    paths = sorted((sources / "testes").glob(filename))
     assert paths, filename
     for path in paths:
         r = run(lua, """
@@ -624,8 +835,9 @@ def test_official_test_files_round_trip(lua, lua54_dir, filename):
         assert r.startswith("ok "), (path.name, r)
 
 
-def test_module_writes_no_globals():
-    rt = new_runtime()
+@pytest.mark.parametrize("runtime", VERSIONS)
+def test_module_writes_no_globals(runtime):
+    rt = new_runtime(0, runtime)
     before = rt.execute("local n = {} for k in pairs(_G) do n[#n + 1] = k end table.sort(n) return table.concat(n, ' ')")
     B = load_lua(rt, "persist/lua/bytecode.lua")
     rt.execute("local B = ... B.write(B.read(string.dump(function(...) return ... end)))", B)
