@@ -37,7 +37,7 @@ import time
 from lua_kernel import Session
 from lua_kernel.persist import new_session
 from lua_kernel.persist import state
-from lua_kernel.session import seal
+from lua_kernel.persist import seal
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_snapshot import median_time

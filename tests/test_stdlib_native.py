@@ -19,6 +19,7 @@ import pytest
 from lupa import lua54
 
 import test_conformance as conformance
+from lua_kernel import persist
 from lua_kernel.session import LuaError, Session
 from lua_sources import lua54_dir
 
@@ -213,10 +214,10 @@ def test_no_kernel_file_names_in_error_messages():
 def test_a_file_opened_by_io_output_is_restored_open(tmp_path):
     """io.output(name) opens through the tracked io.open (persistence)."""
     path = str(tmp_path / "o.txt").replace("\\", "/")
-    s = Session(stdout=lambda t: None)
+    s = persist.new_session(stdout=lambda t: None)
     s.execute(f"g = io.output('{path}') io.output(io.stdout)")
-    restored = Session.restore(s.snapshot(), stdout=lambda t: None)
-    assert restored.restore_issues == []
+    restored, issues, _ = persist.restore(persist.snapshot_of(s).data, stdout=lambda t: None)
+    assert issues == []
     restored.execute("g:write('x') g:close()")
     assert (tmp_path / "o.txt").read_text() == "x"
 
