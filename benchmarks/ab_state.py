@@ -23,8 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_snapshot import DATASETS
 
-from lua_kernel import Session
 from lua_kernel.persist import state
+
+try:        # a saveable session: persist.new_session since issue 9, Session before
+    from lua_kernel.persist import new_session as Session
+except ImportError:
+    from lua_kernel import Session
 
 DATA = dict(DATASETS)
 DATA["1,000 coroutines suspended 10 deep"] = """
