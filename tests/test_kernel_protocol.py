@@ -61,5 +61,16 @@ class Lua55KernelProtocolTests(LuaKernelProtocolTests):
     kernel_name = "lua55"
 
 
+class LuaJITKernelProtocolTests(LuaKernelProtocolTests):
+    """The same samples against the LuaJIT kernel; LuaJIT is Lua 5.1, which
+    has no integer division."""
+
+    kernel_name = "luajit"
+    code_execute_result = [
+        {"code": "math.floor(10 / 3), 10 / 4", "result": "3\t2.5"}
+        if "//" in sample["code"] else sample
+        for sample in LuaKernelProtocolTests.code_execute_result]
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -21,6 +21,11 @@ pytestmark = pytest.mark.kernel     # the kernel tests below; the Session ones a
 # runtime key -> kernelspec name
 KERNELS = {r.key: r.kernel_name for r in RUNTIMES.values()}
 SESSION_RUNTIMES = ["5.4", "5.5"]
+# what each kernel says it is: (language_info version prefix, banner prefix)
+ABOUT = {"lua55": ("5.5", "Lua 5.5"), "luajit": ("2.1", "LuaJIT 2.1")}
+# LuaJIT compiles hot loops into traces, where no hook runs: its interpreted
+# loops are made with jit.off() (the compiled case has its own test)
+INTERPRETED = {"lua55": "", "luajit": "jit.off() "}
 
 
 @pytest.fixture(params=SESSION_RUNTIMES)
@@ -105,7 +110,7 @@ def test_a_snapshot_of_another_runtime_is_refused_naming_both(runtime):
 
 # -- kernels ------------------------------------------------------------------------
 
-@pytest.fixture(params=["5.5"])
+@pytest.fixture(params=["5.5", "luajit"])
 def kernel_name(request):
     return KERNELS[request.param]
 
@@ -113,8 +118,9 @@ def kernel_name(request):
 def test_kernel_runs_cells_reads_input_and_shows_errors(kernel_name):
     with running_kernel(kernel_name=kernel_name) as (km, kc):
         info = kc.kernel_info(reply=True)["content"]
-        assert info["language_info"]["version"].startswith("5.5")
-        assert info["banner"].startswith("Lua 5.5")
+        version, banner = ABOUT[kernel_name]
+        assert info["language_info"]["version"].startswith(version)
+        assert info["banner"].startswith(banner)
         reply, msgs = execute(kc, "local s = io.read() return #s, s:upper()", stdin=["hey"])
         assert [m["content"]["data"]["text/plain"] for m in msgs
                 if m["msg_type"] == "execute_result"] == ['3\t"HEY"']
@@ -129,6 +135,7 @@ def test_kernel_runs_cells_reads_input_and_shows_errors(kernel_name):
 def test_kernel_interrupt_stops_a_loop_within_a_second(kernel_name):
     with running_kernel(kernel_name=kernel_name) as (km, kc):
         for code in ("while true do end", "coroutine.wrap(function() while true do end end)()"):
+            code = INTERPRETED[kernel_name] + code
             timer = threading.Timer(0.3, km.interrupt_kernel)
             t0 = time.monotonic()
             timer.start()
@@ -138,7 +145,8 @@ def test_kernel_interrupt_stops_a_loop_within_a_second(kernel_name):
             assert value(kc, "1 + 1") == "2"
 
 
-def test_kernel_state_comes_back_after_shutdown_and_after_sigkill(kernel_name):
+def test_kernel_state_comes_back_after_shutdown_and_after_sigkill():
+    kernel_name = "lua55"
     notebook = f"runtimes/{uuid.uuid4().hex[:8]}/{kernel_name}.ipynb"
     with running_kernel(kernel_name=kernel_name, JPY_SESSION_NAME=notebook) as (km, kc):
         execute(kc, STATE)
@@ -169,3 +177,37 @@ def test_a_suspended_coroutine_outside_lua_54_is_refused_by_path_saying_why():
                   "not yet in Lua 5.5")]
     back, issues, _ = persist.restore(data, runtime="5.5")
     assert back.execute("return kept, co") == (1, None)
+
+
+def test_a_luajit_kernel_says_it_does_not_save_yet():
+    notebook = f"runtimes/{uuid.uuid4().hex[:8]}/luajit.ipynb"
+    with running_kernel(kernel_name="luajit", JPY_SESSION_NAME=notebook) as (km, kc):
+        _, msgs = execute(kc, "x = 1")
+        assert "This kernel does not save the notebook's Lua state: snapshots are not " \
+               "available in LuaJIT yet" in stdout_of(msgs)
+        _, msgs = execute(kc, "%save")
+        assert "not available in LuaJIT yet" in str(msgs)
+
+
+def test_a_compiled_luajit_loop_ends_the_kernel_at_the_second_interrupt():
+    """LuaJIT runs a hot loop as a compiled trace, where hooks never run: the
+    first interrupt cannot land; after the grace period the next one ends
+    the kernel (exit 70), saying so in the cell's output."""
+    with running_kernel(kernel_name="luajit", LUA_KERNEL_INTERRUPT_GRACE="1") as (km, kc):
+        msg_id = kc.execute("local i = 0 while true do i = i + 1 end")
+        time.sleep(0.5)
+        km.interrupt_kernel()
+        time.sleep(1.5)
+        assert km.is_alive()                                 # the first one did not land
+        km.interrupt_kernel()
+        km.provisioner.process.wait(15)
+        assert km.provisioner.process.returncode == 70
+        said = ""
+        while True:
+            try:
+                msg = kc.get_iopub_msg(timeout=1)
+            except Exception:  # noqa: BLE001 - queue.Empty: nothing more
+                break
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                said += msg["content"]["text"]
+        assert "ending this kernel" in said

@@ -15,17 +15,39 @@ local M = {}
 
 -- Originals, captured before any user code can replace the globals.
 local _G = _G
-local type, tostring, select, error, rawequal = type, tostring, select, error, rawequal
+local type, tostring, tonumber, select, error, rawequal = type, tostring, tonumber, select, error, rawequal
 local setmetatable, getmetatable, load, xpcall = setmetatable, getmetatable, load, xpcall
-local pack, unpack, concat = table.pack, table.unpack, table.concat
+local concat = table.concat
+-- LuaJIT is Lua 5.1: no table.pack/unpack, math.type or math.tointeger, and
+-- its numbers are doubles (an integral one prints as an integer does)
+local pack = table.pack or function(...) return { n = select("#", ...), ... } end
+local unpack = table.unpack or unpack
 local sfind, ssub, sformat, smatch = string.find, string.sub, string.format, string.match
 local sgsub, sgmatch = string.gsub, string.gmatch
 local clock = os.clock
 local sethook, gethook, getinfo, traceback = debug.sethook, debug.gethook, debug.getinfo, debug.traceback
 local getupvalue, dgetmetatable = debug.getupvalue, debug.getmetatable
-local tointeger, mtype, floor, max = math.tointeger, math.type, math.floor, math.max
+local floor, max = math.floor, math.max
+local mtype = math.type or function(x)
+  if type(x) ~= "number" then return nil end
+  return x == floor(x) and x > -2 ^ 53 and x < 2 ^ 53 and "integer" or "float"
+end
+local tointeger = math.tointeger or function(x)
+  x = tonumber(x)
+  return x and mtype(x) == "integer" and x or nil
+end
 local cocreate, cowrap, corunning = coroutine.create, coroutine.wrap, coroutine.running
 local coyield = coroutine.yield
+-- LuaJIT gives no handle on the main thread (coroutine.running() is nil
+-- there) and keeps one hook for the whole VM. MAIN stands for the main
+-- thread in the kernel's records; sethook_on() turns it back into "no
+-- thread argument" for the debug library (in Lua 5.4 MAIN is the thread).
+local MAIN = corunning() or setmetatable({}, { __name = "main thread" })
+local function running() return corunning() or MAIN end
+local function sethook_on(co, ...)
+  if type(co) ~= "thread" then return sethook(...) end
+  return sethook(co, ...)
+end
 M.is_name = host.is_name     -- lua/names.lua: for the serializer's paths
 
 ---------------------------------------------------------------------------
@@ -113,7 +135,7 @@ local function hook()
   if not interrupting then
     -- A tail-flush tick: disarm first, then look at the flag, so an interrupt
     -- armed concurrently is never lost (Python sets the flag, then arms).
-    rehook(corunning())
+    rehook(running())
     if not host.interrupted() then
       flush()
       return
@@ -179,9 +201,9 @@ end
 rehook = function(co)
   local u = user_hooks[co]
   if u then
-    sethook(co, u[1], u[2], u[3])
+    sethook_on(co, u[1], u[2], u[3])
   else
-    sethook(co, hook, "", 0)
+    sethook_on(co, hook, "", 0)
   end
 end
 
@@ -197,7 +219,7 @@ end
 function debug.sethook(...)
   local co, f, mask, count
   if type((...)) == "thread" then co, f, mask, count = ... else
-    co = corunning()
+    co = running()
     f, mask, count = ...
   end
   -- the original's argument checks and messages, at the caller's position
@@ -229,9 +251,9 @@ function debug.sethook(...)
 end
 
 function debug.gethook(co)
-  local u = user_hooks[co or corunning()]
+  local u = user_hooks[co or running()]
   if u then return u[4], u[2], u[3] end
-  if co ~= nil then return gethook(co) end
+  if type(co) == "thread" then return gethook(co) end
   return gethook()
 end
 
@@ -242,7 +264,7 @@ end
 local function rehook_users()
   for co in pairs(user_hooks) do rehook(co) end
 end
-local main_thread = corunning()
+local main_thread = MAIN
 
 -- An error raised by a hook runs the active message handler with hooks off
 -- (ldo.c), so a user's xpcall handler that loops could never be interrupted
