@@ -28,7 +28,7 @@ from functools import lru_cache
 from importlib import resources
 
 
-from .runtime import KEYWORDS, is_python_object, load_lua, lua_type, to_bytes
+from .runtime import KEYWORDS, get_runtime, is_python_object, load_lua, lua_type, to_bytes
 
 
 SOURCE_LINES_BRIEF = 40     # detail_level 0 shows at most this many source lines
@@ -36,11 +36,33 @@ TABLE_KEYS_BRIEF = 50       # detail_level 0 lists at most this many table keys
 TABLE_KEYS_FULL = 1000      # detail_level 1
 
 
-@lru_cache(maxsize=1)
-def stdlib_docs() -> dict:
-    """lua_kernel/data/stdlib.json: {"string.format": {"signature", "doc"}, ...}."""
-    text = resources.files("lua_kernel").joinpath("data", "stdlib.json").read_text("utf-8")
-    return json.loads(text)
+# Each runtime's docs are stdlib.json (Lua 5.4) with that runtime's overlay
+# laid over it: an overlay entry adds or replaces a name's docs, and null
+# removes a name the runtime lacks (so it is never documented there).
+OVERLAYS = {"5.4": None, "5.5": "stdlib-5.5.json", "luajit": "stdlib-luajit.json"}
+
+
+def _read_json(name: str) -> dict:
+    return json.loads(resources.files("lua_kernel").joinpath("data", name).read_text("utf-8"))
+
+
+@lru_cache(maxsize=None)
+def _docs_for(key: str) -> dict:
+    docs = _read_json("stdlib.json")
+    overlay = OVERLAYS[key]
+    for name, entry in (_read_json(overlay) if overlay else {}).items():
+        if entry is None:
+            docs.pop(name, None)
+        else:
+            docs[name] = entry
+    return docs
+
+
+def stdlib_docs(runtime=None) -> dict:
+    """Our docs for a runtime's standard library (Lua 5.4 by default):
+    {"string.format": {"signature", "doc"}, ...}, from lua_kernel/data/
+    stdlib.json and the runtime's overlay (OVERLAYS)."""
+    return _docs_for(get_runtime(runtime).key)
 
 
 def _lua(session):
@@ -492,9 +514,9 @@ def _doc_text(entry: dict) -> str:
     return entry["signature"] + "\n\n" + entry["doc"]
 
 
-def _stdlib_key(L, chain: Chain, value) -> str | None:
-    """The stdlib.json entry documenting `value`, reached through `chain`."""
-    docs = stdlib_docs()
+def _stdlib_key(L, docs: dict, chain: Chain, value) -> str | None:
+    """The entry of `docs` (the runtime's stdlib docs) documenting `value`,
+    reached through `chain`."""
     kind = _lua_type(value)
     if kind in ("function", "table", "userdata"):
         name = L.builtin_name(value)
@@ -595,9 +617,10 @@ def describe(session, chain: Chain, value, detail_level: int = 0) -> str:
     if kind == "python" or is_python_object(value):
         return _describe_python(chain, value)
     limit = TABLE_KEYS_FULL if detail_level >= 1 else TABLE_KEYS_BRIEF
-    key = _stdlib_key(L, chain, value)
+    docs = stdlib_docs(session.runtime)
+    key = _stdlib_key(L, docs, chain, value)
     if key is not None:
-        parts = [_doc_text(stdlib_docs()[key])]
+        parts = [_doc_text(docs[key])]
         if kind in ("number", "string", "boolean"):
             parts.append(f"{chain.text} = {session.text(value)}")
         elif kind == "table" and "." not in key and ":" not in key:

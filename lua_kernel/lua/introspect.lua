@@ -68,7 +68,13 @@ local function index_value(v, name)
   end
 end
 
-local LIBS = { "coroutine", "debug", "io", "math", "os", "package", "string", "table", "utf8" }
+-- The library tables a runtime may have as globals (LuaJIT adds bit and jit),
+-- and the modules LuaJIT has only through require (or as fields: jit.opt),
+-- named as they are required; those are indexed once package.loaded has them.
+local LIBS = { "coroutine", "debug", "io", "math", "os", "package", "string", "table", "utf8",
+               "bit", "jit" }
+local MODULES = { "ffi", "jit.opt", "jit.profile", "jit.util", "string.buffer",
+                  "table.clear", "table.new" }
 
 local function index_methods(mt)
   if type(mt) ~= "table" then return end
@@ -114,9 +120,36 @@ do
   end
 end
 
+local indexed = {}   -- MODULES already indexed
+
+local function index_modules()
+  local pkg = rawget(env, "package")
+  local loaded = type(pkg) == "table" and rawget(pkg, "loaded")
+  if type(loaded) ~= "table" then return end
+  for i = 1, #MODULES do
+    local name = MODULES[i]
+    local m = not indexed[name] and rawget(loaded, name)
+    if m then
+      indexed[name] = true
+      if type(m) == "table" then
+        if builtin[m] == nil then builtin[m] = name end
+        local k, v = next(m)
+        while k ~= nil do
+          if type(k) == "string" then index_value(v, name .. "." .. k) end
+          k, v = next(m, k)
+        end
+      else
+        index_value(m, name)
+      end
+    end
+  end
+end
+index_modules()
+
 function M.builtin_name(v)
   local tv = type(v)
   if tv == "function" or tv == "table" or tv == "userdata" then
+    if builtin[v] == nil then index_modules() end    -- a module required since
     return builtin[v]
   end
   return nil
