@@ -246,6 +246,27 @@ def test_inspect_survives_session_reset():
     assert matches(s, "pri") == ["print"]
 
 
+def test_inspect_uses_the_luajit_docs():
+    s = Session(runtime="luajit")
+    assert text_of(inspect(s, "bit.band", 8)).startswith("bit.band(x1 [, x2, ...]) -> number")
+    assert text_of(inspect(s, "jit.opt.start", 13)).startswith("jit.opt.start(")
+    assert text_of(inspect(s, "unpack", 6)).startswith("unpack(list")
+    assert '"Lua 5.1"' in text_of(inspect(s, "_VERSION", 8))
+    assert not inspect(s, "utf8.char", 9)["found"]          # LuaJIT has no utf8
+    # ffi and table.new are reached with require, documented under those names
+    s.execute('ffi = require("ffi")\ntnew = require("table.new")')
+    assert text_of(inspect(s, "ffi.new", 7)).startswith("ffi.new(ct")
+    assert text_of(inspect(s, "tnew", 4)).startswith("table.new(narray, nhash)")
+
+
+def test_inspect_uses_the_lua55_docs():
+    s = Session(runtime="5.5")
+    assert text_of(inspect(s, "table.create", 12)).startswith("table.create(nseq [, nrec])")
+    assert '"Lua 5.5"' in text_of(inspect(s, "_VERSION", 8))
+    assert '"param"' in text_of(inspect(s, "collectgarbage", 14))
+    assert not inspect(s, "debug.setcstacklimit", 20)["found"]
+
+
 # -- is_complete ------------------------------------------------------------
 
 def test_is_complete_complete(session):
