@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_snapshot import DATASETS
 
-from lua_kernel import Session
+from lua_kernel import persist
 from lua_kernel.persist import state
 
 DATA = dict(DATASETS)
@@ -44,7 +44,7 @@ def main() -> None:
     for name, code in DATA.items():
         if args.only not in name:
             continue
-        s = Session()
+        s = persist.new_session()
         s.execute(code)
         caps, apps = [], []
         for _ in range(args.reps):
@@ -53,7 +53,7 @@ def main() -> None:
             body, issues, _ = state.capture(s)
             caps.append(time.process_time() - t)
             assert not issues, issues[:2]
-            fresh = Session()
+            fresh = persist.new_session()
             gc.collect()
             t = time.process_time()
             state.apply(fresh, body)
