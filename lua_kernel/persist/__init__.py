@@ -33,8 +33,10 @@ __all__ = ["new_session", "capture", "seal", "snapshot_of", "restore", "Saved", 
 
 
 # Why a runtime's state cannot be saved (yet); absent: it can.
-UNSUPPORTED = {"luajit": "snapshots are not available in LuaJIT yet (the serializer needs "
-                         "Lua 5.3's integers and string.pack)"}
+# (The serializer runs on LuaJIT; the kernel's lua/session.lua does not yet,
+# and a restore needs a session to restore into.)
+UNSUPPORTED = {"luajit": "snapshots are not available in LuaJIT yet (the kernel's Lua side, "
+                         "which a snapshot is restored into, does not run on LuaJIT yet)"}
 
 
 def new_session(**kwargs) -> Session:
