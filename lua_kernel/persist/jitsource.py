@@ -191,7 +191,9 @@ class _Rewriter:
     def source(self, a: int, b: int) -> str:
         return "".join(t[1] for t in self.toks[a:b + 1])
 
-    def one(self, op_at: int, op: str) -> None:
+    def one(self, op_at: int, op: str) -> int:
+        """Rewrites the operator at op_at with its operands; returns where
+        the result is (no operator of this pass is before it)."""
         a, b = self.left(op_at, op), self.right(op_at, op)
         lhs = self.source(a, self.sig(op_at, -1))
         rstart = self.sig(op_at, 1)
@@ -209,15 +211,14 @@ class _Rewriter:
         else:
             out = f"({lhs} + {rhs})"
         self.toks[a:b + 1] = [["atom", out]]
+        return a
 
     def run(self) -> str:
         for ops in PASSES:
             i = 0
             while i < len(self.toks):
                 if self.kind(i) == "op" and self.text(i) in ops:
-                    self.one(i, self.text(i))
-                    i = 0
-                    continue
+                    i = self.one(i, self.text(i))
                 i += 1
         for i, (k, t) in enumerate(self.toks):
             if k == "op" and t == "~":

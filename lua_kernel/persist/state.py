@@ -1,7 +1,9 @@
 """A session's whole Lua state as bytes, and back into a fresh session.
 
 The serializer itself is Lua (`persist/lua/state.lua`, where the format is
-documented); this is its Python glue:
+documented), one file for every runtime with a small per-runtime codec
+(`persist/lua/codec53.lua`; in LuaJIT `codec_jit.lua`, and state.lua's
+integer operators rewritten by `jitsource.py`); this is its Python glue:
 
     Session(companions={COMPANION: attach})   # before any user code
     body, issues, counts = capture(session)
