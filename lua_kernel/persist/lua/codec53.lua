@@ -15,7 +15,8 @@
 --                    them; nil if truncated
 --   len(n), count(s) an 8-byte length or count; the one s starts with (nil
 --                    if s is shorter)
---   ints(A, i, j), floats(A, i, j)   A[i..j] as one chunk of a section
+--   ints(A, i, j), floats(A, i, j)   A[i..j] as one chunk of a section (one
+--                    or two strings, concatenated)
 --   read_ints(s, pos, k, A, i), read_floats(s, pos, k, A, i)
 --                    the chunk of k numbers at pos into A[i..]: the position
 --                    after it, or nil and "chunk" (bad width) or "truncated"
@@ -63,8 +64,8 @@ end
 function codec.ints(A, i, j)
   local k = j - i + 1
   local ok, s = pcall(spack, fmt("i4", k), unpack(A, i, j))
-  if ok then return "\4" .. s end
-  return "\8" .. spack(fmt("j", k), unpack(A, i, j))
+  if ok then return "\4", s end
+  return "\8", spack(fmt("j", k), unpack(A, i, j))
 end
 
 function codec.floats(A, i, j) return spack(fmt("d", j - i + 1), unpack(A, i, j)) end

@@ -83,9 +83,9 @@ end
 function codec.ints(A, i, j)
   for x = i, j do
     local v = A[x]
-    if v < -2147483648 or v > 2147483647 then return "\8" .. copied(F64, 8, A, i, j) end
+    if v < -2147483648 or v > 2147483647 then return "\8", copied(F64, 8, A, i, j) end
   end
-  return "\4" .. copied(I32, 4, A, i, j)
+  return "\4", copied(I32, 4, A, i, j)
 end
 
 function codec.floats(A, i, j) return copied(F64, 8, A, i, j) end

@@ -347,10 +347,12 @@ do
   local CHUNK, len, count = CODEC.CHUNK, CODEC.len, CODEC.count
 
   function STREAM.pack(A, n, chunk)
-    local out = { len(n) }
+    local out, no = { len(n) }, 1
     for i = 1, n, CHUNK do
       local j = i + CHUNK - 1
-      out[#out + 1] = chunk(A, i, j > n and n or j)
+      local a, b = chunk(A, i, j > n and n or j)    -- one or two strings: not copied to join
+      out[no + 1], out[no + 2] = a, b
+      no = no + (b and 2 or 1)
     end
     return concat(out)
   end
