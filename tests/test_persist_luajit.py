@@ -161,6 +161,7 @@ def test_the_rewrite_keeps_lines_and_refuses_what_it_cannot_read():
         .endswith("return (c % 8), __lk_floor(c / 8), __lk_floor(W.O[p.q] / 8), "
                   "(__lk_floor(a / 2)) % 4, __lk_floor(#s / 8)\nend)(...)")
     for bad in ("return a + b >> 3", "return a >> b", "return c & 6", "return -a // 8",
-                "return a * b // 8", "return a ~ b", "return a >> 3 + 1"):
+                "return a * b // 8", "return a ~ b", "return a >> 3 + 1",
+                "return not a & 1", "return f'x' >> 1", "return a >> (3)"):
         with pytest.raises(jitsource.JitSourceError):
             jitsource.rewrite(bad)

@@ -132,6 +132,8 @@ class _Rewriter:
         if self.text(before) == "#":
             start, before = before, self.sig(before, -1)
         t = self.text(before)
+        if t == "not":
+            self.fail(op_at, f"the left operand of {op} is longer than the rewrite reads")
         if self.kind(before) == "op" and (t in _TIGHTER[op] or t in _SAME.get(op, ())
                                           or t == "~" or t == "-" and not self.is_value_end(
                                               self.sig(before, -1))):
