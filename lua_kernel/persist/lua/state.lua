@@ -1635,7 +1635,6 @@ end
 --
 --   c8   MAGIC        the codec's: "LKSTATE\0" (Lua 5.3+), "LKSTATEj" (LuaJIT)
 --   I4   VERSION      format version of this body
--- (ints and floats are sections of numbers in the codec's bytes: see STREAM)
 --   s8   ints         the length of every string of the pool, in order
 --   s8   bytes        the strings of the pool, concatenated
 --   s8   ints    H    one header per object, in object order
@@ -1644,6 +1643,7 @@ end
 --   s8   floats  F    the floats of tag-4 codes and float runs, in reading order
 --   s8   ints    J    the big integers of extension 0, in reading order
 --   s8   ints    X    the roots and the Python record
+-- where ints and floats are sections of numbers in the codec's bytes (STREAM).
 ---------------------------------------------------------------------------
 local function put_body(W)
   local S, ns = W.S, W.ns
