@@ -32,10 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from .persist import UNSUPPORTED, Restored, capture, seal
+from .persist import Restored, capture, seal
 from .persist.snapshot import SnapshotError, info_of, load_secret
 from .persist.store import SUFFIX, Entry, Store
-from .runtime import get_runtime
 from .session import Session, format_bytes
 
 KEY_ENV = "JPY_SESSION_NAME"
@@ -97,9 +96,7 @@ class Persistence:
         `runtime` is the kernel's Lua (lua_kernel.runtime), named in every
         snapshot."""
         self.runtime = runtime
-        # a runtime whose state cannot be saved yet: snapshots are off, and %session says why
-        self.unsupported = UNSUPPORTED.get(get_runtime(runtime).key)
-        self.store = None if Store.disabled() or self.unsupported else (store or Store())
+        self.store = None if Store.disabled() else (store or Store())
         self.key = key if key is not None else os.environ.get(KEY_ENV) or None
         self.autosave = os.environ.get(AUTOSAVE_ENV, "1").strip().lower() not in (
             "0", "off", "no", "false")
@@ -358,8 +355,6 @@ class Persistence:
             time.sleep(0.005)
 
     def why_inactive(self) -> str:
-        if self.unsupported:
-            return self.unsupported
         if self.store is None:
             return "snapshots are off for this kernel"
         return ("this notebook has no session key yet: name one with %session NAME "
@@ -436,8 +431,6 @@ class Persistence:
 
     def at_start(self, make: Callable[[bytes], Restored]) -> Session | None:
         """What a new kernel does first: restore, unless it was restarted."""
-        if self.unsupported and self.key:
-            self.notice = f"This kernel does not save the notebook's Lua state: {self.unsupported}."
         if not self.active:
             return None
         self.open()

@@ -33,17 +33,13 @@ __all__ = ["new_session", "capture", "seal", "snapshot_of", "restore", "Saved", 
 
 
 # Why a runtime's state cannot be saved (yet); absent: it can.
-UNSUPPORTED = {"luajit": "snapshots are not available in LuaJIT yet (the serializer needs "
-                         "Lua 5.3's integers and string.pack)"}
-
-
+# (The serializer runs on LuaJIT; the kernel's lua/session.lua does not yet,
+# and a restore needs a session to restore into.)
 def new_session(**kwargs) -> Session:
     """A Session whose state can be saved (keyword arguments as for
-    Session()): the serializer attaches to every fresh Lua state it starts.
-    In a runtime listed in UNSUPPORTED it is a plain Session."""
+    Session()): the serializer attaches to every fresh Lua state it starts."""
     companions = dict(kwargs.pop("companions", None) or {})
-    if get_runtime(kwargs.get("runtime")).key not in UNSUPPORTED:
-        companions[state.COMPANION] = state.attach
+    companions[state.COMPANION] = state.attach
     return Session(companions=companions, **kwargs)
 
 

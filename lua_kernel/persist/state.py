@@ -1,7 +1,9 @@
 """A session's whole Lua state as bytes, and back into a fresh session.
 
 The serializer itself is Lua (`persist/lua/state.lua`, where the format is
-documented); this is its Python glue:
+documented), one file for every runtime with a small per-runtime codec
+(`persist/lua/codec53.lua`; in LuaJIT `codec_jit.lua`, and state.lua's
+integer operators rewritten by `jitsource.py`); this is its Python glue:
 
     Session(companions={COMPANION: attach})   # before any user code
     body, issues, counts = capture(session)
@@ -30,10 +32,13 @@ import time
 from dataclasses import dataclass
 
 from .. import native
-from ..runtime import load_lua, module_of, to_bytes
-from . import framepeek, pyobjects
+from ..runtime import get_runtime, load_lua, lua_source, module_of, to_bytes
+from . import framepeek, jitsource, pyobjects
 
 LUA_FILE = "persist/lua/state.lua"
+# the number streams, by runtime (see the header of codec53.lua)
+CODEC_FILES = {"luajit": "persist/lua/codec_jit.lua"}
+CODEC_FILE = "persist/lua/codec53.lua"
 FRAMES_FILE = "persist/lua/frames.lua"
 COMPANION = "persist.state"     # the serializer, as a Session companion
 
@@ -59,10 +64,9 @@ def attach(session):
     lua = session.lua
     lua_side = session.lua_side
     tracked = load_lua(lua, "persist/lua/track.lua", lua_side, os.path.abspath)
-    module = load_lua(lua, LUA_FILE, lua_side, tracked)
+    module = load_serializer(lua, session.runtime, lua_side, tracked)
     if session.runtime.key != "5.4":      # the frame readers know Lua 5.4 only, so far
-        module.use_frames(None, None, f"its call stack can be saved in Lua 5.4 only, "
-                                      f"not yet in {session.runtime.display_name}")
+        module.use_frames(None, None, no_frames_reason(session.runtime))
         return module
     bytecode = load_lua(lua, "persist/lua/bytecode.lua")
     finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)
@@ -72,6 +76,36 @@ def attach(session):
     module.use_frames(frames, _saved_pcs_many(session))
     frames.use_readers(_reader(framepeek.tbc_slots), _reader(framepeek.ci_states))
     return module
+
+
+def load_serializer(lua, runtime, kernel, tracked):
+    """state.lua in `lua` (a state of `runtime`), with the kernel's module
+    and track.lua's tables; its module. In LuaJIT the source goes through
+    jitsource.rewrite (its integer operators as arithmetic) and gets
+    codec_jit.lua, elsewhere codec53.lua."""
+    runtime = get_runtime(runtime)
+    codec = load_lua(lua, CODEC_FILES.get(runtime.key, CODEC_FILE))
+    source = lua_source(LUA_FILE)
+    if runtime.is_luajit:
+        source = jitsource.rewrite(source)
+    return _compile(lua, LUA_FILE, source)(kernel, tracked, codec)
+
+
+def _compile(lua, name, source):
+    try:
+        return lua.compile(source, name="=lua_kernel/" + name, mode="t")
+    except module_of(lua).LuaSyntaxError as e:
+        raise RuntimeError(f"cannot load lua_kernel/{name}: {e}") from None
+
+
+def no_frames_reason(runtime) -> str:
+    """Why a coroutine suspended with a call stack cannot be saved in this
+    runtime."""
+    runtime = get_runtime(runtime)
+    if runtime.is_luajit:
+        return ("its call stack cannot be saved in LuaJIT: its frames are out of reach "
+                "from outside the VM")
+    return f"its call stack can be saved in Lua 5.4 only, not yet in {runtime.display_name}"
 
 
 def _never_raise(failure):
@@ -141,7 +175,8 @@ def capture(session) -> tuple[bytes, list[Issue], dict]:
     except module_of(lua).LuaError as e:
         raise RuntimeError(f"cannot serialize the Lua state: {e}") from None
     try:
-        body = _copy_out(addr, size, head, tail)
+        # LuaJIT's strings are not laid out as _copy_out reads them
+        body = None if session.runtime.is_luajit else _copy_out(addr, size, head, tail)
         if body is None:
             body = to_bytes(module.take())
     finally:

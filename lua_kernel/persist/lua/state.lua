@@ -3,7 +3,10 @@
 -- Loaded once per Lua state by lua_kernel/persist/state.py, right after the
 -- kernel's own files and before any user code runs, with `kernel`, the module
 -- table of lua/session.lua (is_name, INTERRUPTED, hook), and `tracked`, what
--- persist/lua/track.lua records (thread_fn, wrapped, files). Returns M:
+-- persist/lua/track.lua records (thread_fn, wrapped, files), and the
+-- runtime's codec (persist/lua/codec53.lua; in LuaJIT codec_jit.lua, with
+-- this file's integer operators rewritten by persist/jitsource.py, since
+-- LuaJIT is Lua 5.1: one source for every runtime). Returns M:
 --   M.capture(pickle_many)     -> address, size, head, tail, issues, counts
 --                                 (the body stays in M.kept; M.take() gives it,
 --                                 M.release() drops it; see state.py)
@@ -54,7 +57,7 @@
 -- "Restore").
 ---------------------------------------------------------------------------
 
-local kernel, tracked = ...
+local kernel, tracked, CODEC = ...
 
 local M = {}
 
@@ -79,7 +82,7 @@ function M.use_frames(cf, pcs_many, why_not)
   CF, saved_pcs_many, NO_FRAMES = cf, pcs_many, why_not
 end
 
-local MAGIC, VERSION = "LKSTATE\0", 3
+local VERSION = 3
 -- versions 1 (no suspended stacks) and 2 (no coroutines dead by an error) are read too
 local READABLE = { [1] = true, [2] = true, [VERSION] = true }
 
@@ -88,11 +91,10 @@ local type, next, pairs, ipairs, select, error, pcall = type, next, pairs, ipair
 local rawget, rawset, rawequal = rawget, rawset, rawequal
 local tostring, load = tostring, load
 local collectgarbage = collectgarbage
-local mtype = math.type
 local spack, sunpack, sbyte, ssub, srep, sformat, sfind, smatch, sdump =
   string.pack, string.unpack, string.byte, string.sub, string.rep, string.format,
   string.find, string.match, string.dump
-local concat, unpack, tmove, tsort = table.concat, table.unpack, table.move, table.sort
+local concat, unpack, tmove, tsort = table.concat, table.unpack or unpack, table.move, table.sort
 local dgetmt, dsetmt, getupvalue, setupvalue, upvalueid, upvaluejoin, getinfo, setlocal =
   debug.getmetatable, debug.setmetatable, debug.getupvalue, debug.setupvalue,
   debug.upvalueid, debug.upvaluejoin, debug.getinfo, debug.setlocal
@@ -112,7 +114,8 @@ local G = _G                 -- the globals table, whatever `_G` is made to mean
 --   tag 1  false
 --   tag 2  true
 --   tag 3  integer; payload = the integer itself (only when -2^60 <= v < 2^60,
---          so that payload * 8 cannot overflow)
+--          so that payload * 8 cannot overflow; in LuaJIT an "integer" is
+--          what its codec's mtype says: an integral double below 2^50)
 --   tag 4  float; the value is the next one of the float stream F (floats are
 --          kept as 8 bytes, bit for bit: -0.0, inf, NaN with its payload)
 --   tag 5  string; payload = its number in the string pool
@@ -176,9 +179,15 @@ local ERR = {
   contents = "contents do not match the objects",
   open_upvalue = "bad open upvalue record",
   failed_record = "a coroutine dead by an error without its record",
+  codec = "a Lua state body of another runtime's codec (magic %q; this one reads %q)",
+  too_big = "a table too big to save here (%d array entries, %d others)",
 }
 
-local CHUNK = 4096
+-- CODEC, the runtime's part of the format (persist/lua/codec53.lua or
+-- codec_jit.lua, as state.py chose): which numbers are "integer" (mtype),
+-- the split of a table's header word, the numbers' bytes; its magic opens
+-- the body.
+local mtype, HSHIFT, HMOD, HMAX = CODEC.mtype, CODEC.HSHIFT, CODEC.HMOD, CODEC.HMAX
 
 -- The writers and readers of the kinds, filled in by each kind's section.
 local HEAD_OF = {}   -- Lua type -> head_<kind>(W, id, v): header of a new object
@@ -200,7 +209,7 @@ local FILE_MT = real_file and dgetmt(real_file)
 local fseek, fflush = FILE_MT.__index.seek, FILE_MT.__index.flush
 if real_file then real_file:close() end
 local STREAM_MT = dgetmt(io.stdout)
-local MAIN = coroutine.running()
+local MAIN = coroutine.running()      -- nil in LuaJIT, whose main thread is out of reach
 local POBJ_MT = type(python) == "table" and python.builtins ~= nil and dgetmt(python.builtins) or nil
 local LIGHT = upvalueid(function() return MAIN end, 1)     -- any light userdata
 
@@ -236,8 +245,8 @@ do
     { "<interrupted>", INTERRUPTED },
     { "<kernel hook>", KERNEL_HOOK },
     { "ipairs()", (ipairs({})) },
-    { "utf8.codes()", (utf8.codes("")) },
-    { "utf8.codes(lax)", (utf8.codes("", true)) },
+    { "utf8.codes()", utf8 and (utf8.codes("")) },            -- no utf8 in LuaJIT
+    { "utf8.codes(lax)", utf8 and (utf8.codes("", true)) },
   }
   if type(python) == "table" then
     local ok, empty = pcall(python.eval, "[]")
@@ -330,94 +339,42 @@ local function unprobe()
 end
 
 ---------------------------------------------------------------------------
+-- Sections of numbers: a count, then chunks of up to CODEC.CHUNK numbers,
+-- each in the codec's bytes (CODEC.ints, floats; read_ints, read_floats).
 ---------------------------------------------------------------------------
--- Streams of numbers.
----------------------------------------------------------------------------
-local FMT = { i4 = {}, j = {}, d = {} }
-local function fmt(kind, k)
-  local cache = FMT[kind]
-  local f = cache[k]
-  if not f then
-    f = "<" .. srep(kind, k)
-    cache[k] = f
-  end
-  return f
-end
+local STREAM = {}
+do
+  local CHUNK, len, count = CODEC.CHUNK, CODEC.len, CODEC.count
 
--- ints: count, then chunks (width byte 4 or 8, numbers)
-local function pack_ints(A, n)
-  local out, no = { spack("<j", n) }, 1
-  local i = 1
-  while i <= n do
-    local j = i + CHUNK - 1
-    if j > n then j = n end
-    local k = j - i + 1
-    local ok, s = pcall(spack, fmt("i4", k), unpack(A, i, j))
-    if ok then
-      out[no + 1], out[no + 2] = "\4", s
-    else
-      out[no + 1], out[no + 2] = "\8", spack(fmt("j", k), unpack(A, i, j))
+  function STREAM.pack(A, n, chunk)
+    local out, no = { len(n) }, 1
+    for i = 1, n, CHUNK do
+      local j = i + CHUNK - 1
+      local a, b = chunk(A, i, j > n and n or j)    -- one or two strings: not copied to join
+      out[no + 1], out[no + 2] = a, b
+      no = no + (b and 2 or 1)
     end
-    no = no + 2
-    i = j + 1
+    return concat(out)
   end
-  return concat(out)
-end
 
-local function unpack_ints(s, what)
-  if #s < 8 then error(sformat(ERR.truncated, what), 0) end
-  local n, pos = sunpack("<j", s)
-  if n < 0 or n > #s then error(sformat(ERR.count, what), 0) end
-  local A = {}
-  local i = 1
-  while i <= n do
-    local k = n - i + 1
-    if k > CHUNK then k = CHUNK end
-    local w = sbyte(s, pos)
-    local f
-    if w == 4 then f = fmt("i4", k) elseif w == 8 then f = fmt("j", k)
-    else error(sformat(ERR.chunk, what), 0) end
-    local chunk = { pcall(sunpack, f, s, pos + 1) }
-    if not chunk[1] then error(sformat(ERR.truncated, what), 0) end
-    pos = chunk[k + 2]
-    tmove(chunk, 2, k + 1, i, A)
-    i = i + k
+  -- A section's numbers and their count; `width`: the fewest bytes a number
+  -- takes (for the check of the count).
+  function STREAM.unpack(s, what, read, width)
+    local n = count(s)
+    if n == nil then error(sformat(ERR.truncated, what), 0) end
+    if n < 0 or n > #s // width then error(sformat(ERR.count, what), 0) end
+    local A, pos, i = {}, 9, 1
+    while i <= n do
+      local k = n - i + 1
+      if k > CHUNK then k = CHUNK end
+      local why
+      pos, why = read(s, pos, k, A, i)
+      if not pos then error(sformat(ERR[why], what), 0) end
+      i = i + k
+    end
+    if pos ~= #s + 1 then error(sformat(ERR.trailing_in, what), 0) end
+    return A, n
   end
-  if pos ~= #s + 1 then error(sformat(ERR.trailing_in, what), 0) end
-  return A, n
-end
-
--- floats: count, then chunks of doubles
-local function pack_floats(A, n)
-  local out, no = { spack("<j", n) }, 1
-  local i = 1
-  while i <= n do
-    local j = i + CHUNK - 1
-    if j > n then j = n end
-    no = no + 1
-    out[no] = spack(fmt("d", j - i + 1), unpack(A, i, j))
-    i = j + 1
-  end
-  return concat(out)
-end
-
-local function unpack_floats(s)
-  if #s < 8 then error(sformat(ERR.truncated, "floats"), 0) end
-  local n, pos = sunpack("<j", s)
-  if n < 0 or n > #s // 8 then error(sformat(ERR.count, "floats"), 0) end
-  local A = {}
-  local i = 1
-  while i <= n do
-    local k = n - i + 1
-    if k > CHUNK then k = CHUNK end
-    local chunk = { pcall(sunpack, fmt("d", k), s, pos) }
-    if not chunk[1] then error(sformat(ERR.truncated, "floats"), 0) end
-    pos = chunk[k + 2]
-    tmove(chunk, 2, k + 1, i, A)
-    i = i + k
-  end
-  if pos ~= #s + 1 then error(sformat(ERR.trailing_in, "floats"), 0) end
-  return A, n
 end
 
 ---------------------------------------------------------------------------
@@ -634,9 +591,10 @@ end
 ---------------------------------------------------------------------------
 -- TABLE
 --   H  1 TABLE                 a new, empty table
---   C  one word n << 33 | m << 1 | has_metatable; codes and runs for
---      t[1..n] (the keys 1, 2, 3, ... that `next` gives first, from the array
---      part: n < 2^30); m pairs key code, value code for the other entries;
+--   C  one word n * HSHIFT + m * 2 + has_metatable (the codec's split: in
+--      Lua 5.3+ n << 33 | m << 1 | has_metatable; n, m < HMAX); codes and
+--      runs for t[1..n] (the keys 1, 2, 3, ... that `next` gives first, from
+--      the array part); m pairs key code, value code for the other entries;
 --      the metatable code if it has one
 --
 -- The hot path: tables follow each other in the queue, so put_tables writes
@@ -773,11 +731,12 @@ local function put_tables(W, p)
       ::next_entry::
     end
     if run then C[rpos] = ext(RUN_SUB[run], rlen) end
+    if n >= HMAX or m >= HMAX then error(sformat(ERR.too_big, n, m), 0) end
     local mt = dgetmt(O[p])
     if mt == nil then
-      C[hpos] = n << 33 | m << 1
+      C[hpos] = n * HSHIFT + m * 2
     else
-      C[hpos] = n << 33 | m << 1 | 1
+      C[hpos] = n * HSHIFT + m * 2 + 1
       local c = seen[mt]
       if not c then
         c, ns, nf, nobj, nh = slow_code(W, mt, p, nil, E_META, ns, nf, nobj, nh)
@@ -813,7 +772,7 @@ local function get_tables(R, id)
     local t = O[id]
     local hdr = C[cp]
     cp = cp + 1
-    local n, m = hdr >> 33, (hdr >> 1) & 0xFFFFFFFF
+    local n, m = hdr // HSHIFT, (hdr >> 1) % HMOD
     local i = 1
     while i <= n do
       local c = C[cp]
@@ -902,6 +861,11 @@ end
 
 HEAD_OF.other = function(W, id, v)
   put_nil(W, id, "value of type " .. type(v) .. " cannot be saved")
+end
+
+HEAD_OF.cdata = function(W, id)     -- LuaJIT's FFI: ffi.new(...), 1LL
+  put_nil(W, id, "FFI cdata (ffi.new, 64-bit integers such as 1LL) has no counterpart "
+    .. "outside LuaJIT's FFI and is not saved")
 end
 
 MAKE[K_NIL] = function(R, id, hp)
@@ -1506,7 +1470,8 @@ end
 --   register, owner), where owner = closure * 256 + upvalue index, as for
 --   extension 1: the register of that frame record is that closure's upvalue.
 ---------------------------------------------------------------------------
-local ROOT_SAMPLES = { nil, true, 0, "", dgetmt, MAIN, LIGHT }   -- a value of each basic type
+-- a value of each basic type
+local ROOT_SAMPLES = { nil, true, 0, "", dgetmt, MAIN or kcreate(dgetmt), LIGHT }
 local ROOT_NAMES = { "<nil metatable>", "<boolean metatable>", "<number metatable>",
   "<string metatable>", "<function metatable>", "<thread metatable>",
   "<light userdata metatable>" }
@@ -1668,7 +1633,7 @@ end
 ---------------------------------------------------------------------------
 -- The body. Every section is s8: an 8-byte length, then the bytes.
 --
---   c8   "LKSTATE\0"  magic
+--   c8   MAGIC        the codec's: "LKSTATE\0" (Lua 5.3+), "LKSTATEj" (LuaJIT)
 --   I4   VERSION      format version of this body
 --   s8   ints         the length of every string of the pool, in order
 --   s8   bytes        the strings of the pool, concatenated
@@ -1678,6 +1643,7 @@ end
 --   s8   floats  F    the floats of tag-4 codes and float runs, in reading order
 --   s8   ints    J    the big integers of extension 0, in reading order
 --   s8   ints    X    the roots and the Python record
+-- where ints and floats are sections of numbers in the codec's bytes (STREAM).
 ---------------------------------------------------------------------------
 local function put_body(W)
   local S, ns = W.S, W.ns
@@ -1687,18 +1653,20 @@ local function put_body(W)
     lens[i] = l
     sbytes = sbytes + l
   end
-  local parts = { spack("<c8I4", MAGIC, VERSION) }
+  local len, pack, ints = CODEC.len, STREAM.pack, CODEC.ints
+  local function pack_ints(A, n) return pack(A, n, ints) end
+  local parts = { CODEC.head(VERSION) }
   local function section(s)
-    parts[#parts + 1] = spack("<j", #s)
+    parts[#parts + 1] = len(#s)
     parts[#parts + 1] = s
   end
   section(pack_ints(lens, ns))
-  parts[#parts + 1] = spack("<j", sbytes)
+  parts[#parts + 1] = len(sbytes)
   tmove(S, 1, ns, #parts + 1, parts)
   section(pack_ints(W.H, W.nh))
   section(pack_ints(W.T, W.nt))
   section(pack_ints(W.C, W.nc))
-  section(pack_floats(W.F, W.nf))
+  section(pack(W.F, W.nf, CODEC.floats))
   section(pack_ints(W.J, W.nj))
   section(pack_ints(W.X, W.nx))
   return concat(parts), sbytes
@@ -1707,10 +1675,13 @@ end
 -- Phase 1: the sections and the string pool, into a new reader state.
 local function get_body(body)
   if type(body) ~= "string" then bad(nil, ERR.not_string) end
-  if ssub(body, 1, 8) ~= MAGIC then bad(nil, ERR.magic) end
-  local ok, _, version, slens, sblob, sH, sT, sC, sF, sJ, sX, tail =
-    pcall(sunpack, "<c8I4s8s8s8s8s8s8s8s8", body)
-  if not ok then bad(nil, ERR.truncated_body) end
+  local magic = ssub(body, 1, 8)
+  if magic ~= CODEC.MAGIC then
+    if ssub(magic, 1, 7) == "LKSTATE" then bad(nil, ERR.codec, magic, CODEC.MAGIC) end
+    bad(nil, ERR.magic)
+  end
+  local version, slens, sblob, sH, sT, sC, sF, sJ, sX, tail = CODEC.split(body)
+  if not version then bad(nil, ERR.truncated_body) end
   if not READABLE[version] then bad(nil, ERR.version, version, VERSION) end
   if tail ~= #body + 1 then bad(nil, ERR.trailing) end
   local R = {
@@ -1720,6 +1691,8 @@ local function get_body(body)
     pending = {}, pend = {}, npend = 0, tcount = 0, claimed = {},
     failing = {}, nfailing = 0, adopted = {}, adopted_at = {}, mts = {}, nmts = 0,
   }
+  local unpack, read_ints = STREAM.unpack, CODEC.read_ints
+  local function unpack_ints(s, what) return unpack(s, what, read_ints, 1) end
   local lens, ns = unpack_ints(slens, "string lengths")
   local S, SAT = R.S, R.SAT
   local pos, nblob = 1, #sblob
@@ -1735,7 +1708,7 @@ local function get_body(body)
   R.H, R.nh = unpack_ints(sH, "headers")
   R.T = unpack_ints(sT, "threads")
   R.C, R.ncodes = unpack_ints(sC, "contents")
-  R.F, R.nfl = unpack_floats(sF)
+  R.F, R.nfl = unpack(sF, "floats", CODEC.read_floats, 8)
   R.J = unpack_ints(sJ, "big integers")
   R.X = unpack_ints(sX, "roots")
   return R
