@@ -1,5 +1,6 @@
-"""The tour notebook runs end to end on the installed kernel, with the outputs
-a Lua 5.4 user expects (conftest.py installs the kernelspec for the tests)."""
+"""The tour notebook runs end to end on the installed kernels `lua` and
+`lua55`, with the outputs a Lua user expects, and LuaJIT's short tour on
+`luajit` (conftest.py installs the kernelspecs for the tests)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,17 +11,22 @@ from nbclient import NotebookClient
 
 pytestmark = pytest.mark.kernel
 
-TOUR = Path(__file__).resolve().parent.parent / "notebooks" / "tour.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TOUR = NOTEBOOKS / "tour.ipynb"
 
 
-@pytest.fixture(scope="module")
-def tour():
-    nb = nbformat.read(TOUR, as_version=4)
+def run_clean(path: Path, kernel_name: str):
+    nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:            # run a clean copy: no saved outputs
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    NotebookClient(nb, kernel_name="lua", timeout=120).execute()
+    NotebookClient(nb, kernel_name=kernel_name, timeout=120).execute()
     return nb
+
+
+@pytest.fixture(scope="module", params=["lua", "lua55"])
+def tour(request):
+    return run_clean(TOUR, request.param)
 
 
 def cell_with(nb, marker: str):
@@ -167,3 +173,13 @@ def test_persistence_notebook_carries_on_in_a_second_kernel(monkeypatch):
     assert results(cell_with(part2, "inventory.self == inventory"))[0]["text/plain"] == \
         'true\t"Point(3, 4)"'
     assert "apples = 2" in results(cell_with(part2, "inventory.apples - 1"))[0]["text/plain"]
+
+
+def test_the_luajit_tour_runs_on_luajit():
+    nb = run_clean(NOTEBOOKS / "tour-luajit.ipynb", "luajit")
+    test_no_errors_and_every_cell_ran(nb)
+    assert results(cell_with(nb, "_VERSION, jit.version"))[0]["text/plain"].startswith(
+        '"Lua 5.1"\t"LuaJIT 2.1.')
+    assert results(cell_with(nb, "bit.band(0xF0"))[0]["text/plain"] == '48\t7\t1024\t"000000ff"'
+    assert stdout(cell_with(nb, "ffi.cdef")) == "5\t7.5\n"
+    assert stdout(cell_with(nb, "print(unpack(")) == "1\t2\t3\nnil\tnil\tnil\n"
