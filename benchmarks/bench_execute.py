@@ -143,6 +143,7 @@ class Kernel:
 # -- A. trivial cells -------------------------------------------------------------
 
 BASELINES = ("floor", "python3")
+OTHER_RUNTIMES = ("lua55", "luajit")     # --runtimes: their round trips beside lua's
 
 
 def extra_kernelspecs(folder: str) -> None:
@@ -176,7 +177,9 @@ def bench_roundtrip(kernels: list[Kernel], n: int) -> dict:
         stats = {k.name: summary(times[(k.name, c)]) for k in kernels}
         result[c] = {**stats, "ratio_median": {
             b: stats["lua"]["median"] / stats[b]["median"] for b in BASELINES},
-            "ratio_p90": {b: stats["lua"]["p90"] / stats[b]["p90"] for b in BASELINES}}
+            "ratio_p90": {b: stats["lua"]["p90"] / stats[b]["p90"] for b in BASELINES},
+            "runtimes": {k: stats[k]["median"] / stats["floor"]["median"]
+                         for k in OTHER_RUNTIMES if k in stats}}
     return result
 
 
@@ -326,6 +329,9 @@ def report(res: dict) -> None:
         rows.append((f"round trip `{cell}` p90 ms lua vs floor",
                      ms(r["lua"]["p90"]), ms(r["floor"]["p90"]),
                      f"{r['ratio_p90']['floor']:.2f}", "<= 1"))
+        for k, rk in r.get("runtimes", {}).items():
+            rows.append((f"round trip `{cell}` median ms {k} vs floor",
+                         ms(r[k]["median"]), ms(r["floor"]["median"]), f"{rk:.2f}", "<= 1"))
     h = res["heavy"]
     reps = len(h["times"]["bare"])
     rows.append((f"CPU-heavy cell, Session.execute vs bare lupa (median ms, n={reps})",
@@ -361,6 +367,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="50 round trips instead of 300")
     ap.add_argument("-n", type=int, help="round trips per kernel and cell")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the heavy cells")
+    ap.add_argument("--runtimes", action="store_true",
+                    help="also time the round trip of the lua55 and luajit kernels (part A)")
     ap.add_argument("--json", action="store_true",
                     help="print the results as JSON on stdout (the report goes to stderr)")
     args = ap.parse_args(argv)
@@ -379,6 +387,8 @@ def main(argv=None) -> int:
         lua = Kernel("lua")
         kernels.append(lua)
         others = [Kernel(name) for name in BASELINES]
+        if args.runtimes:
+            others += [Kernel(name) for name in OTHER_RUNTIMES]
         kernels += others
         log(f"A. round trips: {n} per kernel and cell, interleaved ...")
         res["roundtrip"] = bench_roundtrip(kernels, n)

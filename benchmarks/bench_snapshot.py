@@ -114,22 +114,39 @@ def median_time(fn, reps: int) -> float:
     return statistics.median(times)
 
 
-def bench_datasets(reps: int) -> list[dict]:
+# LuaJIT has no string.pack: the same kind of data (8 pseudo-random bytes
+# repeated) from string.char
+DATASETS_LUAJIT = {"ten 1 MB strings": """
+        data = {}
+        for i = 1, 10 do
+          local parts = {}
+          for j = 1, 1024 do
+            local x, b = i * j * 2654435761, {}
+            for k = 1, 8 do b[k] = string.char(x % 256) x = math.floor(x / 256) end
+            parts[j] = table.concat(b):rep(128)
+          end
+          data[i] = table.concat(parts)
+        end"""}
+
+
+def bench_datasets(reps: int, runtime: str = "5.4") -> list[dict]:
     from lua_kernel import persist
 
     rows = []
     for name, setup in DATASETS.items():
-        s = persist.new_session()
+        if runtime == "luajit":
+            setup = DATASETS_LUAJIT.get(name, setup)
+        s = persist.new_session(runtime=runtime)
         s.execute(setup + "\n" + DEEP_COPY, name="setup")
         copy = s.lua.eval("function() local c = deep_copy(data) return c ~= nil end")
         t_copy = median_time(copy, reps)
         t_capture = median_time(lambda s=s: persist.capture(s), reps)
         data = persist.snapshot_of(s).data
         t_snapshot = median_time(lambda s=s: persist.snapshot_of(s), reps)
-        t_restore = median_time(lambda data=data: persist.restore(data), reps)
-        r = persist.restore(data).session
+        t_restore = median_time(lambda data=data: persist.restore(data, runtime=runtime), reps)
+        r = persist.restore(data, runtime=runtime).session
         assert r.execute("#data")[0] == s.execute("#data")[0], name
-        rows.append({"data": name, "deep_copy": t_copy, "capture": t_capture,
+        rows.append({"data": name, "runtime": runtime, "deep_copy": t_copy, "capture": t_capture,
                      "snapshot": t_snapshot, "restore": t_restore, "size": len(data),
                      "lua_kb": s.execute("collectgarbage('count')")[0]})
     return rows
@@ -220,21 +237,26 @@ def main() -> int:
     ap.add_argument("--json", action="store_true", help="results as JSON on stdout")
     ap.add_argument("--autosave-only", action="store_true",
                     help="only the per-cell autosave part (real kernels)")
+    ap.add_argument("--runtimes", default="5.4",
+                    help="data sets in these runtimes, comma-separated (5.4,5.5,luajit)")
+    ap.add_argument("--datasets-only", action="store_true", help="skip the kernel part")
     args = ap.parse_args()
     reps, rounds = (3, 10) if args.quick else (5, 30)
     report = sys.stderr if args.json else sys.stdout
     t0 = time.perf_counter()
-    data_rows = [] if args.autosave_only else bench_datasets(reps)
-    autosave_rows = bench_autosave(rounds)
+    data_rows = [] if args.autosave_only else [
+        row for rt in args.runtimes.split(",") for row in bench_datasets(reps, rt.strip())]
+    autosave_rows = [] if args.datasets_only else bench_autosave(rounds)
     print(f"lua_kernel snapshots — {time.strftime('%Y-%m-%d')}, {machine()}", file=report)
-    print(f"{'data':<44} {'deep copy':>9} {'capture':>9} {'snapshot':>9} {'restore':>9} "
-          f"{'snap/copy':>9} {'rest/copy':>9} {'size':>10}", file=report)
+    print(f"{'data':<44} {'runtime':>7} {'deep copy':>9} {'capture':>9} {'snapshot':>9} "
+          f"{'restore':>9} {'snap/copy':>9} {'rest/copy':>9} {'size':>10}", file=report)
     for r in data_rows:
         # a deep copy shares strings (they are values): no baseline to speak of
         ratio = (lambda t, r=r: f"{t / r['deep_copy']:>9.2f}") if r["deep_copy"] > 1e-3 \
             else (lambda t: f"{'n/a':>9}")
-        print(f"{r['data']:<44} {r['deep_copy'] * 1e3:>7.1f}ms {r['capture'] * 1e3:>7.1f}ms "
-              f"{r['snapshot'] * 1e3:>7.1f}ms {r['restore'] * 1e3:>7.1f}ms "
+        print(f"{r['data']:<44} {r['runtime']:>7} {r['deep_copy'] * 1e3:>7.1f}ms "
+              f"{r['capture'] * 1e3:>7.1f}ms {r['snapshot'] * 1e3:>7.1f}ms "
+              f"{r['restore'] * 1e3:>7.1f}ms "
               f"{ratio(r['snapshot'])} {ratio(r['restore'])} "
               f"{r['size'] / 1e6:>8.2f}MB", file=report)
     print(f"\n{'autosave: trivial cells in quick succession':<44} {'on':>9} {'off':>9} "
