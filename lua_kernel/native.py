@@ -109,15 +109,19 @@ class MemoryReader:
         return struct.unpack("<QB", data) if data else None
 
 
-def long_string_bytes(addr: int, size: int) -> bytes | None:
+def long_string_bytes(addr: int, size: int, indirect: bool = False) -> bytes | None:
     """The bytes of the long Lua string object at addr (`%p` of the string),
-    if its header says it is one of `size` bytes; None otherwise. Callers
+    if its header says it is one of `size` bytes; None otherwise. Lua 5.4
+    keeps the bytes after the header; Lua 5.5 (`indirect`) keeps a pointer
+    to them there (TString.contents, for its external strings). Callers
     still check the contents against what Lua says."""
-    header = MEMORY.read(addr, TSTRING_CONTENTS)
+    header = MEMORY.read(addr, TSTRING_CONTENTS + 8)
     if header is None or header[TSTRING_TT] != LUA_VLNGSTR:
         return None
     if struct.unpack_from("<Q", header, TSTRING_LNGLEN)[0] != size:
         return None
+    if indirect:
+        return MEMORY.read(struct.unpack_from("<Q", header, TSTRING_CONTENTS)[0], size)
     return MEMORY.read(addr + TSTRING_CONTENTS, size)
 
 

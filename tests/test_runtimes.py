@@ -215,3 +215,20 @@ def test_a_compiled_luajit_loop_ends_the_kernel_at_the_second_interrupt():
             if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
                 said += msg["content"]["text"]
         assert "ending this kernel" in said
+
+
+@pytest.mark.parametrize("runtime", ["5.4", "5.5"])
+def test_the_body_is_copied_straight_out_of_the_lua_string(runtime, monkeypatch):
+    """The fast path of persist/state.py (reading the serialized body from the
+    Lua string's memory) knows each runtime's string layout."""
+    from lua_kernel import native
+    from lua_kernel.persist import state
+
+    got = []
+    read = native.long_string_bytes
+    monkeypatch.setattr(native, "long_string_bytes",
+                        lambda *a, **k: got.append(read(*a, **k)) or got[-1])
+    s = persist.new_session(runtime=runtime)
+    s.execute("big = string.rep('ab', 100000)")
+    body, issues, _ = state.capture(s)
+    assert issues == [] and got and got[-1] == body

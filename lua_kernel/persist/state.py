@@ -176,7 +176,8 @@ def capture(session) -> tuple[bytes, list[Issue], dict]:
         raise RuntimeError(f"cannot serialize the Lua state: {e}") from None
     try:
         # LuaJIT's strings are not laid out as _copy_out reads them
-        body = None if session.runtime.is_luajit else _copy_out(addr, size, head, tail)
+        body = None if session.runtime.is_luajit else _copy_out(
+            addr, size, head, tail, indirect=session.runtime.key == "5.5")
         if body is None:
             body = to_bytes(module.take())
     finally:
@@ -227,14 +228,15 @@ def _lua_list(table) -> list:
         i += 1
 
 
-def _copy_out(addr: str, size: int, head: str, tail: str) -> bytes | None:
+def _copy_out(addr: str, size: int, head: str, tail: str,
+              indirect: bool = False) -> bytes | None:
     """The bytes of the Lua string at `addr` (see the module docstring), or
-    None when they cannot be read and checked."""
+    None when they cannot be read and checked (`indirect`: Lua 5.5's layout)."""
     try:
         where = native.parse_address(str(addr))
     except ValueError:
         return None
-    data = native.long_string_bytes(where, size)
+    data = native.long_string_bytes(where, size, indirect)
     if data is None or data[:64] != to_bytes(head) or data[-64:] != to_bytes(tail):
         return None
     return data
