@@ -28,6 +28,8 @@ from __future__ import annotations
 import functools
 import re
 
+from ..runtime import KEYWORDS     # the package's one list of reserved words
+
 __all__ = ["rewrite", "JitSourceError"]
 
 
@@ -35,9 +37,6 @@ class JitSourceError(ValueError):
     """A use of a Lua 5.3 operator the rewrite does not understand."""
 
 
-KEYWORDS = frozenset(
-    "and break do else elseif end false for function goto if in local nil not "
-    "or repeat return then true until while".split())
 
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
