@@ -91,3 +91,29 @@ def value(kc, code):
     assert reply["content"]["status"] == "ok", msgs
     results = [m for m in msgs if m["msg_type"] == "execute_result"]
     return results[0]["content"]["data"]["text/plain"] if results else None
+
+
+def interrupt_until_the_kernel_ends(km, kc, code: str) -> str:
+    """Run `code` (a cell no interrupt can stop) and interrupt it twice: the
+    first interrupt must not land; the second, after the grace period (set
+    LUA_KERNEL_INTERRUPT_GRACE=1 in the kernel's environment), must end the
+    kernel with exit code 70. Returns what the cell printed."""
+    import time
+
+    msg_id = kc.execute(code)
+    time.sleep(0.5)
+    km.interrupt_kernel()
+    time.sleep(1.5)
+    assert km.is_alive()                                 # the first one did not land
+    km.interrupt_kernel()
+    km.provisioner.process.wait(15)
+    assert km.provisioner.process.returncode == 70
+    said = ""
+    while True:
+        try:
+            msg = kc.get_iopub_msg(timeout=1)
+        except Exception:  # noqa: BLE001 - queue.Empty: nothing more
+            break
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            said += msg["content"]["text"]
+    return said

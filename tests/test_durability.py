@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import crash_cycle
-from kernel_client import execute, running_kernel, stdout_of, value
+from kernel_client import (execute, interrupt_until_the_kernel_ends, running_kernel, stdout_of,
+                           value)
 from lua_kernel.persist.store import Store, slug
 
 pytestmark = pytest.mark.kernel
@@ -272,23 +273,9 @@ def test_an_interrupt_that_cannot_land_ends_the_kernel_and_the_state_comes_back(
     env = dict(JPY_SESSION_NAME=notebook, LUA_KERNEL_INTERRUPT_GRACE="1")
     with running_kernel(**env) as (km, kc):
         execute(kc, "kept = 'last completed cell'")
-        msg_id = kc.execute("setmetatable({}, {__gc = function() while true do end end})\n"
-                            "collectgarbage()")
-        time.sleep(0.5)
-        km.interrupt_kernel()
-        time.sleep(1.5)
-        assert km.is_alive()                                     # the first one did not land
-        km.interrupt_kernel()
-        km.provisioner.process.wait(15)
-        assert km.provisioner.process.returncode == 70
-        said = ""
-        while True:
-            try:
-                msg = kc.get_iopub_msg(timeout=1)
-            except Exception:  # noqa: BLE001 - queue.Empty: nothing more
-                break
-            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-                said += msg["content"]["text"]
+        said = interrupt_until_the_kernel_ends(
+            km, kc, "setmetatable({}, {__gc = function() while true do end end})\n"
+                    "collectgarbage()")
         assert "ending this kernel" in said
     with running_kernel(**env) as (km, kc):
         _, msgs = execute(kc, "kept")

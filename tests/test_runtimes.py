@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from kernel_client import execute, running_kernel, stdout_of, value
+from kernel_client import (execute, interrupt_until_the_kernel_ends, running_kernel,
+                           stdout_of, value)
 from lua_kernel import LuaError, LuaInterrupt, LuaMemoryError, Session, persist
 from lua_kernel.persist.snapshot import SnapshotError
 from lua_kernel.runtime import RUNTIMES
@@ -198,22 +199,7 @@ def test_a_compiled_luajit_loop_ends_the_kernel_at_the_second_interrupt():
     first interrupt cannot land; after the grace period the next one ends
     the kernel (exit 70), saying so in the cell's output."""
     with running_kernel(kernel_name="luajit", LUA_KERNEL_INTERRUPT_GRACE="1") as (km, kc):
-        msg_id = kc.execute("local i = 0 while true do i = i + 1 end")
-        time.sleep(0.5)
-        km.interrupt_kernel()
-        time.sleep(1.5)
-        assert km.is_alive()                                 # the first one did not land
-        km.interrupt_kernel()
-        km.provisioner.process.wait(15)
-        assert km.provisioner.process.returncode == 70
-        said = ""
-        while True:
-            try:
-                msg = kc.get_iopub_msg(timeout=1)
-            except Exception:  # noqa: BLE001 - queue.Empty: nothing more
-                break
-            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-                said += msg["content"]["text"]
+        said = interrupt_until_the_kernel_ends(km, kc, "local i = 0 while true do i = i + 1 end")
         assert "ending this kernel" in said
 
 
