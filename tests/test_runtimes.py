@@ -218,3 +218,15 @@ def test_the_body_is_copied_straight_out_of_the_lua_string(runtime, monkeypatch)
     s.execute("big = string.rep('ab', 100000)")
     body, issues, _ = state.capture(s)
     assert issues == [] and got and got[-1] == body
+
+
+def test_is_complete_asks_the_runtimes_own_parser():
+    from lua_kernel import introspect
+
+    cells = ("x = 7 // 2", "global x = 1", "local t <close> = nil", "function f()")
+    expected = {"5.4": ["complete", "invalid", "complete", "incomplete"],
+                "5.5": ["complete", "complete", "complete", "incomplete"],
+                "luajit": ["invalid", "invalid", "invalid", "incomplete"]}
+    for runtime, want in expected.items():
+        s = Session(runtime=runtime)
+        assert [introspect.is_complete(s, c)["status"] for c in cells] == want, runtime
