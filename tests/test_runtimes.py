@@ -230,3 +230,14 @@ def test_is_complete_asks_the_runtimes_own_parser():
     for runtime, want in expected.items():
         s = Session(runtime=runtime)
         assert [introspect.is_complete(s, c)["status"] for c in cells] == want, runtime
+
+
+def test_widgets_work_and_come_back_in_each_runtime(runtime):
+    s = persist.new_session(runtime=runtime, display=lambda data, meta: None)
+    assert s.execute("w = widgets.IntSlider{min = 0, max = 10, value = 3} w.value = 5 "
+                     "log = {} w:observe(function(c) log[#log + 1] = c.new end, 'value') "
+                     "return w.value, w.max") == (5, 10)
+    data, issues = persist.snapshot_of(s)
+    back, issues2, _ = persist.restore(data, runtime=runtime)
+    assert issues == issues2 == []
+    assert back.execute("w.value = 7 return w.value, log[1]") == (7, 7)
