@@ -145,6 +145,13 @@ def test_kernel_runs_cells_reads_input_and_shows_errors(kernel_name):
         _, msgs = execute(kc, 'display.html("<b>x</b>")')
         assert [m["content"]["data"]["text/html"] for m in msgs
                 if m["msg_type"] == "display_data"] == ["<b>x</b>"]
+        execute(kc, "answer = 42")
+        _, msgs = execute(kc, "%who")
+        assert "answer" in stdout_of(msgs)
+        reply = kc.history(hist_access_type="tail", n=2, reply=True)["content"]
+        assert [h[2] for h in reply["history"]] == ["answer = 42", "%who"]
+        matches = kc.complete("string.up", reply=True)["content"]["matches"]
+        assert "string.upper" in matches or "upper" in matches
 
 
 def test_kernel_interrupt_stops_a_loop_within_a_second(kernel_name):
