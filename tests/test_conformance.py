@@ -22,7 +22,10 @@ import re
 import pytest
 
 from lua_kernel.runtime import load_lua, new_runtime
-from lua_sources import lua54_dir
+from lua_sources import lua54_dir, lua55_dir
+
+# Each version's testes/: 5.4.8's and 5.5.1's.
+TESTES = {"5.4": lua54_dir, "5.5": lua55_dir}
 
 # Every file of testes/ that passes natively here (big and verybig as
 # testes/all.lua runs them when not soft; attrib and files portable). Those
@@ -149,19 +152,19 @@ return ok, tostring(e), reached
 """
 
 
-def run(name: str, src: bytes, conformance: bool):
+def run(name: str, src: bytes, conformance: bool, version: str = "5.4"):
     if name in ENDS:
         old, new = ENDS[name]
         assert old in src, f"{name}.lua: end not found"
         src = src.replace(old, new)
-    src, n = FINAL.subn(b"__reached_end()", src)
+    src, n = FINAL.subn(b"_ENV.__reached_end()", src)   # _ENV: 5.5's `global none`
     assert n > 0, f"{name}.lua has no print'OK'"
-    lua = new_runtime()
+    lua = new_runtime(runtime=version)
     F = None
     if conformance:
         B = load_lua(lua, "persist/lua/bytecode.lua")
         F = load_lua(lua, "persist/lua/finisher.lua", B)
-    return lua.execute(RUN, F, str(lua54_dir() / "testes"), src, name, name in PORTABLE,
+    return lua.execute(RUN, F, str(TESTES[version]() / "testes"), src, name, name in PORTABLE,
                        name not in NOT_SOFT, name in WRAPPED)
 
 

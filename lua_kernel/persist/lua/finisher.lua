@@ -134,6 +134,9 @@ local MY_SRC = debug_getinfo(1, "S").short_src
 -- table whose array part holds its closure, its pending pc (1-based), its
 -- number of registers and then the registers, in these slots.
 local RECORD_FN, RECORD_CUR = 1, 2
+-- Lua 5.5's instruction set where it differs (see "Lua 5.5's instructions")
+local V55 = bytecode.VERSION == 0x55
+local TFORCALL_FN = V55 and 3 or 4     -- OP_TFORCALL calls R[A + this]
 finisher.RECORD_FN, finisher.RECORD_CUR = RECORD_FN, RECORD_CUR
 finisher.RECORD_NREGS, finisher.RECORD_R0 = 3, 4
 local OFFSET_sC = 127                 -- MAXARG_C >> 1
@@ -439,7 +442,8 @@ end}
 -- each runs natively, in a tiny function made of the instruction itself
 -- (its registers moved to 0), one per distinct instruction.
 local natives = {}
-local A_MASK, B_MASK = ~(0xFF << 7), ~(0xFF << 16)
+local A_MASK = ~(0xFF << 7)
+local B_MASK = V55 and ~(0x3F << 16) or ~(0xFF << 16)   -- 5.5: vB
 
 local function native_op(key, code, numparams)
   local fn = natives[key]
@@ -838,7 +842,7 @@ compile[OP.NEWTABLE] = function(p, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
-compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
+local function compile54_self(p, pc, a, b, c, k, ins, succ)
   local a1, nx = a + 1, succ(pc + 1)
   if k == 1 then
     local key = p.k[c + 1]
@@ -858,6 +862,7 @@ compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
+compile[OP.SELF] = compile54_self
 
 -- Arithmetic: each op does what its following OP_MMBIN* describes (event,
 -- operands, flip), which is the source-level operation (`x - 1` is ADDI -1
@@ -1379,7 +1384,7 @@ compile[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
     return ops[back](fr, R)
   end
 end
-compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
+local function compile54_setlist(p, pc, a, b, c, k, ins, succ)
   local nx = succ((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
   local set
   return function(fr, R)
@@ -1389,6 +1394,7 @@ compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
+compile[OP.SETLIST] = compile54_setlist
 compile[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, succ)
   local bx, nx = ins.bx, succ(pc + 1)
   return function(fr, R)
@@ -1396,7 +1402,7 @@ compile[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
-compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
+local function compile54_vararg(_, pc, a, b, c, k, ins, succ)
   local nx = succ(pc + 1)
   return function(fr, R)
     local va, n = fr.varargs, c - 1
@@ -1408,8 +1414,146 @@ compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
+compile[OP.VARARG] = compile54_vararg
 compile[OP.EXTRAARG] = function()
   return function() error("finisher: unexpected OP_EXTRAARG", 0) end
+end
+
+-- ----------------------------------------------- Lua 5.5's instructions ---
+-- One instruction table: where Lua 5.5.1 changed an instruction (lvm.c,
+-- lopcodes.h), its entry replaces 5.4's here; the rest is shared (OP is the
+-- running Lua's numbering, so renumbered opcodes need nothing).
+if V55 then
+  -- SELF: the key is always K[C]
+  compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
+    return compile54_self(p, pc, a, b, c, 1, ins, succ)
+  end
+  -- NEWTABLE and SETLIST are ivABC: vB, vC (newtable_op copies the word)
+  compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
+    return compile54_setlist(p, pc, a, ins.vb, ins.vc, k, ins, succ)
+  end
+  -- numeric for: R[A] count (integers) or limit (floats), R[A+1] step,
+  -- R[A+2] the control variable
+  compile[OP.FORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+    local back, nx, a1, a2 = pc + 1 - ins.bx, succ(pc + 1), a + 1, a + 2
+    return function(fr, R)
+      local step = R[a1]
+      if step > 0 and step + maxinteger < 0 or step < 0 and step + mininteger >= 0 then
+        local count = R[a]
+        if count == 0 then return nx(fr, R) end   -- unsigned count > 0
+        R[a] = count - 1
+        R[a2] = R[a2] + step
+        return ops[back](fr, R)
+      end
+      local idx, limit = R[a2] + step, R[a]
+      if (0 < step) and (idx <= limit) or (not (0 < step)) and (limit <= idx) then
+        R[a2] = idx
+        return ops[back](fr, R)
+      end
+      return nx(fr, R)
+    end
+  end
+  -- generic for: R[A] iterator, R[A+1] state, R[A+2] closing value, R[A+3]
+  -- control variable; the call is made at R[A+3]
+  compile[OP.FORPREP] = function(_, pc, a, b, c, k, ins, succ)
+    local past, nx, a1, a2, a3 = succ(pc + ins.bx + 2), succ(pc + 1), a + 1, a + 2, a + 3
+    return function(fr, R)
+      fr.cur = pc
+      local keep = R[a3]
+      if forprep(R, a) then return past(fr, R) end
+      -- 5.4's layout (count or limit, step, control at A+1..A+3) to 5.5's
+      R[a], R[a1], R[a2], R[a3] = R[a1], R[a2], R[a3], keep
+      return nx(fr, R)
+    end
+  end
+  compile[OP.TFORPREP] = function(_, pc, a, b, c, k, ins, succ)
+    local nx, a2, a3 = succ(pc + 1 + ins.bx), a + 2, a + 3   -- the OP_TFORCALL
+    return function(fr, R)
+      fr.cur = pc
+      R[a2], R[a3] = R[a3], R[a2]
+      newtbc(fr, a2)
+      return nx(fr, R)
+    end
+  end
+  compile[OP.TFORCALL] = function(_, pc, a, b, c, k, ins, succ)
+    local nx, a1, a3, a4, a5 = succ(pc + 1), a + 1, a + 3, a + 4, a + 5
+    return function(fr, R)
+      fr.cur = pc
+      R[a5], R[a4], R[a3] = R[a3], R[a1], R[a]
+      setresults(fr, a3, call(fr, R[a3], a3, a5), c)
+      return nx(fr, R)
+    end
+  end
+  compile[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+    local back, nx, a3 = pc + 1 - ins.bx, succ(pc + 1), a + 3
+    return function(fr, R)
+      if R[a3] == nil then return nx(fr, R) end
+      return ops[back](fr, R)
+    end
+  end
+  -- a function with a vararg table (PF_VATAB) gets it in R[numparams]
+  -- (luaT_adjustvarargs); hidden varargs leave that register nil
+  compile[OP.VARARGPREP] = function(p, pc, a, b, c, k, ins, succ)
+    local nx, np = succ(pc + 1), p.numparams
+    if (p.flag or 0) & 2 == 0 then return nx end
+    return function(fr, R)
+      local va, t = fr.varargs, {}
+      for j = 1, va.n do t[j] = va[j] end
+      t.n = va.n
+      R[np] = t
+      return nx(fr, R)
+    end
+  end
+  -- VARARG: k says the varargs are the table R[B] (luaT_getvarargs)
+  compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
+    if k == 0 then return compile54_vararg(_, pc, a, b, c, k, ins, succ) end
+    local nx = succ(pc + 1)
+    return function(fr, R)
+      fr.cur = pc
+      local t, n = R[b], c - 1
+      local m = rawget(t, "n")
+      if math_type(m) ~= "integer" or m < 0 or m > 0x3FFFFFFF then
+        error("vararg table has no proper 'n'")
+      end
+      if n < 0 then
+        n = m
+        fr.top = a + n
+      end
+      for j = 1, n do
+        if j <= m then R[a + j - 1] = rawget(t, j) else R[a + j - 1] = nil end
+      end
+      return nx(fr, R)
+    end
+  end
+  -- GETVARG: R[A] := vararg[R[C]] (luaT_getvararg: an integral key, a
+  -- string converted too, or "n")
+  local function getvararg(va, key)
+    local n = key
+    if type(n) == "string" then n = tonumber(n) end
+    n = math_type(n) and math_tointeger(n)
+    if n then
+      if n >= 1 and n <= va.n then return va[n] end
+      return nil
+    end
+    if key == "n" then return va.n end
+    return nil
+  end
+  compile[OP.GETVARG] = function(_, pc, a, b, c, k, ins, succ)
+    local nx = succ(pc + 1)
+    return function(fr, R) R[a] = getvararg(fr.varargs, R[c]); return nx(fr, R) end
+  end
+  -- ERRNNIL: a `global x` declaration of a defined global (luaG_errnnil)
+  compile[OP.ERRNNIL] = function(p, pc, a, b, c, k, ins, succ)
+    local nx, v = succ(pc + 1), ins.bx > 0 and p.k[ins.bx] or nil
+    local name = type(v) == "string" and v or "?"
+    return function(fr, R)
+      if R[a] ~= nil then
+        fr.cur = pc
+        error(string_format("global '%s' already defined", name))
+      end
+      return nx(fr, R)
+    end
+  end
 end
 
 for name, code in next, OP do
@@ -1426,9 +1570,10 @@ local SETS_NO_A = {}                      -- !testAMode: R[A] is not set
 for _, name in ipairs({"SETUPVAL", "SETTABUP", "SETTABLE", "SETI", "SETFIELD",
     "MMBIN", "MMBINI", "MMBINK", "CLOSE", "TBC", "JMP", "EQ", "LT", "LE", "EQK",
     "EQI", "LTI", "LEI", "GTI", "GEI", "TEST", "RETURN", "RETURN0", "RETURN1",
-    "TFORPREP", "TFORCALL", "SETLIST", "EXTRAARG"}) do
-  SETS_NO_A[OP[name]] = true
+    "TFORPREP", "TFORCALL", "SETLIST", "EXTRAARG", "ERRNNIL"}) do
+  if OP[name] then SETS_NO_A[OP[name]] = true end   -- ERRNNIL: 5.5 only
 end
+if V55 then SETS_NO_A[OP.VARARGPREP] = true end
 local MMBINS = {[OP.MMBIN] = true, [OP.MMBINI] = true, [OP.MMBINK] = true}
 
 -- ltm.c's event names, by TMS (the C of OP_MMBIN*), without "__".
@@ -1537,7 +1682,7 @@ local function getobjname(p, lastpc, reg)
       local _, k = kname(p, ins.c)
       return isEnv(p, pc, ins, false), k
     elseif op == OP.SELF then
-      if ins.k == 1 then
+      if ins.k == 1 or V55 then             -- 5.5: the key is always K[C]
         local _, k = kname(p, ins.c)
         return "method", k
       end
@@ -1639,7 +1784,7 @@ local function argerror(fr, n, tail)
     n = n - 1
     if n == 0 then return "calling '" .. name .. "' on bad self " .. tail end
   elseif kind == nil then
-    local fn = fr.R[op == OP.TFORCALL and ins.a + 4 or ins.a]
+    local fn = fr.R[op == OP.TFORCALL and ins.a + TFORCALL_FN or ins.a]
     name = globalfuncname(fn) or "?"
   end
   return "bad argument #" .. n .. " to '" .. name .. "' " .. tail
@@ -1793,10 +1938,13 @@ local function rewrite(fr, e)
   end
   local line = line_of(fr.p, fr.cur)
   if line then return fr.short_src .. ":" .. line .. ": " .. rest end
-  -- No line information (stripped): luaG_runerror writes line -1,
-  -- luaL_where (a callee's error) nothing.
+  -- No line information (stripped): luaG_runerror writes line -1 (5.5:
+  -- "?:?:", a stripped function has no source), luaL_where (a callee's
+  -- error) nothing.
   for _, pattern in ipairs(VM_ERRORS) do
-    if string_find(rest, pattern) then return fr.short_src .. ":-1: " .. rest end
+    if string_find(rest, pattern) then
+      return (V55 and "?:?: " or fr.short_src .. ":-1: ") .. rest
+    end
   end
   return rest
 end
