@@ -365,8 +365,18 @@ local start               -- start(f, interpret, caller, args): run f in a new f
 local SPECIAL = {}
 
 -- A __close metamethod is called from fr; with a hook, as fr's calls are.
-local function callclose(fr, tm, v, err)
+-- Lua 5.5 passes the error only when there is one (lfunc.c callclosemethod:
+-- `err` false means no second argument); 5.4 always passes it.
+local function callclose(fr, tm, v, err, noerr)
   local interpret = fr.interpret
+  if noerr and V55 then
+    if interpret and type(tm) == "function" then
+      local how = interpret(tm, fr)
+      if how == true then return start(tm, interpret, fr, table_pack(v)) end
+      if how then tm = how end
+    end
+    return tm(v)
+  end
   if interpret and type(tm) == "function" then
     local how = interpret(tm, fr)
     if how == true then return start(tm, interpret, fr, table_pack(v, err)) end
@@ -374,8 +384,6 @@ local function callclose(fr, tm, v, err)
   end
   tm(v, err)
 end
-
--- Call the pending to-be-closed variables >= level, last first (luaF_close).
 local function closetbc(fr, level)
   local t = fr.tbc
   while #t > 0 and t[#t] >= level do
@@ -383,7 +391,7 @@ local function closetbc(fr, level)
     t[#t] = nil
     local v = fr.R[reg]
     local mt = debug_getmetatable(v)
-    callclose(fr, mt and rawget(mt, "__close"), v, nil)
+    callclose(fr, mt and rawget(mt, "__close"), v, nil, true)
   end
 end
 
@@ -409,14 +417,15 @@ end
 local PROXY = {__close = function(p, err)
   local c = p.c                  -- shared by one chain: {fr, e, busy, raised}
   if c.busy then c.raised = true end   -- the previous __close raised
-  if not c.raised then err = c.e end   -- closed by close_chain's return (nil)
+  local noerr = false
+  if not c.raised then err, noerr = c.e, c.noerr end   -- closed by close_chain's return (nil)
   c.busy = true
   local fr = c.fr
   local t = fr.tbc
   t[#t] = nil                    -- p.reg, the last pending one
   local v = fr.R[p.reg]
   local mt = debug_getmetatable(v)
-  callclose(fr, mt and rawget(mt, "__close"), v, unboxed(err))
+  callclose(fr, mt and rawget(mt, "__close"), v, unboxed(err), noerr)
   c.busy = false
 end}
 
@@ -427,11 +436,11 @@ local function close_chain(c, i)
   close_chain(c, i + 1)
 end
 
-local GUARD = {__close = function(g, e)
-  local fr = g.fr
+local GUARD = {__close = function(g, ...)
+  local fr, e = g.fr, ...
   closeupvals(fr, 0)
   if #fr.tbc == 0 then return end
-  close_chain({fr = fr, e = e}, 1)
+  close_chain({fr = fr, e = e, noerr = select("#", ...) == 0}, 1)   -- 5.5: no error
 end}
 
 -- ------------------------------------------------------ table sizes ---
@@ -504,11 +513,16 @@ end
 -- What a call reaches: each `__call` of a chain is called with the object
 -- inserted first (luaD_tryfuncTM). A non-callable value stays, for the
 -- native call to raise the error.
+-- Lua 5.5 counts the chain: the 16th `__call` is an error (ldo.c
+-- tryfuncTM, MAX_CCMT).
 local function callable(fn, args)
+  local n = 0
   while type(fn) ~= "function" do
     local mt = debug_getmetatable(fn)
     local tm = mt and rawget(mt, "__call")
     if tm == nil then break end
+    n = n + 1
+    if V55 and n > 15 then error("'__call' chain too long") end
     for j = args.n, 1, -1 do args[j + 1] = args[j] end
     args[1], args.n = fn, args.n + 1
     fn = tm
@@ -1525,12 +1539,10 @@ if V55 then
       return nx(fr, R)
     end
   end
-  -- GETVARG: R[A] := vararg[R[C]] (luaT_getvararg: an integral key, a
-  -- string converted too, or "n")
+  -- GETVARG: R[A] := vararg[R[C]] (luaT_getvararg: an integer or an
+  -- integral float, as tointegerns; or "n")
   local function getvararg(va, key)
-    local n = key
-    if type(n) == "string" then n = tonumber(n) end
-    n = math_type(n) and math_tointeger(n)
+    local n = math_type(key) and math_tointeger(key)
     if n then
       if n >= 1 and n <= va.n then return va[n] end
       return nil
@@ -2098,6 +2110,18 @@ local function unhandled(ok, ...)
   return false, unboxed((...))
 end
 
+-- A message handler whose own errors overflow the C stack: natively the
+-- overflow is raised at a C level (the handler's call, ldo.c
+-- luaE_checkcstack), so the message has no position; here it is raised in
+-- this file's code, whose position is dropped.
+local OVERFLOW = PREFIX .. "(C stack overflow)$"
+local function overflowed(msgh)
+  return function(e, ...)
+    if type(e) == "string" then e = string_match(e, OVERFLOW) or e end
+    return msgh(e, ...)
+  end
+end
+
 -- error, pcall and xpcall (see "Levels"); pcall/xpcall of a Lua function
 -- or of a function calling back run it interpreted.
 local LEVELED = {[error] = error_from}
@@ -2116,7 +2140,7 @@ LEVELED[xpcall] = function(x)
     local f, msgh = ...
     if type(msgh) ~= "function" then return plain(...) end
     msgh = interpreted(msgh)
-    if not reaches(f) then return plain(f, msgh, select(3, ...)) end
+    if not reaches(f) then return plain(f, overflowed(msgh), select(3, ...)) end
     -- its frames run the handler (HANDLED)
     local h = boxing(msgh)
     return unhandled(xpcall(protected, h, {c = true, caller = x, msgh = h}, f, select(3, ...)))
