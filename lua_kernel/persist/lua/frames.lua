@@ -388,7 +388,7 @@ local function tbc_registers(plan, level)
   return list
 end
 
-local RECST_SHIFT = 10                   -- lstate.h: CIST_RECST
+local RECST_SHIFT = bytecode.VERSION == 0x55 and 12 or 10   -- lstate.h: CIST_RECST
 
 -- A pcall/xpcall at `level` whose callee is not the function it was given
 -- may be recovering from an error (finishpcallk: closing the variables of
@@ -426,6 +426,7 @@ local KINDS = {
   [""] = { [OP.CALL] = true, [OP.TAILCALL] = true, [OP.TFORCALL] = true },
 }
 local CALL_KINDS = { [OP.CALL] = true, [OP.TAILCALL] = true }
+local TFORCALL_FN = bytecode.VERSION == 0x55 and 3 or 4   -- OP_TFORCALL calls R[A + this]
 
 local function pinned_pc(t, level)
   local lv = t[level]
@@ -435,7 +436,7 @@ local function pinned_pc(t, level)
   local nslots = lv.nslots - t[level - 1].shift
   local found
   for _, c in ipairs(list) do
-    if kinds[c.op] and nslots == (c.op == OP.TFORCALL and c.a + 4 or c.a) then
+    if kinds[c.op] and nslots == (c.op == OP.TFORCALL and c.a + TFORCALL_FN or c.a) then
       if found then return nil end
       found = c.pc
     end
