@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from lua_kernel.persist import framepeek, new_session, state
+from lua_kernel.persist import framepeek, new_session
 from lua_kernel.persist.framepeek import FramePC, FramePeekError, saved_pcs
 
 
 @pytest.fixture(params=["5.4", "5.5"])
-def session(request, monkeypatch):
+def session(request):
     """The reader is persistence's: it reads a state persistence follows
-    from its first line (with the original debug functions). Lua 5.5's
-    frame readers are attached too (persist.state.FRAME_RUNTIMES)."""
-    monkeypatch.setattr(state, "FRAME_RUNTIMES", {"5.4", "5.5"})
+    from its first line (with the original debug functions)."""
     return new_session(runtime=request.param)
 
 

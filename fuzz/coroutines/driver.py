@@ -41,8 +41,8 @@ class Hang(Exception):
 
 def use_runtime(key: str) -> None:
     """Run programs on runtime `key` ("5.4", "5.5"), with its frame readers
-    attached even before persist.state lists it (the fuzzer is one of the
-    checks that has to pass first)."""
+    attached even if persist.state does not list it yet (the fuzzer is one
+    of the checks a runtime passes before it is listed)."""
     global RUNTIME
     RUNTIME = key
     state.FRAME_RUNTIMES = state.FRAME_RUNTIMES | {key}

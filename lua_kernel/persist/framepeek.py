@@ -7,7 +7,8 @@ instructions. Lua keeps the exact place in the frame record,
 waiting on (the call that led to `coroutine.yield`). We read it, and the
 prototype it points into, from this process's memory through
 /proc/self/mem (`native.MEMORY`), where a wrong address is an error and never
-a crash, using the struct layout of the Lua 5.4.8 that lupa bundles.
+a crash, using the struct layout of the Lua (5.4.8 or 5.5.1) the session runs
+(native.py; 5.5 differs in `CallInfo.callstatus` only, native.CALLSTATUS).
 
     pcs = saved_pcs(session, co)     # [FramePC(level, pc, line, method), ...]
     answer = saved_pcs_many(session, batch, tables)   # snapshots: bytes in, out

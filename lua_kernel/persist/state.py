@@ -50,9 +50,8 @@ class Issue:
 
 
 # The runtimes whose suspended coroutines the frame readers and the finisher
-# know (5.5's pass their tests, conformance run and fuzzer before it is
-# listed here; tests add it to exercise them).
-FRAME_RUNTIMES = {"5.4"}
+# know (5.5: its tests, conformance run and fuzzer pass as 5.4's).
+FRAME_RUNTIMES = {"5.4", "5.5"}
 
 
 def attach(session):
@@ -67,8 +66,8 @@ def attach(session):
     tracked = load_lua(lua, "persist/lua/track.lua", lua_side, os.path.abspath)
     module = load_lua(lua, LUA_FILE, lua_side, tracked)
     if session.runtime.key not in FRAME_RUNTIMES:
-        module.use_frames(None, None, f"its call stack can be saved in Lua 5.4 only, "
-                                      f"not yet in {session.runtime.display_name}")
+        module.use_frames(None, None, f"its call stack can be saved in Lua 5.4 and 5.5 "
+                                      f"only, not yet in {session.runtime.display_name}")
         return module
     bytecode = load_lua(lua, "persist/lua/bytecode.lua")
     finisher = load_lua(lua, "persist/lua/finisher.lua", bytecode)

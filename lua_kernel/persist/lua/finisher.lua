@@ -1,4 +1,4 @@
--- The finisher: a Lua 5.4 bytecode interpreter written in Lua.
+-- The finisher: a Lua 5.4 and 5.5 bytecode interpreter written in Lua.
 --
 -- It continues a Lua frame from any instruction, given the frame's closure,
 -- its prototype (bytecode.read(string.dump(closure))), a pc, the registers and the
