@@ -77,6 +77,27 @@ LUA_VLNGSTR = 0x14       # a long string's type tag
 LUAI_MAXCCALLS = 200     # llimits.h: nested resumes cannot go deeper
 
 
+class CallStatus:
+    """Where a CallInfo's `callstatus` is and what its bits mean, per Lua
+    (lstate.h). Lua 5.5.1 keeps 5.4's lua_State, CallInfo, Proto and
+    closure offsets and type tags (checked against its lstate.h/lobject.h)
+    except this: `callstatus` became an l_uint32 at 60 (5.4: unsigned short
+    at 62, after `short nresults`, which 5.5 folded into its low bits),
+    CIST_C is bit 15 and CIST_RECST bits 12-14 (5.4: bit 1, bits 10-12)."""
+
+    def __init__(self, offset: int, fmt: str, cist_c: int, recst: int):
+        self.offset, self.fmt, self.cist_c, self.recst = offset, fmt, cist_c, recst
+        self.size = struct.calcsize(fmt)
+
+    def read(self, ci_bytes: bytes, base: int = 0) -> int:
+        """The callstatus in the bytes of a CallInfo read from `base`."""
+        return struct.unpack_from(self.fmt, ci_bytes, self.offset - base)[0]
+
+
+CALLSTATUS = {"5.4": CallStatus(CI_CALLSTATUS, "<H", CIST_C, 10),
+              "5.5": CallStatus(60, "<I", 1 << 15, 12)}
+
+
 class MemoryReader:
     """Reads this process's memory without ever faulting (Linux only)."""
 

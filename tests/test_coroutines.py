@@ -50,18 +50,20 @@ RESTORER = textwrap.dedent(r"""
         return s.call(fn)
 
     cases = json.load(open(sys.argv[1]))
+    runtime = sys.argv[2]
     out = {}
     for name, case in cases.items():
         body = bytes.fromhex(case["body"])
         issues = []
         result = None
         for i, step in enumerate(case["steps"]):
-            s = new_session()
+            s = new_session(runtime=runtime)
             issues += [str(x) for x in state.apply(s, body)]
             result = run(s, step, f"step{i + 1}")
             body, more, _ = state.capture(s)
             issues += [str(x) for x in more]
-        out[name] = {"log": result[0] if result else None, "issues": issues}
+        out[name] = {"log": result[0] if result else None, "issues": issues,
+                     "capture": case["capture"]}
     print(json.dumps(out))
 """)
 
@@ -939,25 +941,26 @@ R(cu)
     "L('close', coroutine.close(cu)); R(cx, 1); L('close', coroutine.close(cx))")
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    """(native logs, restored results) of every scenario."""
+@pytest.fixture(scope="module", params=["5.4", "5.5"])
+def outcomes(tmp_path_factory, request):
+    """(native logs, restored results) of every scenario, per runtime."""
+    runtime = request.param
     native, cases = {}, {}
     for name, sc in SCENARIOS.items():
-        s = new_session()
+        s = new_session(runtime=runtime)
         run(s, sc["setup"], "setup")
         log = None
         for i, step in enumerate(sc["steps"]):
             log = run(s, step, f"step{i + 1}")
         native[name] = log[0]
-        s = new_session()
+        s = new_session(runtime=runtime)
         run(s, sc["setup"], "setup")
         body, issues, _ = state.capture(s)
-        assert not issues, [str(i) for i in issues]
-        cases[name] = {"body": body.hex(), "steps": sc["steps"]}
+        cases[name] = {"body": body.hex(), "steps": sc["steps"],
+                       "capture": [str(i) for i in issues]}
     path = tmp_path_factory.mktemp("coroutines") / "cases.json"
     path.write_text(json.dumps(cases))
-    proc = subprocess.run([sys.executable, "-c", RESTORER, str(path)],
+    proc = subprocess.run([sys.executable, "-c", RESTORER, str(path), runtime],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return native, json.loads(proc.stdout.strip().splitlines()[-1])
@@ -967,6 +970,7 @@ def outcomes(tmp_path_factory):
 def test_scenario_matches_native_run(outcomes, name):
     native, restored = outcomes
     got = restored[name]
+    assert got["capture"] == []
     assert got["issues"] == []
     assert got["log"] is not None
     assert got["log"].split("\n") == native[name].split("\n")

@@ -7,11 +7,11 @@ from lua_kernel.persist import framepeek, new_session
 from lua_kernel.persist.framepeek import FramePC, FramePeekError, saved_pcs
 
 
-@pytest.fixture
-def session():
+@pytest.fixture(params=["5.4", "5.5"])
+def session(request):
     """The reader is persistence's: it reads a state persistence follows
     from its first line (with the original debug functions)."""
-    return new_session()
+    return new_session(runtime=request.param)
 
 
 @pytest.fixture

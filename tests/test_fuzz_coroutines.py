@@ -15,6 +15,9 @@ from fuzz.coroutines.gen import generate
 from fuzz.coroutines.worker import Worker
 
 SLICE = 200
+# Lua 5.5 runs the first 100 seeds as well (about 7 s on 2 cores; the
+# 5.4 slice about 13 s); campaigns of 500 and more are in RESULTS.md.
+SLICES = {"5.4": SLICE, "5.5": 100}
 
 
 def known(comment: str, *seeds: int) -> dict[int, str]:
@@ -29,9 +32,10 @@ def known(comment: str, *seeds: int) -> dict[int, str]:
 KNOWN: dict[int, str] = {}
 
 
-@pytest.fixture(scope="module")
-def results():
-    return {r.seed: r for r in campaign(range(SLICE), jobs=2)}
+@pytest.fixture(scope="module", params=list(SLICES))
+def results(request):
+    runtime = request.param
+    return {r.seed: r for r in campaign(range(SLICES[runtime]), jobs=2, runtime=runtime)}
 
 
 def test_no_crash_no_hang_no_generator_bug(results):
@@ -46,7 +50,7 @@ def test_only_known_failures(results):
 
 
 def test_known_failures_still_fail(results):
-    fixed = sorted(s for s in KNOWN if results[s].outcome == "ok")
+    fixed = sorted(s for s in KNOWN if s in results and results[s].outcome == "ok")
     assert fixed == [], "these pass now: take them off KNOWN"
 
 

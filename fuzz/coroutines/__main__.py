@@ -7,21 +7,22 @@ import queue
 import threading
 import time
 
-from .driver import Result, WorkerFailed, check, first_difference
+from .driver import Result, WorkerFailed, check, first_difference, use_runtime
 from .gen import Program, generate
 from .minimize import minimize
 from .worker import Worker
 
 
-def campaign(seeds, jobs: int = 2) -> list[Result]:
-    """Check every seed in `jobs` worker processes (each with its own helper)."""
+def campaign(seeds, jobs: int = 2, runtime: str = "5.4") -> list[Result]:
+    """Check every seed in `jobs` worker processes (each with its own helper),
+    on `runtime` ("5.4", "5.5")."""
     todo = queue.Queue()
     for seed in seeds:
         todo.put(seed)
     results: list[Result] = []
 
     def loop():
-        worker = Worker()
+        worker = Worker(runtime=runtime)
         try:
             while True:
                 try:
@@ -82,16 +83,20 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m fuzz.coroutines")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("show", "min"):
-        sub.add_parser(name).add_argument("seed", type=int)
+        one = sub.add_parser(name)
+        one.add_argument("seed", type=int)
+        one.add_argument("--runtime", default="5.4", help="5.4 or 5.5")
     run = sub.add_parser("run")
+    run.add_argument("--runtime", default="5.4", help="5.4 or 5.5")
     run.add_argument("--seeds", default="0:200", help="A:B, B excluded")
     run.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
+    use_runtime(args.runtime)
 
     if args.cmd == "run":
         a, b = map(int, args.seeds.split(":"))
         t0 = time.monotonic()
-        results = campaign(range(a, b), args.jobs)
+        results = campaign(range(a, b), args.jobs, args.runtime)
         print(summary(results, time.monotonic() - t0))
         return
     helper = Worker()

@@ -24,18 +24,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lua_kernel import LuaError, LuaInterrupt, Session
-from lua_kernel.persist import new_session
+from lua_kernel.persist import new_session as persist_session
 from lua_kernel.persist import state
 
 from .gen import Program, generate
 
 PRELUDE = (Path(__file__).parent / "prelude.lua").read_text(encoding="utf-8")
+RUNTIME = "5.4"             # the Lua the programs run on (use_runtime)
 STEP_SECONDS = 5.0          # a chunk running longer hangs
 MODES = ["once", "once", "twice", "process"]
 
 
 class Hang(Exception):
     pass
+
+
+def use_runtime(key: str) -> None:
+    """Run programs on runtime `key` ("5.4", "5.5"), with its frame readers
+    attached even if persist.state does not list it yet (the fuzzer is one
+    of the checks a runtime passes before it is listed)."""
+    global RUNTIME
+    RUNTIME = key
+    state.FRAME_RUNTIMES = state.FRAME_RUNTIMES | {key}
+
+
+def new_session():
+    return persist_session(runtime=RUNTIME)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from . import driver
 from .driver import Hang, WorkerFailed, check, restored_step
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,14 +24,16 @@ class Worker:
     """A Python process answering requests; started on first use, restarted
     after it died or did not answer in time."""
 
-    def __init__(self, seconds: float = PROCESS_SECONDS):
+    def __init__(self, seconds: float = PROCESS_SECONDS, runtime: str | None = None):
         self.seconds = seconds
+        self.runtime = runtime or driver.RUNTIME
         self.proc = None
 
     def start(self) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-        self.proc = subprocess.Popen([sys.executable, "-m", "fuzz.coroutines.worker"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "fuzz.coroutines.worker",
+                                      self.runtime],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
     def ask(self, request):
@@ -86,6 +89,7 @@ def serve(inp, out) -> None:
 
 
 if __name__ == "__main__":
+    driver.use_runtime(sys.argv[1] if len(sys.argv) > 1 else "5.4")
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)            # whatever the Lua side prints goes to stderr
     serve(sys.stdin.buffer, answers)

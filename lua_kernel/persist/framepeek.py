@@ -7,7 +7,8 @@ instructions. Lua keeps the exact place in the frame record,
 waiting on (the call that led to `coroutine.yield`). We read it, and the
 prototype it points into, from this process's memory through
 /proc/self/mem (`native.MEMORY`), where a wrong address is an error and never
-a crash, using the struct layout of the Lua 5.4.8 that lupa bundles.
+a crash, using the struct layout of the Lua (5.4.8 or 5.5.1) the session runs
+(native.py; 5.5 differs in `CallInfo.callstatus` only, native.CALLSTATUS).
 
     pcs = saved_pcs(session, co)     # [FramePC(level, pc, line, method), ...]
     answer = saved_pcs_many(session, batch, tables)   # snapshots: bytes in, out
@@ -65,7 +66,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..native import (CI_CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE, CIST_C,
+from ..native import (CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE,
                       CI_U2, L_CI, L_STACK, L_TBCLIST, LCL_P, MAXDELTA, MEMORY, STACKVALUE_SIZE,
                       TBC_DELTA, P_CODE, P_HEADER, P_SIZEABSLINEINFO, P_SIZECODE,
                       P_SIZELINEINFO, TAG_CCL, TAG_LCF, TAG_LCL)
@@ -186,14 +187,24 @@ def _call_kinds(callee_namewhat: str) -> tuple[int, ...]:
     return CALL_LIKE    # "": a tail call, or a callee the debug library cannot name
 
 
-def _call_fits(inst: int, nslots: int) -> bool:
+# OP_TFORCALL calls R[A + this]: 5.4 copies the iterator to R[A+4], 5.5
+# (whose loop has one slot less) to R[A+3]
+TFORCALL_FN = {"5.4": 4, "5.5": 3}
+
+
+def version_of(helper) -> str:
+    """The Lua of the state the helper (framepeek.lua) was loaded in."""
+    return "5.5" if int(helper.VERSION) == 0x55 else "5.4"
+
+
+def _call_fits(inst: int, nslots: int, tfor_fn: int = 4) -> bool:
     """The frame is making this call: the visible slots end where the
     callee's function slot begins (`nslots` net of the callee's shift)."""
     op = opcode(inst)
     if op in CALLS:
         return nslots == arg_a(inst)
     if op == OP_TFORCALL:
-        return nslots == arg_a(inst) + 4
+        return nslots == arg_a(inst) + tfor_fn
     return False
 
 
@@ -214,7 +225,7 @@ def _savedpc_offset() -> int:
     return savedpc_offset
 
 
-def _walk(rec) -> list[tuple[int, bytes]] | None:
+def _walk(rec, cs=CALLSTATUS["5.4"]) -> list[tuple[int, bytes]] | None:
     """(address, bytes) of the CallInfo of each level 0 .. n-1, if the list
     in memory pairs with what the debug library reports; None otherwise."""
     n = rec.n
@@ -230,7 +241,7 @@ def _walk(rec) -> list[tuple[int, bytes]] | None:
         if slot is None:
             return None
         value, tag = slot
-        is_c = bool(struct.unpack_from("<H", data, CI_CALLSTATUS)[0] & CIST_C)
+        is_c = bool(cs.read(data) & cs.cist_c)
         if is_c != (rec[level].what == "C"):
             return None
         if tag not in ((TAG_LCF, TAG_CCL) if is_c else (TAG_LCL,)):
@@ -258,6 +269,8 @@ class _Cache:
         self._by_closure: dict[int, tuple[list[int], int] | None] = {}
         self.checked: dict[tuple, FramePC | None] = {}
         self.savedpc_at = _savedpc_offset()
+        self.version = version_of(helper)
+        self.tfor_fn = TFORCALL_FN[self.version]
 
     def code(self, closure: int) -> tuple[list[int], int] | None:
         if closure not in self._by_closure:
@@ -272,14 +285,14 @@ def _read_frame(walked: tuple[int, bytes], rec, level: int, cache: _Cache) -> Fr
     savedpc = _ptr(walked[1], cache.savedpc_at)
     key = (frame.fp, savedpc, frame.line, rec[level - 1].namewhat, _nslots(rec, level))
     if key not in cache.checked:
-        got = _check_frame(cache.helper, rec, level, cache.code(frame.fp), savedpc)
+        got = _check_frame(cache, rec, level, cache.code(frame.fp), savedpc)
         cache.checked[key] = got and got.pc
     pc = cache.checked[key]
     return FramePC(level, pc, frame.line, "read") if pc is not None else None
 
 
-def _check_frame(helper, rec, level: int, got, savedpc: int) -> FramePC | None:
-    frame = rec[level]
+def _check_frame(cache: _Cache, rec, level: int, got, savedpc: int) -> FramePC | None:
+    helper, frame = cache.helper, rec[level]
     if got is None:
         return None
     code, code_at = got
@@ -295,7 +308,8 @@ def _check_frame(helper, rec, level: int, got, savedpc: int) -> FramePC | None:
     inst = code[pc - 1]
     namewhat = rec[level - 1].namewhat
     if opcode(inst) in CALL_LIKE:
-        if opcode(inst) not in _call_kinds(namewhat) or not _call_fits(inst, _nslots(rec, level)):
+        if (opcode(inst) not in _call_kinds(namewhat)
+                or not _call_fits(inst, _nslots(rec, level), cache.tfor_fn)):
             return None
     elif namewhat not in NOT_CALLS + ("",):
         return None     # a metamethod or the like, but the callee says it was called
@@ -317,9 +331,9 @@ def _infer(helper, rec, level: int) -> FramePC:
         raise FramePeekError(
             f"cannot locate the suspended instruction in {where}: it is waiting "
             f"on a {rec[level - 1].namewhat}, which only the frame record shows")
-    nslots = _nslots(rec, level)
+    nslots, tfor_fn = _nslots(rec, level), TFORCALL_FN[version_of(helper)]
     found = [i + 1 for i, inst in enumerate(code)
-             if opcode(inst) in kinds and _call_fits(inst, nslots)
+             if opcode(inst) in kinds and _call_fits(inst, nslots, tfor_fn)
              and line_of(helper, func, i + 1) == frame.line]
     if len(found) != 1:
         what = "no call" if not found else f"{len(found)} calls"
@@ -387,7 +401,7 @@ class _Record:
 def _frame_pcs(helper, rec: _Record, read: bool, cache: _Cache,
                wanted=None) -> list[FramePC]:
     """The pcs of the record's Lua levels (those in `wanted`, default all)."""
-    walked = _walk(rec) if read and MEMORY.available else None
+    walked = _walk(rec, CALLSTATUS[cache.version]) if read and MEMORY.available else None
     out = []
     for level in range(1, rec.n):
         if rec[level].what == "C" or (wanted is not None and level not in wanted):
@@ -454,26 +468,33 @@ def saved_pcs_many(session, batch: bytes, tables) -> bytes:
     return b"".join(out)
 
 
-def ci_states(thread: int) -> bytes | None:
-    """Per level of a thread, innermost first, its CallInfo's `callstatus`
-    (H: CIST_RECST, bits 10-12, is the error a pcall is recovering from
-    while it closes variables; CIST_CLSRET a frame closing variables in its
-    return) and `u2` (i4: nres while a Lua frame closes variables in
-    OP_RETURN), as bytes; None if the memory cannot be read."""
+def ci_states(thread: int, cs=CALLSTATUS["5.4"]) -> bytes | None:
+    """Per level of a thread, innermost first, the low 16 bits of its
+    CallInfo's `callstatus` (H: CIST_RECST, bits 10-12 in 5.4, 12-14 in
+    5.5, is the error a pcall is recovering from while it closes
+    variables) and `u2` (i4: nres while a Lua frame closes variables in
+    OP_RETURN), as bytes; None if the memory cannot be read. `cs`: the
+    Lua's CallStatus (native.CALLSTATUS)."""
     ci = MEMORY.pointer(thread + L_CI)
     out = []
     while ci:
         previous = MEMORY.pointer(ci + CI_PREVIOUS)
-        data = MEMORY.read(ci + CI_U2, CI_CALLSTATUS + 2 - CI_U2)
+        data = MEMORY.read(ci + CI_U2, cs.offset + cs.size - CI_U2)
         if previous is None or data is None or len(out) > MAX_LEVELS:
             return None
         if previous == 0:             # base_ci: not a level
             break
         (u2,) = struct.unpack_from("<i", data, 0)
-        (status,) = struct.unpack_from("<H", data, CI_CALLSTATUS - CI_U2)
-        out.append(struct.pack("<Hi", status, u2))
+        out.append(struct.pack("<Hi", cs.read(data, CI_U2) & 0xFFFF, u2))
         ci = previous
     return b"".join(out)
+
+
+def readers(session):
+    """frames.lua's readers of a thread's memory for the session's Lua:
+    tbc_slots (the same in 5.4 and 5.5) and ci_states."""
+    cs = CALLSTATUS[version_of(_helper(session))]
+    return tbc_slots, lambda thread: ci_states(thread, cs)
 
 
 def tbc_slots(thread: int) -> bytes | None:
@@ -522,22 +543,25 @@ def tbc_slots(thread: int) -> bytes | None:
     return struct.pack(f"<{2 * len(slots)}i", *[x for s in slots for x in s])
 
 
-_self_check_result: bool | None = None
+_self_check_result: dict[str, bool] | None = None    # by Lua version
 
 
 def reset_self_check() -> None:
-    """Forget the self-check's result (tests)."""
+    """Forget the self-check's results (tests)."""
     global _self_check_result
     _self_check_result = None
 
 
 def self_check(session) -> bool:
     """True when the reader finds the known pcs of sample coroutines by
-    reading; computed once per process."""
+    reading; computed once per process and Lua version."""
     global _self_check_result
     if _self_check_result is None:
-        _self_check_result = _run_self_check(session)
-    return _self_check_result
+        _self_check_result = {}
+    version = version_of(_helper(session))
+    if version not in _self_check_result:
+        _self_check_result[version] = _run_self_check(session)
+    return _self_check_result[version]
 
 
 def _run_self_check(session) -> bool:
@@ -551,13 +575,14 @@ def _run_self_check(session) -> bool:
                 rec, _ = _record(helper, samples[i])
             except FramePeekError:
                 return False
-            walked = _walk(rec)
+            cache = _Cache(helper)
+            walked = _walk(rec, CALLSTATUS[cache.version])
             if walked is None:
                 return False
             for level in range(1, rec.n):
                 if rec[level].what == "C":
                     continue
-                got = _read_frame(walked[level], rec, level, _Cache(helper))
+                got = _read_frame(walked[level], rec, level, cache)
                 expected = _expected_pc(helper, rec.func(level))
                 if got is None or expected is None or got.pc != expected:
                     return False

@@ -54,6 +54,11 @@ class Issue:
         return f"{self.path}: {self.reason}"
 
 
+# The runtimes whose suspended coroutines the frame readers and the finisher
+# know (5.5: its tests, conformance run and fuzzer pass as 5.4's).
+FRAME_RUNTIMES = {"5.4", "5.5"}
+
+
 def attach(session):
     """Load the serializer into a fresh session's Lua state (the companion
     COMPANION): it starts tracking the coroutines and files user code makes
@@ -65,7 +70,7 @@ def attach(session):
     lua_side = session.lua_side
     tracked = load_lua(lua, "persist/lua/track.lua", lua_side, os.path.abspath)
     module = load_serializer(lua, session.runtime, lua_side, tracked)
-    if session.runtime.key != "5.4":      # the frame readers know Lua 5.4 only, so far
+    if session.runtime.key not in FRAME_RUNTIMES:
         module.use_frames(None, None, no_frames_reason(session.runtime))
         return module
     bytecode = load_lua(lua, "persist/lua/bytecode.lua")
@@ -74,7 +79,7 @@ def attach(session):
         lua, framepeek.LUA_FILE, module.permanent, bytecode, finisher.proto_of))
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
-    frames.use_readers(_reader(framepeek.tbc_slots), _reader(framepeek.ci_states))
+    frames.use_readers(*(_reader(read) for read in framepeek.readers(session)))
     return module
 
 
@@ -105,7 +110,8 @@ def no_frames_reason(runtime) -> str:
     if runtime.is_luajit:
         return ("its call stack cannot be saved in LuaJIT: its frames are out of reach "
                 "from outside the VM")
-    return f"its call stack can be saved in Lua 5.4 only, not yet in {runtime.display_name}"
+    return (f"its call stack can be saved in Lua 5.4 and 5.5 only, not yet in "
+            f"{runtime.display_name}")
 
 
 def _never_raise(failure):

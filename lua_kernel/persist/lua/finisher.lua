@@ -1,4 +1,4 @@
--- The finisher: a Lua 5.4 bytecode interpreter written in Lua.
+-- The finisher: a Lua 5.4 and 5.5 bytecode interpreter written in Lua.
 --
 -- It continues a Lua frame from any instruction, given the frame's closure,
 -- its prototype (bytecode.read(string.dump(closure))), a pc, the registers and the
@@ -134,6 +134,9 @@ local MY_SRC = debug_getinfo(1, "S").short_src
 -- table whose array part holds its closure, its pending pc (1-based), its
 -- number of registers and then the registers, in these slots.
 local RECORD_FN, RECORD_CUR = 1, 2
+-- Lua 5.5's instruction set where it differs (see "Lua 5.5's instructions")
+local V55 = bytecode.VERSION == 0x55
+local TFORCALL_FN = V55 and 3 or 4     -- OP_TFORCALL calls R[A + this]
 finisher.RECORD_FN, finisher.RECORD_CUR = RECORD_FN, RECORD_CUR
 finisher.RECORD_NREGS, finisher.RECORD_R0 = 3, 4
 local OFFSET_sC = 127                 -- MAXARG_C >> 1
@@ -362,8 +365,18 @@ local start               -- start(f, interpret, caller, args): run f in a new f
 local SPECIAL = {}
 
 -- A __close metamethod is called from fr; with a hook, as fr's calls are.
-local function callclose(fr, tm, v, err)
+-- Lua 5.5 passes the error only when there is one (lfunc.c callclosemethod:
+-- `err` false means no second argument); 5.4 always passes it.
+local function callclose(fr, tm, v, err, noerr)
   local interpret = fr.interpret
+  if noerr and V55 then
+    if interpret and type(tm) == "function" then
+      local how = interpret(tm, fr)
+      if how == true then return start(tm, interpret, fr, table_pack(v)) end
+      if how then tm = how end
+    end
+    return tm(v)
+  end
   if interpret and type(tm) == "function" then
     local how = interpret(tm, fr)
     if how == true then return start(tm, interpret, fr, table_pack(v, err)) end
@@ -371,8 +384,6 @@ local function callclose(fr, tm, v, err)
   end
   tm(v, err)
 end
-
--- Call the pending to-be-closed variables >= level, last first (luaF_close).
 local function closetbc(fr, level)
   local t = fr.tbc
   while #t > 0 and t[#t] >= level do
@@ -380,7 +391,7 @@ local function closetbc(fr, level)
     t[#t] = nil
     local v = fr.R[reg]
     local mt = debug_getmetatable(v)
-    callclose(fr, mt and rawget(mt, "__close"), v, nil)
+    callclose(fr, mt and rawget(mt, "__close"), v, nil, true)
   end
 end
 
@@ -406,14 +417,15 @@ end
 local PROXY = {__close = function(p, err)
   local c = p.c                  -- shared by one chain: {fr, e, busy, raised}
   if c.busy then c.raised = true end   -- the previous __close raised
-  if not c.raised then err = c.e end   -- closed by close_chain's return (nil)
+  local noerr = false
+  if not c.raised then err, noerr = c.e, c.noerr end   -- closed by close_chain's return (nil)
   c.busy = true
   local fr = c.fr
   local t = fr.tbc
   t[#t] = nil                    -- p.reg, the last pending one
   local v = fr.R[p.reg]
   local mt = debug_getmetatable(v)
-  callclose(fr, mt and rawget(mt, "__close"), v, unboxed(err))
+  callclose(fr, mt and rawget(mt, "__close"), v, unboxed(err), noerr)
   c.busy = false
 end}
 
@@ -424,11 +436,11 @@ local function close_chain(c, i)
   close_chain(c, i + 1)
 end
 
-local GUARD = {__close = function(g, e)
-  local fr = g.fr
+local GUARD = {__close = function(g, ...)
+  local fr, e = g.fr, ...
   closeupvals(fr, 0)
   if #fr.tbc == 0 then return end
-  close_chain({fr = fr, e = e}, 1)
+  close_chain({fr = fr, e = e, noerr = select("#", ...) == 0}, 1)   -- 5.5: no error
 end}
 
 -- ------------------------------------------------------ table sizes ---
@@ -439,7 +451,8 @@ end}
 -- each runs natively, in a tiny function made of the instruction itself
 -- (its registers moved to 0), one per distinct instruction.
 local natives = {}
-local A_MASK, B_MASK = ~(0xFF << 7), ~(0xFF << 16)
+local A_MASK = ~(0xFF << 7)
+local B_MASK = V55 and ~(0x3F << 16) or ~(0xFF << 16)   -- 5.5: vB
 
 local function native_op(key, code, numparams)
   local fn = natives[key]
@@ -500,11 +513,16 @@ end
 -- What a call reaches: each `__call` of a chain is called with the object
 -- inserted first (luaD_tryfuncTM). A non-callable value stays, for the
 -- native call to raise the error.
+-- Lua 5.5 counts the chain: the 16th `__call` is an error (ldo.c
+-- tryfuncTM, MAX_CCMT).
 local function callable(fn, args)
+  local n = 0
   while type(fn) ~= "function" do
     local mt = debug_getmetatable(fn)
     local tm = mt and rawget(mt, "__call")
     if tm == nil then break end
+    n = n + 1
+    if V55 and n > 15 then error("'__call' chain too long") end
     for j = args.n, 1, -1 do args[j + 1] = args[j] end
     args[1], args.n = fn, args.n + 1
     fn = tm
@@ -838,7 +856,7 @@ compile[OP.NEWTABLE] = function(p, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
-compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
+local function compile54_self(p, pc, a, b, c, k, ins, succ)
   local a1, nx = a + 1, succ(pc + 1)
   if k == 1 then
     local key = p.k[c + 1]
@@ -858,6 +876,7 @@ compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
+compile[OP.SELF] = compile54_self
 
 -- Arithmetic: each op does what its following OP_MMBIN* describes (event,
 -- operands, flip), which is the source-level operation (`x - 1` is ADDI -1
@@ -1379,7 +1398,7 @@ compile[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
     return ops[back](fr, R)
   end
 end
-compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
+local function compile54_setlist(p, pc, a, b, c, k, ins, succ)
   local nx = succ((k == 1) and pc + 2 or pc + 1)   -- past the EXTRAARG
   local set
   return function(fr, R)
@@ -1389,6 +1408,7 @@ compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
+compile[OP.SETLIST] = compile54_setlist
 compile[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, succ)
   local bx, nx = ins.bx, succ(pc + 1)
   return function(fr, R)
@@ -1396,7 +1416,7 @@ compile[OP.CLOSURE] = function(_, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
-compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
+local function compile54_vararg(_, pc, a, b, c, k, ins, succ)
   local nx = succ(pc + 1)
   return function(fr, R)
     local va, n = fr.varargs, c - 1
@@ -1408,8 +1428,144 @@ compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
     return nx(fr, R)
   end
 end
+compile[OP.VARARG] = compile54_vararg
 compile[OP.EXTRAARG] = function()
   return function() error("finisher: unexpected OP_EXTRAARG", 0) end
+end
+
+-- ----------------------------------------------- Lua 5.5's instructions ---
+-- One instruction table: where Lua 5.5.1 changed an instruction (lvm.c,
+-- lopcodes.h), its entry replaces 5.4's here; the rest is shared (OP is the
+-- running Lua's numbering, so renumbered opcodes need nothing).
+if V55 then
+  -- SELF: the key is always K[C]
+  compile[OP.SELF] = function(p, pc, a, b, c, k, ins, succ)
+    return compile54_self(p, pc, a, b, c, 1, ins, succ)
+  end
+  -- NEWTABLE and SETLIST are ivABC: vB, vC (newtable_op copies the word)
+  compile[OP.SETLIST] = function(p, pc, a, b, c, k, ins, succ)
+    return compile54_setlist(p, pc, a, ins.vb, ins.vc, k, ins, succ)
+  end
+  -- numeric for: R[A] count (integers) or limit (floats), R[A+1] step,
+  -- R[A+2] the control variable
+  compile[OP.FORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+    local back, nx, a1, a2 = pc + 1 - ins.bx, succ(pc + 1), a + 1, a + 2
+    return function(fr, R)
+      local step = R[a1]
+      if step > 0 and step + maxinteger < 0 or step < 0 and step + mininteger >= 0 then
+        local count = R[a]
+        if count == 0 then return nx(fr, R) end   -- unsigned count > 0
+        R[a] = count - 1
+        R[a2] = R[a2] + step
+        return ops[back](fr, R)
+      end
+      local idx, limit = R[a2] + step, R[a]
+      if (0 < step) and (idx <= limit) or (not (0 < step)) and (limit <= idx) then
+        R[a2] = idx
+        return ops[back](fr, R)
+      end
+      return nx(fr, R)
+    end
+  end
+  -- generic for: R[A] iterator, R[A+1] state, R[A+2] closing value, R[A+3]
+  -- control variable; the call is made at R[A+3]
+  compile[OP.FORPREP] = function(_, pc, a, b, c, k, ins, succ)
+    local past, nx, a1, a2, a3 = succ(pc + ins.bx + 2), succ(pc + 1), a + 1, a + 2, a + 3
+    return function(fr, R)
+      fr.cur = pc
+      local keep = R[a3]
+      if forprep(R, a) then return past(fr, R) end
+      -- 5.4's layout (count or limit, step, control at A+1..A+3) to 5.5's
+      R[a], R[a1], R[a2], R[a3] = R[a1], R[a2], R[a3], keep
+      return nx(fr, R)
+    end
+  end
+  compile[OP.TFORPREP] = function(_, pc, a, b, c, k, ins, succ)
+    local nx, a2, a3 = succ(pc + 1 + ins.bx), a + 2, a + 3   -- the OP_TFORCALL
+    return function(fr, R)
+      fr.cur = pc
+      R[a2], R[a3] = R[a3], R[a2]
+      newtbc(fr, a2)
+      return nx(fr, R)
+    end
+  end
+  compile[OP.TFORCALL] = function(_, pc, a, b, c, k, ins, succ)
+    local nx, a1, a3, a4, a5 = succ(pc + 1), a + 1, a + 3, a + 4, a + 5
+    return function(fr, R)
+      fr.cur = pc
+      R[a5], R[a4], R[a3] = R[a3], R[a1], R[a]
+      setresults(fr, a3, call(fr, R[a3], a3, a5), c)
+      return nx(fr, R)
+    end
+  end
+  compile[OP.TFORLOOP] = function(_, pc, a, b, c, k, ins, succ, ops)
+    local back, nx, a3 = pc + 1 - ins.bx, succ(pc + 1), a + 3
+    return function(fr, R)
+      if R[a3] == nil then return nx(fr, R) end
+      return ops[back](fr, R)
+    end
+  end
+  -- a function with a vararg table (PF_VATAB) gets it in R[numparams]
+  -- (luaT_adjustvarargs); hidden varargs leave that register nil
+  compile[OP.VARARGPREP] = function(p, pc, a, b, c, k, ins, succ)
+    local nx, np = succ(pc + 1), p.numparams
+    if (p.flag or 0) & 2 == 0 then return nx end
+    return function(fr, R)
+      local va, t = fr.varargs, {}
+      for j = 1, va.n do t[j] = va[j] end
+      t.n = va.n
+      R[np] = t
+      return nx(fr, R)
+    end
+  end
+  -- VARARG: k says the varargs are the table R[B] (luaT_getvarargs)
+  compile[OP.VARARG] = function(_, pc, a, b, c, k, ins, succ)
+    if k == 0 then return compile54_vararg(_, pc, a, b, c, k, ins, succ) end
+    local nx = succ(pc + 1)
+    return function(fr, R)
+      fr.cur = pc
+      local t, n = R[b], c - 1
+      local m = rawget(t, "n")
+      if math_type(m) ~= "integer" or m < 0 or m > 0x3FFFFFFF then
+        error("vararg table has no proper 'n'")
+      end
+      if n < 0 then
+        n = m
+        fr.top = a + n
+      end
+      for j = 1, n do
+        if j <= m then R[a + j - 1] = rawget(t, j) else R[a + j - 1] = nil end
+      end
+      return nx(fr, R)
+    end
+  end
+  -- GETVARG: R[A] := vararg[R[C]] (luaT_getvararg: an integer or an
+  -- integral float, as tointegerns; or "n")
+  local function getvararg(va, key)
+    local n = math_type(key) and math_tointeger(key)
+    if n then
+      if n >= 1 and n <= va.n then return va[n] end
+      return nil
+    end
+    if key == "n" then return va.n end
+    return nil
+  end
+  compile[OP.GETVARG] = function(_, pc, a, b, c, k, ins, succ)
+    local nx = succ(pc + 1)
+    return function(fr, R) R[a] = getvararg(fr.varargs, R[c]); return nx(fr, R) end
+  end
+  -- ERRNNIL: a `global x` declaration of a defined global (luaG_errnnil)
+  compile[OP.ERRNNIL] = function(p, pc, a, b, c, k, ins, succ)
+    local nx, v = succ(pc + 1), ins.bx > 0 and p.k[ins.bx] or nil
+    local name = type(v) == "string" and v or "?"
+    return function(fr, R)
+      if R[a] ~= nil then
+        fr.cur = pc
+        error(string_format("global '%s' already defined", name))
+      end
+      return nx(fr, R)
+    end
+  end
 end
 
 for name, code in next, OP do
@@ -1426,9 +1582,10 @@ local SETS_NO_A = {}                      -- !testAMode: R[A] is not set
 for _, name in ipairs({"SETUPVAL", "SETTABUP", "SETTABLE", "SETI", "SETFIELD",
     "MMBIN", "MMBINI", "MMBINK", "CLOSE", "TBC", "JMP", "EQ", "LT", "LE", "EQK",
     "EQI", "LTI", "LEI", "GTI", "GEI", "TEST", "RETURN", "RETURN0", "RETURN1",
-    "TFORPREP", "TFORCALL", "SETLIST", "EXTRAARG"}) do
-  SETS_NO_A[OP[name]] = true
+    "TFORPREP", "TFORCALL", "SETLIST", "EXTRAARG", "ERRNNIL"}) do
+  if OP[name] then SETS_NO_A[OP[name]] = true end   -- ERRNNIL: 5.5 only
 end
+if V55 then SETS_NO_A[OP.VARARGPREP] = true end
 local MMBINS = {[OP.MMBIN] = true, [OP.MMBINI] = true, [OP.MMBINK] = true}
 
 -- ltm.c's event names, by TMS (the C of OP_MMBIN*), without "__".
@@ -1537,7 +1694,7 @@ local function getobjname(p, lastpc, reg)
       local _, k = kname(p, ins.c)
       return isEnv(p, pc, ins, false), k
     elseif op == OP.SELF then
-      if ins.k == 1 then
+      if ins.k == 1 or V55 then             -- 5.5: the key is always K[C]
         local _, k = kname(p, ins.c)
         return "method", k
       end
@@ -1639,7 +1796,7 @@ local function argerror(fr, n, tail)
     n = n - 1
     if n == 0 then return "calling '" .. name .. "' on bad self " .. tail end
   elseif kind == nil then
-    local fn = fr.R[op == OP.TFORCALL and ins.a + 4 or ins.a]
+    local fn = fr.R[op == OP.TFORCALL and ins.a + TFORCALL_FN or ins.a]
     name = globalfuncname(fn) or "?"
   end
   return "bad argument #" .. n .. " to '" .. name .. "' " .. tail
@@ -1793,10 +1950,13 @@ local function rewrite(fr, e)
   end
   local line = line_of(fr.p, fr.cur)
   if line then return fr.short_src .. ":" .. line .. ": " .. rest end
-  -- No line information (stripped): luaG_runerror writes line -1,
-  -- luaL_where (a callee's error) nothing.
+  -- No line information (stripped): luaG_runerror writes line -1 (5.5:
+  -- "?:?:", a stripped function has no source), luaL_where (a callee's
+  -- error) nothing.
   for _, pattern in ipairs(VM_ERRORS) do
-    if string_find(rest, pattern) then return fr.short_src .. ":-1: " .. rest end
+    if string_find(rest, pattern) then
+      return (V55 and "?:?: " or fr.short_src .. ":-1: ") .. rest
+    end
   end
   return rest
 end
@@ -1950,6 +2110,18 @@ local function unhandled(ok, ...)
   return false, unboxed((...))
 end
 
+-- A message handler whose own errors overflow the C stack: natively the
+-- overflow is raised at a C level (the handler's call, ldo.c
+-- luaE_checkcstack), so the message has no position; here it is raised in
+-- this file's code, whose position is dropped.
+local OVERFLOW = PREFIX .. "(C stack overflow)$"
+local function overflowed(msgh)
+  return function(e, ...)
+    if type(e) == "string" then e = string_match(e, OVERFLOW) or e end
+    return msgh(e, ...)
+  end
+end
+
 -- error, pcall and xpcall (see "Levels"); pcall/xpcall of a Lua function
 -- or of a function calling back run it interpreted.
 local LEVELED = {[error] = error_from}
@@ -1968,7 +2140,7 @@ LEVELED[xpcall] = function(x)
     local f, msgh = ...
     if type(msgh) ~= "function" then return plain(...) end
     msgh = interpreted(msgh)
-    if not reaches(f) then return plain(f, msgh, select(3, ...)) end
+    if not reaches(f) then return plain(f, overflowed(msgh), select(3, ...)) end
     -- its frames run the handler (HANDLED)
     local h = boxing(msgh)
     return unhandled(xpcall(protected, h, {c = true, caller = x, msgh = h}, f, select(3, ...)))

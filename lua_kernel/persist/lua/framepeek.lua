@@ -55,6 +55,7 @@ local rawequal = original("rawequal", rawequal)
 
 local framepeek = {}
 framepeek.original = original
+framepeek.VERSION = bytecode.VERSION     -- 0x54 | 0x55: the Lua this runs in
 
 -- What getinfo says of a function itself ("S", "u"), asked once per function.
 local fninfo = setmetatable({}, { __mode = "k" })
@@ -66,6 +67,12 @@ local function level_record(co, level, collect)
   local fi = fninfo[func]
   if fi == nil then
     fi = getinfo(func, "Su")
+    if fi.isvararg and bytecode.VERSION == 0x55 then
+      -- 5.5: a function with a vararg table (PF_VATAB) keeps its slot
+      -- (luaT_adjustvarargs builds the table in place)
+      local p = framepeek.proto(func)
+      fi.vatab = p ~= nil and (p.flag or 0) & 2 ~= 0
+    end
     fninfo[func] = fi
   end
   local r = {
@@ -82,7 +89,7 @@ local function level_record(co, level, collect)
       if regs then regs[n] = v end
     end
     r.nslots, r.regs = n, regs
-    if fi.isvararg then
+    if fi.isvararg and not fi.vatab then
       -- OP_VARARGPREP moved the function slot above its arguments
       -- (luaT_adjustvarargs): it is 1 + nparams + #varargs above where the
       -- caller put it

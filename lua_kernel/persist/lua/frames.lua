@@ -147,7 +147,13 @@ local analyses = setmetatable({}, { __mode = "k" })
 
 -- Per prototype: the register of every local variable (luaF_getlocalname's
 -- numbering), the registers some child closure captures, and the sites that
--- create to-be-closed variables (OP_TBC; OP_TFORPREP's fourth value).
+-- create to-be-closed variables (OP_TBC; OP_TFORPREP's closing value).
+-- A generic for's slots from R[A]: iterator, state, then 5.4: control,
+-- closing value; 5.5: closing value, control (lvm.c OP_TFORPREP); its call
+-- is made at R[A + TFORCALL_FN].
+local V55 = bytecode.VERSION == 0x55
+local TFOR_CLOSING, TFOR_CONTROL = V55 and 2 or 3, V55 and 3 or 2
+local TFORCALL_FN = V55 and 3 or 4
 local function analyse(p)
   local an = analyses[p]
   if an then return an end
@@ -181,7 +187,7 @@ local function analyse(p)
     if op == OP.TBC then
       sites[#sites + 1] = { t = pc - 1, reg = a }
     elseif op == OP.TFORPREP then
-      sites[#sites + 1] = { t = pc - 1, reg = a + 3 }
+      sites[#sites + 1] = { t = pc - 1, reg = a + TFOR_CLOSING }
       loops[#loops + 1] = { t = pc - 1, a = a, last = pc - 1 + ins.bx }  -- body: t+1 .. last
     end
   end
@@ -276,7 +282,7 @@ end
 local function freeze_next_loops(an, fr, pc0)
   for _, l in ipairs(an.loops) do
     if l.t < pc0 and pc0 <= l.last and rawequal(fr[R0 + l.a], next) then
-      local t, k = fr[R0 + l.a + 1], fr[R0 + l.a + 2]
+      local t, k = fr[R0 + l.a + 1], fr[R0 + l.a + TFOR_CONTROL]
       local keys, n = {}, 0
       local ok = pcall(function()
         local kk = k
@@ -388,7 +394,7 @@ local function tbc_registers(plan, level)
   return list
 end
 
-local RECST_SHIFT = 10                   -- lstate.h: CIST_RECST
+local RECST_SHIFT = bytecode.VERSION == 0x55 and 12 or 10   -- lstate.h: CIST_RECST
 
 -- A pcall/xpcall at `level` whose callee is not the function it was given
 -- may be recovering from an error (finishpcallk: closing the variables of
@@ -435,7 +441,7 @@ local function pinned_pc(t, level)
   local nslots = lv.nslots - t[level - 1].shift
   local found
   for _, c in ipairs(list) do
-    if kinds[c.op] and nslots == (c.op == OP.TFORCALL and c.a + 4 or c.a) then
+    if kinds[c.op] and nslots == (c.op == OP.TFORCALL and c.a + TFORCALL_FN or c.a) then
       if found then return nil end
       found = c.pc
     end
@@ -603,7 +609,8 @@ for names, fields in next, {
   ["ADDK SUBK MULK MODK POWK DIVK IDIVK BANDK BORK BXORK ADDI SHRI SHLI UNM BNOT LEN " ..
    "GETI GETFIELD MMBIN"] = "a b",
   ["MMBINI MMBINK GETTABUP LTI LEI GTI GEI"] = "a",
-  ["SELF"] = "a a1 b ck", ["SETTABUP"] = "ck", ["SETTABLE"] = "a b ck",
+  ["SELF"] = V55 and "a a1 b" or "a a1 b ck",      -- 5.5: SELF's key is always K[C]
+  ["SETTABUP"] = "ck", ["SETTABLE"] = "a b ck",
   ["SETI SETFIELD"] = "a ck",
 } do
   for name in names:gmatch("%S+") do
@@ -791,7 +798,7 @@ local function deliver(fr, p, R, ...)
   elseif op == OP.TAILCALL then
     return nil, pack(...)
   elseif op == OP.TFORCALL then
-    for j = 1, c do R[a + 3 + j] = (select(j, ...)) end
+    for j = 1, c do R[a + TFORCALL_FN - 1 + j] = (select(j, ...)) end
     return cur + 1
   elseif MMBINS[op] then
     R[dec[cur - 1].a] = (...)
