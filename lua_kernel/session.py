@@ -144,6 +144,7 @@ class Session:
         self._running = False
         self._interrupted = False
         self._flush_timer: threading.Timer | None = None
+        self._reserve_lent = False       # the limit is raised after a memory error
         self.cell_sources: dict[str, str] = {}   # chunk name -> cell text (inspection)
         self._start()
 
@@ -151,6 +152,7 @@ class Session:
 
     def _start(self) -> None:
         self.lua = new_runtime(self.max_memory, self.runtime)
+        self._reserve_lent = False
         self._print_threads: list[int] = []
         self._interrupter = None
         self._streams = self._native_streams()
@@ -372,6 +374,7 @@ class Session:
                 self._running = False
                 if self._interrupter:
                     self._interrupter.disarm()
+        self._mind_reserve(not result[0] and result[1] == "memory")
         self._lua_side.flush()
         self._flush_output(final=True)
         if result[0]:
@@ -385,6 +388,22 @@ class Session:
                 f"not enough memory (memory limit: {limit}; "
                 f"set {MAX_MEMORY_ENV} to change it)", traceback, value)
         raise LuaError(message, traceback, value)
+
+    def _mind_reserve(self, out_of_memory: bool) -> None:
+        """After a cell ran out of memory, the state sits at the limit, and any
+        allocation outside a protected call (lupa pushing the next cell's
+        source, say) would make Lua panic and end the process; LuaJIT stops
+        that close to the limit. So the limit is raised by a reserve until a
+        cell ends below the real limit again (after `t = nil`, say)."""
+        if not self.max_memory:
+            return
+        if out_of_memory and not self._reserve_lent:
+            reserve = max(self.max_memory // 16, 4 * 1024**2)
+            self.lua.set_max_memory(self.max_memory + reserve)
+            self._reserve_lent = True
+        elif self._reserve_lent and self.memory_used() < self.max_memory:
+            self.lua.set_max_memory(self.max_memory)
+            self._reserve_lent = False
 
     def _output_pending(self) -> bool:
         """Lua has buffered output: flush it within FLUSH_SECONDS even if the

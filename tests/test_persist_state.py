@@ -39,11 +39,12 @@ RESTORER = textwrap.dedent(r"""
 
     body = open(sys.argv[1], "rb").read()
     steps = json.load(open(sys.argv[2]))
+    runtime = sys.argv[3]
     sessions, issues = {}, []
     results = []
     for index, code in steps:
         if index not in sessions:
-            sessions[index] = new_session()
+            sessions[index] = new_session(runtime=runtime)
             try:
                 issues = [[i.path, i.reason] for i in state.apply(sessions[index], body)]
             except ValueError as e:
@@ -56,6 +57,19 @@ RESTORER = textwrap.dedent(r"""
 """)
 
 
+# Every test here runs in Lua 5.4 and in Lua 5.5 (issue 10): the runtime of
+# the sessions the helpers below make. LuaJIT, whose Lua is 5.1, has its own
+# round trips (test_persist_luajit.py, test_runtimes.py).
+RUNTIMES = ["5.4", "5.5"]
+RUNTIME = RUNTIMES[0]
+
+
+@pytest.fixture(autouse=True, params=RUNTIMES)
+def runtime(request, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "RUNTIME", request.param)
+    return request.param
+
+
 def run(session: Session, code: str, name: str = "setup"):
     """Run Lua code in a session the way a cell runs (as a chunk named `name`)."""
     fn = session.lua.eval("function(c, n) return assert(load(c, '=' .. n)) end")(code, name)
@@ -63,7 +77,7 @@ def run(session: Session, code: str, name: str = "setup"):
 
 
 def capture(setup: str):
-    s = new_session()
+    s = new_session(runtime=RUNTIME)
     run(s, setup)
     return state.capture(s)
 
@@ -72,7 +86,8 @@ def restore_elsewhere(body: bytes, steps, tmp_path: Path) -> dict:
     body_file, steps_file = tmp_path / "body.bin", tmp_path / "steps.json"
     body_file.write_bytes(body)
     steps_file.write_text(json.dumps(steps))
-    proc = subprocess.run([sys.executable, "-c", RESTORER, str(body_file), str(steps_file)],
+    proc = subprocess.run([sys.executable, "-c", RESTORER, str(body_file), str(steps_file),
+                           RUNTIME],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -556,7 +571,7 @@ def test_file_not_opened_with_io_open_restores_closed_with_an_issue(tmp_path):
 
 
 def test_kernel_io_open_keeps_the_original_errors():
-    s = new_session()
+    s = new_session(runtime=RUNTIME)
     # under pcall the C library names a function by its global name
     assert run(s, "return select(2, pcall(io.open))") == (
         "bad argument #1 to 'io.open' (string expected, got no value)",)
@@ -640,10 +655,10 @@ def test_suspended_coroutines_come_back_suspended(tmp_path):
 
 
 def test_restored_coroutines_can_be_saved_again(tmp_path):
-    s = new_session()
+    s = new_session(runtime=RUNTIME)
     run(s, "co = coroutine.create(function(x) return x + 1 end) w = coroutine.wrap(function(x) return -x end)")
     body, _, _ = state.capture(s)
-    s2 = new_session()
+    s2 = new_session(runtime=RUNTIME)
     assert state.apply(s2, body) == []
     body2, issues, _ = state.capture(s2)
     assert issues == []
@@ -663,11 +678,11 @@ def test_malformed_body_raises_value_error():
     body, _, _ = capture("t = {1, 2, 3, s = 'x'} function f() return t end")
     for bad in [b"", b"garbage", body[:len(body) // 2], body[:-1], body + b"\0",
                 b"NOTSTATE" + body[8:], body[:8] + b"\x63\x00\x00\x00" + body[12:]]:
-        s = new_session()
+        s = new_session(runtime=RUNTIME)
         with pytest.raises(ValueError):
             state.apply(s, bad)
     with pytest.raises(ValueError):
-        state.apply(new_session(), "not bytes")
+        state.apply(new_session(runtime=RUNTIME), "not bytes")
 
 
 def test_restoring_twice_gives_independent_sessions(tmp_path):
@@ -677,7 +692,7 @@ def test_restoring_twice_gives_independent_sessions(tmp_path):
 
 
 def test_capture_leaves_the_session_working():
-    s = new_session()
+    s = new_session(runtime=RUNTIME)
     run(s, "t = {1, 2} co = coroutine.create(print)")
     state.capture(s)
     state.capture(s)
@@ -747,7 +762,7 @@ def test_python_errors_in_the_serializers_callbacks_never_cross_into_lua(monkeyp
     saved and restored, both ways."""
     from lua_kernel.persist import pyobjects
 
-    s = new_session()
+    s = new_session(runtime=RUNTIME)
     s.execute("objs = {python.builtins.len, python.builtins.abs}; kept = 42")
 
     def broken(*args):
@@ -758,14 +773,14 @@ def test_python_errors_in_the_serializers_callbacks_never_cross_into_lua(monkeyp
         body, issues, _ = state.capture(s)
     assert sorted(i.path for i in issues) == ["_G.objs[1]", "_G.objs[2]"]
     assert all("cannot be pickled: RuntimeError: boom" in i.reason for i in issues)
-    fresh = new_session()
+    fresh = new_session(runtime=RUNTIME)
     state.apply(fresh, body)
     assert fresh.execute("return kept, objs[1]") == (42, None)
 
     body, issues, _ = state.capture(s)
     assert issues == []
     monkeypatch.setattr(pyobjects, "unpickle_many", broken)
-    fresh = new_session()
+    fresh = new_session(runtime=RUNTIME)
     issues = state.apply(fresh, body)
     assert [str(i) for i in issues] == [
         f"_G.objs[{n}]: cannot be unpickled: RuntimeError: boom; restored as nil" for n in (1, 2)]
