@@ -290,18 +290,19 @@ def test_control_comm_answers_request_states(kernel):
     kc.shell_channel.send(opened)
     msg_id, _ = send_comm(kc, control, {"method": "request_states"}, wait=False)
     # The comm_msg may arrive while the comm_open is still being handled;
-    # ipykernel 7 then runs it concurrently, without busy/idle status, so
-    # the answer itself (and the open's idle) is what we wait for.
+    # ipykernel 7 then runs it concurrently, without busy/idle status, and
+    # the answer may go out under either request's parent header. So the
+    # answer itself (and the open's idle) is what we wait for, under both.
     opened_id = opened["header"]["msg_id"]
 
-    def answered(got, idle):
-        return opened_id in idle and any(
-            m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update_states"
-            for m in got[msg_id])
+    def states(got):
+        return [m for ms in got.values() for m in ms if m["msg_type"] == "comm_msg"
+                and m["content"]["data"].get("method") == "update_states"]
 
-    messages = collect_until(kc, [opened_id, msg_id], answered)[msg_id]
-    [reply] = [m for m in messages if m["msg_type"] == "comm_msg"
-               and m["content"]["data"].get("method") == "update_states"]
+    got = collect_until(kc, [opened_id, msg_id],
+                        lambda got, idle: opened_id in idle and states(got))
+    [reply] = states(got)
+    messages = got[opened_id] + got[msg_id]
     states = reply["content"]["data"]["states"]
     assert states[comm_id]["state"]["description"] == "probe"
     assert not [m for m in messages if m["msg_type"] == "stream"]
