@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import functools
 import os
 import struct
 from types import ModuleType
@@ -167,9 +168,11 @@ class LuaLibrary:
     def hooks(self) -> bool:
         return self.sethook is not None
 
+    @functools.cached_property
     def release(self) -> str:
         """The exact release lupa bundles ("5.4.8", "LuaJIT 2.1.1774896198"),
-        from lua_ident / the runtime."""
+        from lua_ident / the runtime. Read once: every snapshot names it, on
+        the path of the cell's reply, and reading makes a Lua state."""
         runtime = self.module.LuaRuntime()
         if runtime.lua_implementation.startswith("LuaJIT"):
             return runtime.lua_implementation     # "LuaJIT 2.1.1774896198"
@@ -192,7 +195,7 @@ def library(module: ModuleType = lua54) -> LuaLibrary:
 
 def lua_release(module: ModuleType = lua54) -> str:
     """The exact release of a runtime (Lua 5.4's by default), e.g. "5.4.8"."""
-    return library(module).release()
+    return library(module).release
 
 
 MEMORY = MemoryReader()
