@@ -1730,11 +1730,23 @@ do   -- one local (c_modules) for the main chunk, which is near Lua's 200
 
   -- Name the C modules' tables and functions for one capture; returns what to
   -- forget afterwards.
+  -- module table -> whether a C library backs it: asked of the file system
+  -- once per module, not at every capture
+  local from_c = setmetatable({}, { __mode = "k" })
+  local function is_c_module(name, mod)
+    local c = from_c[mod]
+    if c == nil then
+      c = searchpath(name, package.cpath) ~= nil
+      from_c[mod] = c
+    end
+    return c
+  end
+
   function c_modules.add()
     local added = {}
     for name, mod in next, loaded do
       if type(name) == "string" and type(mod) == "table" and permname[mod] == nil
-          and searchpath(name, package.cpath) then
+          and is_c_module(name, mod) then
         local b = {}
         permname[mod], base[mod], basemt[mod] = REQUIRE .. name, b, dgetmt(mod) or false
         added[#added + 1] = mod
