@@ -1,6 +1,6 @@
 """Reaching under lupa: the Lua C API that lupa exports, and safe memory reads.
 
-Two things here cannot be done through the Lua language itself:
+Three things here cannot be done through the Lua language itself:
 
 * Interrupting a running Lua state. Lua documents `lua_sethook` as safe to
   call asynchronously (the `lua` executable calls it from its SIGINT handler).
@@ -17,6 +17,12 @@ Two things here cannot be done through the Lua language itself:
   gives an error instead of a crash. A self-check against a coroutine whose
   address we know runs before the walk is trusted; if it fails, interrupts
   still work everywhere except inside a running coroutine.
+
+* Reading the error of a coroutine dead at its base level. Lua 5.5 lets a
+  coroutine close itself; if a __close fails then, the coroutine is dead by
+  that error with no level left for the debug library to show it.
+  `LuaLibrary.copy_error` copies it to another (suspended) thread through
+  the C API, for persist/lua/frames.lua to save.
 
 Each lupa runtime is its own extension module with its own copy of the C
 API (`LuaLibrary`). The struct layout below is Lua 5.4.8's; another
@@ -37,6 +43,7 @@ from lupa import lua54
 
 # lua.h
 LUA_MASKCOUNT = 1 << 3
+LUA_ERRRUN = 2           # thread statuses from here up are errors (LUA_YIELD is 1)
 
 # Struct layout of lupa's Lua 5.4.8 on 64-bit platforms (lstate.h, lobject.h),
 # checked against the source; the interrupter's and framepeek's self-checks
@@ -167,6 +174,44 @@ class LuaLibrary:
     @property
     def hooks(self) -> bool:
         return self.sethook is not None
+
+    @functools.cached_property
+    def _threads(self):
+        """lua_status, lua_gettop, lua_checkstack, lua_pushvalue, lua_xmove
+        (the same in 5.4 and 5.5), or None."""
+        if self.lib is None:
+            return None
+        try:
+            fns = [getattr(self.lib, f"lua_{n}") for n in
+                   ("status", "gettop", "checkstack", "pushvalue", "xmove")]
+        except AttributeError:
+            return None
+        voidp, cint = ctypes.c_void_p, ctypes.c_int
+        for fn, args in zip(fns, ([voidp], [voidp], [voidp, cint],
+                                  [voidp, cint], [voidp, voidp, cint])):
+            fn.argtypes, fn.restype = args, cint
+        fns[3].restype = fns[4].restype = None
+        return fns
+
+    def copy_error(self, thread: int, into: int) -> bool:
+        """If `thread` (a lua_State* that is not running) is dead by an error
+        (lua_status), push a copy of its error, the top of its stack where
+        lua_resume and lua_closethread leave it (ldo.c, lstate.c), onto the
+        stack of `into`, another thread of the same state that is not running
+        either: True. False, and nothing changes, otherwise. Neither call can
+        raise a Lua error: lua_checkstack fails by returning 0, and the rest
+        allocate nothing."""
+        fns = self._threads
+        if fns is None:
+            return False
+        status, gettop, checkstack, pushvalue, xmove = fns
+        if status(thread) < LUA_ERRRUN or gettop(thread) < 1:
+            return False
+        if not (checkstack(thread, 1) and checkstack(into, 1)):
+            return False
+        pushvalue(thread, -1)
+        xmove(thread, into, 1)
+        return True
 
     @functools.cached_property
     def release(self) -> str:

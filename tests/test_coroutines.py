@@ -512,6 +512,32 @@ R(ce); R(rd)
      "L(coroutine.close(ce)); L(coroutine.close(ce)); R(ce); R(rd, 'later')",
     "L(coroutine.status(rd)); L(coroutine.close(rd)); L(coroutine.close(rd))")
 
+# Lua 5.5 lets a coroutine close itself; a __close failing then leaves it
+# dead by that error at its base level, where no level shows the error (5.4
+# refuses the close, and the coroutine goes on: the same scenario, natively
+# different, must match its native run in each).
+scenario("closes_itself_and_a_close_fails", """
+E = setmetatable({}, {__tostring = function() return "E" end})
+local mt = {__close = function(o, e)
+  L("closing", o.name, e)
+  if o.fails then error(o.fails, 0) end
+end}
+local function self_closing(name, fails)
+  return coroutine.create(function()
+    local v <close> = setmetatable({name = name, fails = fails}, mt)
+    L(name .. " got", coroutine.yield(name))
+    L(name .. " closes itself", pcall(coroutine.close, coroutine.running()))
+    return name .. " went on"
+  end)
+end
+cs1, cs2, cs3 = self_closing("s1", "s1 failed"), self_closing("s2", E), self_closing("s3")
+R(cs1); R(cs2); R(cs3)
+R(cs1, 1); R(cs2, 2)
+""", "L(coroutine.status(cs1)); R(cs1); L('close 1', coroutine.close(cs1)); "
+     "L('close 1 again', coroutine.close(cs1)); local ok, e = coroutine.close(cs2); "
+     "L('close 2', ok, rawequal(e, E))",
+    "R(cs3, 3); L(coroutine.status(cs3)); L('close 3', coroutine.close(cs3))")
+
 scenario("a_thousand_restored_frames_with_close_variables", """
 local count = 0
 local mt = {__close = function(o, e) count = count + 1; last = o.d end}

@@ -69,8 +69,8 @@ from dataclasses import dataclass
 from ..native import (CALLSTATUS, CI_FUNC, CI_PREVIOUS, CI_SAVEDPC, CI_SIZE,
                       CI_U2, L_CI, L_STACK, L_TBCLIST, LCL_P, MAXDELTA, MEMORY, STACKVALUE_SIZE,
                       TBC_DELTA, P_CODE, P_HEADER, P_SIZEABSLINEINFO, P_SIZECODE,
-                      P_SIZELINEINFO, TAG_CCL, TAG_LCF, TAG_LCL)
-from ..runtime import load_lua, new_runtime, to_bytes
+                      P_SIZELINEINFO, TAG_CCL, TAG_LCF, TAG_LCL, library)
+from ..runtime import load_lua, module_of, new_runtime, to_bytes
 
 LUA_FILE = "persist/lua/framepeek.lua"
 COMPANION = "persist.framepeek"   # the Lua half, as a Session companion
@@ -491,10 +491,13 @@ def ci_states(thread: int, cs=CALLSTATUS["5.4"]) -> bytes | None:
 
 
 def readers(session):
-    """frames.lua's readers of a thread's memory for the session's Lua:
-    tbc_slots (the same in 5.4 and 5.5) and ci_states."""
+    """frames.lua's readers of a thread for the session's Lua: tbc_slots
+    (the same in 5.4 and 5.5), ci_states, and the runtime's copy_error
+    (native.LuaLibrary: a thread dead by an error at its base level, which
+    the debug library cannot see)."""
     cs = CALLSTATUS[version_of(_helper(session))]
-    return tbc_slots, lambda thread: ci_states(thread, cs)
+    api = library(module_of(session.lua))
+    return tbc_slots, lambda thread: ci_states(thread, cs), api.copy_error
 
 
 def tbc_slots(thread: int) -> bytes | None:

@@ -135,9 +135,10 @@ def _never_raise(failure):
 
 
 def _reader(read):
-    """One of frames.lua's readers of a thread's memory (framepeek.tbc_slots,
-    framepeek.ci_states): bytes, or None when it cannot read them."""
-    return _never_raise(lambda e, thread: None)(lambda thread: read(int(thread)))
+    """One of frames.lua's readers of a thread (framepeek.readers), given
+    threads' addresses: its answer, or None when it cannot read them."""
+    return _never_raise(lambda e, *threads: None)(
+        lambda *threads: read(*(int(t) for t in threads)))
 
 
 def _saved_pcs_many(session):

@@ -324,12 +324,16 @@ local CLOSE_CHAIN = assert(upvalue_named(FIN_GUARD.__close, "close_chain"),
   "frames.lua: no finisher close_chain")
 local PROXY = assert(upvalue_named(CLOSE_CHAIN, "PROXY"), "frames.lua: no finisher PROXY")
 
--- Readers of a thread's memory (framepeek.py, given by persist/state.py):
+-- Readers of a thread (framepeek.py, given by persist/state.py):
 -- tbc_slots(address) -> i4 pairs (level, n) of its pending to-be-closed
 -- variables, outermost first; ci_states(address) -> per level, innermost
--- first, H callstatus and i4 u2. Either may give nil.
-local tbc_slots, ci_states
-function frames.use_readers(tbc, states) tbc_slots, ci_states = tbc, states end
+-- first, H callstatus and i4 u2; copy_error(address, into) -> true when the
+-- thread is dead by an error, a copy of which it pushed on thread `into`.
+-- Any may give nil.
+local tbc_slots, ci_states, copy_error
+function frames.use_readers(tbc, states, copy)
+  tbc_slots, ci_states, copy_error = tbc, states, copy
+end
 local sunpack = original("string.unpack", string.unpack)
 
 local function address(co) return tonumber(sformat("%p", co)) end
@@ -1042,7 +1046,9 @@ end
 -- luaE_resetthread closes them with the error and returns false, error).
 -- frames.failed(co) -> {e = error, n = k, [1..k] = the values to close, first
 -- created first} for such a coroutine, nil for one that ended normally (or
--- was closed: luaE_resetthread leaves only the base level). The error is
+-- was closed from outside: luaE_resetthread leaves only the base level, in
+-- a state that is not an error; base_failure below for one that closed
+-- itself). The error is
 -- the last slot of level 0 (luaD_seterrorobj pushed it); the variables come
 -- from the thread's tbclist (framepeek.py's tbc_slots, checked here with
 -- the debug library); the guards of restored frames stand for the
@@ -1067,8 +1073,24 @@ function closers_of(v, out)
   end
 end
 
+-- Lua 5.5 lets a coroutine close itself (coroutine.close while it runs):
+-- luaE_resetthread unwinds it to its base level, and if a __close fails
+-- there, lua_resume marks it dead by that error and leaves the error on
+-- its stack (lstate.c, ldo.c), where no level shows it: a later close
+-- returns false and the error. copy_error moves a copy of it to a helper
+-- suspended in coroutine.yield, whose level 0 shows it as a C temporary.
+local cocreate = original("coroutine.create", coroutine.create)
+local function base_failure(co)
+  if copy_error == nil then return nil end
+  local helper = cocreate(function() yield() end)
+  coresume(helper)
+  if not copy_error(address(co), address(helper)) then return nil end
+  return { e = last_slot(helper, 0), n = 0 }
+end
+
 function frames.failed(co)
-  if costatus(co) ~= "dead" or getinfo(co, 0, "f") == nil then return nil end
+  if costatus(co) ~= "dead" then return nil end
+  if getinfo(co, 0, "f") == nil then return base_failure(co) end
   local rec = { e = last_slot(co, 0) }
   local list = {}
   for _, v in ipairs(tbc_values(co, nil) or {}) do closers_of(v, list) end
