@@ -37,6 +37,7 @@ import ctypes
 import functools
 import os
 import struct
+import weakref
 from types import ModuleType
 
 from lupa import lua54
@@ -188,7 +189,7 @@ class LuaLibrary:
             return None
         voidp, cint = ctypes.c_void_p, ctypes.c_int
         for fn, args in zip(fns, ([voidp], [voidp], [voidp, cint],
-                                  [voidp, cint], [voidp, voidp, cint])):
+                                  [voidp, cint], [voidp, voidp, cint]), strict=True):
             fn.argtypes, fn.restype = args, cint
         fns[3].restype = fns[4].restype = None
         return fns
@@ -377,6 +378,18 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
+def _weakly(method):
+    """A bound method that does not keep its object alive: once the object
+    is gone, a call returns None."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        return None if bound is None else bound(*args)
+
+    return call
+
+
 class NativeStreams:
     """The notebook's standard streams for one Lua state.
 
@@ -390,7 +403,10 @@ class NativeStreams:
     """
 
     def __init__(self, write, read):
-        self._write, self._read = write, read
+        # held weakly: the callbacks live as long as the process (_KEEP), and
+        # `write` and `read` are methods of the session, which must not
+        # (once dropped, what the FILE*s still do goes nowhere)
+        self._write, self._read = _weakly(write), _weakly(read)
         self._pending = b""
         self._callbacks = (_READ(self._on_read), _WRITE(self._on_write_out),
                            _WRITE(self._on_write_err))

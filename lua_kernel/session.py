@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import gc
 import os
 import sys
 import threading
@@ -323,8 +324,18 @@ class Session:
         return self.lua.get_memory_used()
 
     def reset(self) -> None:
-        """Replace the Lua state with a fresh one."""
+        """Replace the Lua state with a fresh one; the old one is freed now."""
         self._start()
+        self.free_replaced()
+
+    @staticmethod
+    def free_replaced() -> None:
+        """Free the Lua states of the sessions (and states) just replaced.
+        A state and its session refer to each other (lupa keeps the Python
+        objects Lua holds in the LuaRuntime, where the collector sees them),
+        a cycle only the cyclic collector frees, and it may not run for a
+        long time: meanwhile the replaced state's whole heap stays."""
+        gc.collect()
 
     # -- running cells ------------------------------------------------------
 

@@ -152,6 +152,33 @@ def test_save_snapshots_and_named_restore(notebook):
         assert value(kc, "version") == "1"
 
 
+def _kernel_rss(km) -> int:
+    """The kernel process's resident memory, in bytes."""
+    pid = km.provisioner.process.pid
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_restore_frees_the_state_it_replaces(notebook):
+    """%restore replaces the session, %reset its Lua state; the old Lua heap
+    is freed, not kept for the life of the kernel (the standard streams'
+    callbacks held the session; the cyclic collector may not run for long)."""
+    big = 200 * 2**20          # one allocation: freed memory goes back to the system
+    with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
+        execute(kc, "small = true")
+        execute(kc, "%save small")
+        for _ in range(2):
+            execute(kc, f"big = string.rep('x', {big})")
+            with_big = _kernel_rss(km)
+            execute(kc, "%restore small")
+            assert value(kc, "big == nil and small") == "true"
+            assert _kernel_rss(km) < with_big - big // 2
+        execute(kc, f"big = string.rep('x', {big})")
+        with_big = _kernel_rss(km)
+        execute(kc, "%reset --delete")
+        assert _kernel_rss(km) < with_big - big // 2
+
+
 def test_reset_keeps_the_old_state_or_deletes_it(notebook):
     with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
         execute(kc, "old = 'here'")

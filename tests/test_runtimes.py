@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -125,6 +127,53 @@ def test_a_snapshot_of_another_runtime_is_refused_naming_both(runtime):
         assert message.startswith(f"the snapshot was saved by {RELEASE[runtime]}")
         assert f"this kernel runs {RELEASE[other]}" in message
         assert message.endswith(f"(open it in a {NAMED[runtime]} kernel)")
+
+
+# A session that is dropped frees its Lua state: the standard streams'
+# callbacks, kept for the life of the process, held the session, so every
+# replaced session (%restore, the Python API) kept its whole heap.
+# In a child process: a crash while the state closes must fail the test, not
+# the suite.
+FREED = """
+import gc, sys, time, weakref
+from lua_kernel import Session, persist
+
+class Token:
+    pass
+
+runtime, made = sys.argv[1], []
+for make in (Session, persist.new_session):
+    out = []
+    s = make(runtime=runtime, stdout=out.append)
+    token = Token()
+    s.globals.token = token
+    alive, held = weakref.ref(s), weakref.ref(token)
+    del token
+    s.execute(
+        "big = {} for i = 1, 1000 do big[i] = {i} end print('hi') io.write('w')"
+        " co = coroutine.wrap(function() coroutine.yield() end) co()"
+        " bye = setmetatable({}, {__gc = function() print('bye') io.stderr:write('e') end})")
+    if make is persist.new_session:     # (LuaJIT reports the suspended co)
+        assert persist.snapshot_of(s).data
+    del s
+    for _ in range(50):
+        gc.collect()
+        if alive() is None:
+            break
+        time.sleep(0.02)    # a flush timer holds the session for 50 ms
+    made.append((alive() is None, held() is None, "".join(out)))
+print(made)
+"""
+
+
+def test_a_dropped_session_frees_its_lua_state(runtime):
+    proc = subprocess.run([sys.executable, "-c", FREED, runtime],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    # the session and its Lua state are gone (Lua held the token); the
+    # __gc that prints while the state closes writes nowhere, and no harm
+    assert proc.stdout.strip() == str([(True, True, "hi\nw")] * 2)
+    assert "bye" not in proc.stderr
 
 
 # -- kernels ------------------------------------------------------------------------

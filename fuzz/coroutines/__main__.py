@@ -13,6 +13,12 @@ from .minimize import minimize
 from .worker import Worker
 
 
+# programs per worker process: each makes about 8 Sessions, and each Session
+# keeps its standard streams' FILE*s (about 75 KiB) for the life of the
+# process (native.NativeStreams)
+RECYCLE = 200
+
+
 def campaign(seeds, jobs: int = 2, runtime: str = "5.4") -> list[Result]:
     """Check every seed in `jobs` worker processes (each with its own helper),
     on `runtime` ("5.4", "5.5")."""
@@ -23,6 +29,7 @@ def campaign(seeds, jobs: int = 2, runtime: str = "5.4") -> list[Result]:
 
     def loop():
         worker = Worker(runtime=runtime)
+        done = 0
         try:
             while True:
                 try:
@@ -34,6 +41,9 @@ def campaign(seeds, jobs: int = 2, runtime: str = "5.4") -> list[Result]:
                 except WorkerFailed as e:
                     r = Result(seed, e.outcome, detail=e.detail)
                 results.append(r)
+                done += 1
+                if done % RECYCLE == 0:
+                    worker.stop()     # the next program starts a fresh process
         finally:
             worker.stop()
 
