@@ -79,10 +79,6 @@ P_CODE = 64              #        Instruction *code
 P_LINEINFO = 88          #        ls_byte *lineinfo
 P_ABSLINEINFO = 96       #        AbsLineInfo *abslineinfo ({int pc; int line})
 P_HEADER = 104           # the bytes of Proto read at once
-TSTRING_TT = 8           # TString: CommonHeader (next, tt, marked), extra, shrlen, hash,
-TSTRING_LNGLEN = 16      #   u.lnglen for long strings,
-TSTRING_CONTENTS = 24    #   then the bytes
-LUA_VLNGSTR = 0x14       # a long string's type tag
 LUAI_MAXCCALLS = 200     # llimits.h: nested resumes cannot go deeper
 
 
@@ -139,20 +135,41 @@ class MemoryReader:
         return struct.unpack("<QB", data) if data else None
 
 
-def long_string_bytes(addr: int, size: int, indirect: bool = False) -> bytes | None:
-    """The bytes of the long Lua string object at addr (`%p` of the string),
-    if its header says it is one of `size` bytes; None otherwise. Lua 5.4
-    keeps the bytes after the header; Lua 5.5 (`indirect`) keeps a pointer
-    to them there (TString.contents, for its external strings). Callers
-    still check the contents against what Lua says."""
-    header = MEMORY.read(addr, TSTRING_CONTENTS + 8)
-    if header is None or header[TSTRING_TT] != LUA_VLNGSTR:
+class StringLayout:
+    """Where a long string object (`%p` of the string) keeps its type tag,
+    its length and its bytes, per runtime:
+    - Lua 5.4 (lobject.h TString): CommonHeader (next, tt at 8, marked),
+      extra, shrlen, hash, u.lnglen (size_t at 16), then the bytes at 24;
+    - Lua 5.5: the same, but at 24 a pointer to the bytes (TString.contents,
+      for its external strings);
+    - LuaJIT 2.1 with GC64 (lj_obj.h GCstr): nextgc, marked, gct (~LJ_TSTR = 4
+      at 9), reserved, hashalg, sid, hash, len (MSize at 20), then the bytes
+      at 24 (strdata)."""
+
+    def __init__(self, tag_at: int, tag: int, len_fmt: str, len_at: int,
+                 data_at: int, indirect: bool = False):
+        self.tag_at, self.tag, self.len_fmt, self.len_at = tag_at, tag, len_fmt, len_at
+        self.data_at, self.indirect = data_at, indirect
+
+
+STRING_LAYOUTS = {"5.4": StringLayout(8, 0x14, "<Q", 16, 24),
+                  "5.5": StringLayout(8, 0x14, "<Q", 16, 24, indirect=True),
+                  "luajit": StringLayout(9, 4, "<I", 20, 24)}
+
+
+def long_string_bytes(addr: int, size: int, layout: StringLayout = STRING_LAYOUTS["5.4"]
+                      ) -> bytes | None:
+    """The bytes of the long string object at addr, if its header says it is
+    a string of `size` bytes in `layout`; None otherwise. Callers still
+    check the contents against what Lua says."""
+    header = MEMORY.read(addr, layout.data_at + 8)
+    if header is None or header[layout.tag_at] != layout.tag:
         return None
-    if struct.unpack_from("<Q", header, TSTRING_LNGLEN)[0] != size:
+    if struct.unpack_from(layout.len_fmt, header, layout.len_at)[0] != size:
         return None
-    if indirect:
-        return MEMORY.read(struct.unpack_from("<Q", header, TSTRING_CONTENTS)[0], size)
-    return MEMORY.read(addr + TSTRING_CONTENTS, size)
+    if layout.indirect:
+        return MEMORY.read(struct.unpack_from("<Q", header, layout.data_at)[0], size)
+    return MEMORY.read(addr + layout.data_at, size)
 
 
 class LuaLibrary:

@@ -282,7 +282,6 @@ def test_a_compiled_luajit_loop_ends_the_kernel_at_the_second_interrupt():
         assert "ending this kernel" in said
 
 
-@pytest.mark.parametrize("runtime", ["5.4", "5.5"])
 def test_the_body_is_copied_straight_out_of_the_lua_string(runtime, monkeypatch):
     """The fast path of persist/state.py (reading the serialized body from the
     Lua string's memory) knows each runtime's string layout."""

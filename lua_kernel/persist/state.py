@@ -182,9 +182,7 @@ def capture(session) -> tuple[bytes, list[Issue], dict]:
     except module_of(lua).LuaError as e:
         raise RuntimeError(f"cannot serialize the Lua state: {e}") from None
     try:
-        # LuaJIT's strings are not laid out as _copy_out reads them
-        body = None if session.runtime.is_luajit else _copy_out(
-            addr, size, head, tail, indirect=session.runtime.key == "5.5")
+        body = _copy_out(addr, size, head, tail, native.STRING_LAYOUTS[session.runtime.key])
         if body is None:
             body = to_bytes(module.take())
     finally:
@@ -236,14 +234,14 @@ def _lua_list(table) -> list:
 
 
 def _copy_out(addr: str, size: int, head: str, tail: str,
-              indirect: bool = False) -> bytes | None:
+              layout: native.StringLayout) -> bytes | None:
     """The bytes of the Lua string at `addr` (see the module docstring), or
-    None when they cannot be read and checked (`indirect`: Lua 5.5's layout)."""
+    None when they cannot be read and checked."""
     try:
         where = native.parse_address(str(addr))
     except ValueError:
         return None
-    data = native.long_string_bytes(where, size, indirect)
+    data = native.long_string_bytes(where, size, layout)
     if data is None or data[:64] != to_bytes(head) or data[-64:] != to_bytes(tail):
         return None
     return data
