@@ -39,6 +39,7 @@ import os
 import struct
 import weakref
 from types import ModuleType
+from typing import Callable
 
 from lupa import lua54
 
@@ -210,6 +211,22 @@ class LuaLibrary:
             fn.argtypes, fn.restype = args, cint
         fns[3].restype = fns[4].restype = None
         return fns
+
+    @functools.cached_property
+    def errored(self) -> Callable[[int], bool]:
+        """errored(thread): whether `thread` (a lua_State*) is dead by an
+        error (lua_status). Asked of every dead coroutine a capture meets,
+        from Lua: one C call, and it never raises."""
+        fns = self._threads
+        status = fns[0] if fns else None
+
+        def errored(thread: int) -> bool:
+            try:
+                return status(thread) >= LUA_ERRRUN
+            except (TypeError, ctypes.ArgumentError):
+                return False
+
+        return errored
 
     def copy_error(self, thread: int, into: int) -> bool:
         """If `thread` (a lua_State* that is not running) is dead by an error

@@ -492,12 +492,16 @@ def ci_states(thread: int, cs=CALLSTATUS["5.4"]) -> bytes | None:
 
 def readers(session):
     """frames.lua's readers of a thread for the session's Lua: tbc_slots
-    (the same in 5.4 and 5.5), ci_states, and the runtime's copy_error
-    (native.LuaLibrary: a thread dead by an error at its base level, which
-    the debug library cannot see)."""
-    cs = CALLSTATUS[version_of(_helper(session))]
+    (the same in 5.4 and 5.5), ci_states, and in 5.5, where a coroutine can
+    die by an error at its base level (closing itself), which the debug
+    library cannot see, the runtime's errored and copy_error
+    (native.LuaLibrary)."""
+    version = version_of(_helper(session))
+    cs = CALLSTATUS[version]
     api = library(module_of(session.lua))
-    return tbc_slots, lambda thread: ci_states(thread, cs), api.copy_error
+    if version == "5.4":
+        return tbc_slots, lambda thread: ci_states(thread, cs), None, None
+    return tbc_slots, lambda thread: ci_states(thread, cs), api.errored, api.copy_error
 
 
 def tbc_slots(thread: int) -> bytes | None:

@@ -79,7 +79,9 @@ def attach(session):
         lua, framepeek.LUA_FILE, module.permanent, bytecode, finisher.proto_of))
     frames = load_lua(lua, FRAMES_FILE, bytecode, finisher, peek, lua_side)
     module.use_frames(frames, _saved_pcs_many(session))
-    frames.use_readers(*(_reader(read) for read in framepeek.readers(session)))
+    tbc, states, errored, copy = framepeek.readers(session)
+    # errored is asked of every dead coroutine and never raises: unwrapped
+    frames.use_readers(_reader(tbc), _reader(states), errored, copy and _reader(copy))
     return module
 
 
@@ -136,9 +138,9 @@ def _never_raise(failure):
 
 def _reader(read):
     """One of frames.lua's readers of a thread (framepeek.readers), given
-    threads' addresses: its answer, or None when it cannot read them."""
-    return _never_raise(lambda e, *threads: None)(
-        lambda *threads: read(*(int(t) for t in threads)))
+    threads' addresses (Lua integers): its answer, or None when it cannot
+    read them."""
+    return _never_raise(lambda e, *threads: None)(read)
 
 
 def _saved_pcs_many(session):

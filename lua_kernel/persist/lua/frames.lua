@@ -327,12 +327,13 @@ local PROXY = assert(upvalue_named(CLOSE_CHAIN, "PROXY"), "frames.lua: no finish
 -- Readers of a thread (framepeek.py, given by persist/state.py):
 -- tbc_slots(address) -> i4 pairs (level, n) of its pending to-be-closed
 -- variables, outermost first; ci_states(address) -> per level, innermost
--- first, H callstatus and i4 u2; copy_error(address, into) -> true when the
--- thread is dead by an error, a copy of which it pushed on thread `into`.
--- Any may give nil.
-local tbc_slots, ci_states, copy_error
-function frames.use_readers(tbc, states, copy)
-  tbc_slots, ci_states, copy_error = tbc, states, copy
+-- first, H callstatus and i4 u2; errored(address) -> whether the thread is
+-- dead by an error; copy_error(address, into) -> true when it is, a copy of
+-- the error pushed on thread `into`. Any may give nil; the last two are
+-- nil where no coroutine can die at its base level (5.4).
+local tbc_slots, ci_states, errored, copy_error
+function frames.use_readers(tbc, states, err, copy)
+  tbc_slots, ci_states, errored, copy_error = tbc, states, err, copy
 end
 local sunpack = original("string.unpack", string.unpack)
 
@@ -1079,9 +1080,16 @@ end
 -- its stack (lstate.c, ldo.c), where no level shows it: a later close
 -- returns false and the error. copy_error moves a copy of it to a helper
 -- suspended in coroutine.yield, whose level 0 shows it as a C temporary.
+-- Asking costs a call into C for every dead coroutine a capture meets, so
+-- the answer "not by an error" is kept: a dead coroutine never runs again.
 local cocreate = original("coroutine.create", coroutine.create)
+local ended_clean = setmetatable({}, { __mode = "k" })
 local function base_failure(co)
-  if copy_error == nil then return nil end
+  if copy_error == nil or ended_clean[co] then return nil end
+  if not errored(address(co)) then
+    ended_clean[co] = true
+    return nil
+  end
   local helper = cocreate(function() yield() end)
   coresume(helper)
   if not copy_error(address(co), address(helper)) then return nil end
