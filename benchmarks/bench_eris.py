@@ -22,7 +22,8 @@ Each data set is one Lua file in benchmarks/eris/datasets/ returning
             anchor figures use); restore = state.apply() of that body into a
             fresh persist.new_session() made beforehand, untimed.
 Not in Eris and reported apart: seal (zstd + HMAC of the body) and open
-(verify + inflate), with a fixed key, not the user's secret.
+(verify + inflate), with a fixed key, not the user's secret, and making the
+fresh session a restore goes into.
 Times are CPU time (os.clock() in Lua, time.process_time() here; wall time
 is in the JSON too), medians of --reps runs (default 5, --quick 3), each
 after a full collection, untimed. Ratios are ours / Eris. After the runs,
@@ -155,7 +156,7 @@ def ours_side(dataset: Path, reps: int) -> dict:
     collect()
     lua_kb = s.execute("collectgarbage('count')")[0]
 
-    cpu = {what: [] for what in ("capture", "restore", "seal", "open")}
+    cpu = {what: [] for what in ("capture", "restore", "new_session", "seal", "open")}
     wall = {what: [] for what in cpu}
 
     def timed(what, fn, before=None):
@@ -180,7 +181,11 @@ def ours_side(dataset: Path, reps: int) -> dict:
         nonlocal fresh
         fresh = None          # the previous copy goes before the next is made
         gc.collect()
+        c0, w0 = _clocks()
         fresh = persist.new_session()
+        c1, w1 = _clocks()
+        cpu["new_session"].append(c1 - c0)
+        wall["new_session"].append(w1 - w0)
         fresh.lua.eval("collectgarbage")()
         return fresh
 
@@ -229,7 +234,8 @@ def report(rows: list[dict], out) -> None:
           f"{o['body'] / 1e6:8.2f}MB {o['body'] / e['size']:10.2f}")
         p(f"  not in Eris: seal (zstd + HMAC) {med(o['cpu']['seal']) * 1e3:.1f} ms -> "
           f"{o['snapshot'] / 1e6:.2f} MB snapshot; open (verify + inflate) "
-          f"{med(o['cpu']['open']) * 1e3:.1f} ms")
+          f"{med(o['cpu']['open']) * 1e3:.1f} ms;\n  {'':13}the fresh session a restore "
+          f"goes into (made untimed) {med(o['cpu']['new_session']) * 1e3:.1f} ms")
         same = e["ok"] and o["ok"] and e["expected"] == o["expected"]
         p(f"  check: {'native = Eris copy = our copy' if same else 'MISMATCH'}: "
           f"{o['expected']}")
