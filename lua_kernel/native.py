@@ -37,11 +37,12 @@ import ctypes
 import functools
 import os
 import struct
-import weakref
 from types import ModuleType
 from typing import Callable
 
 from lupa import lua54
+
+from .runtime import lua_callback
 
 # lua.h
 LUA_MASKCOUNT = 1 << 3
@@ -412,18 +413,6 @@ def _load_libc():
 _LIBC = _load_libc()
 
 
-def _weakly(method):
-    """A bound method that does not keep its object alive: once the object
-    is gone, a call returns None."""
-    ref = weakref.WeakMethod(method)
-
-    def call(*args):
-        bound = ref()
-        return None if bound is None else bound(*args)
-
-    return call
-
-
 class NativeStreams:
     """The notebook's standard streams for one Lua state.
 
@@ -437,10 +426,10 @@ class NativeStreams:
     """
 
     def __init__(self, write, read):
-        # held weakly: the callbacks live as long as the process (_KEEP), and
-        # `write` and `read` are methods of the session, which must not
-        # (once dropped, what the FILE*s still do goes nowhere)
-        self._write, self._read = _weakly(write), _weakly(read)
+        # the C callbacks live as long as the process (_KEEP); `write` and
+        # `read` are methods of the session, which must not (lua_callback:
+        # once the session is gone, what the FILE*s still do goes nowhere)
+        self._write, self._read = lua_callback(write), lua_callback(read)
         self._pending = b""
         self._callbacks = (_READ(self._on_read), _WRITE(self._on_write_out),
                            _WRITE(self._on_write_err))

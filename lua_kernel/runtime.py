@@ -25,9 +25,11 @@ import importlib
 import os
 import sys
 import sysconfig
+import weakref
 from dataclasses import dataclass
 from importlib import resources
 from types import ModuleType
+from typing import Any, Callable, Mapping
 
 
 # Lua's reserved words: the one list the package has (the Lua files get it
@@ -151,6 +153,36 @@ def module_paths(version: str = LUA_VERSION) -> tuple[str, str, str, str]:
               f"/usr/lib/lua/{version}/?.so"]
     return (";".join(before), ";".join(after), ";".join(c for c in cbefore if c),
             ";".join(c for c in cafter if c))
+
+
+# What Lua may call into, kept for the life of the process (see lua_callback)
+_CALLBACKS: list = []
+
+
+def lua_callback(method: Callable, dead: Any = None) -> Callable:
+    """A bound method as a Lua state may hold it. Lua calls a Python object
+    through a borrowed pointer; lupa keeps the owning reference in the
+    LuaRuntime, where Python's cyclic collector may drop it before the
+    state closes, and the state's finalizers (a `__gc` that prints) then
+    call a freed object: a crash. So the callback is kept for the life of
+    the process (a small closure), and holds its object weakly, which also
+    keeps the object and its Lua state out of a cycle: once the object is
+    gone, a call answers `dead`."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        return dead if bound is None else bound(*args)
+
+    _CALLBACKS.append(call)
+    return call
+
+
+def methods_table(lua, owner, names: Mapping[str, str]):
+    """A Lua table of `owner`'s methods (Lua name -> method name), each a
+    lua_callback."""
+    return lua.table_from({key: lua_callback(getattr(owner, name))
+                           for key, name in names.items()})
 
 
 def to_bytes(s: str | bytes) -> bytes:

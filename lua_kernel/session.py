@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping
 from . import native
 from .widgets import WidgetHost
 from .runtime import (Runtime, c_modules_load, get_runtime, is_lua_object, is_python_object,
-                      load_lua, lua_type, module_paths, name_test, new_runtime, to_bytes)
+                      load_lua, lua_type, methods_table, module_paths, name_test, new_runtime,
+                      to_bytes)
 
 DEFAULT_MAX_MEMORY = 2 * 1024**3
 MAX_MEMORY_ENV = "LUA_KERNEL_MAX_MEMORY"
@@ -157,17 +158,12 @@ class Session:
         self._print_threads: list[int] = []
         self._interrupter = None
         self._streams = self._native_streams()
-        host = self.lua.table_from({
-            "emit": self._emit,
-            "readline": self._readline,
-            "interrupted": lambda: self._interrupted,
-            "output_pending": self._output_pending,
-            "publish": self._publish,
-            "display_value": self._display_value,
-            "native_streams": self._streams is not None,
-            "flush_output": self._flush_output,
-            "print_thread": self._print_thread,
-        })
+        host = methods_table(self.lua, self, {
+            "emit": "_emit", "readline": "_readline", "interrupted": "_is_interrupted",
+            "output_pending": "_output_pending", "publish": "_publish",
+            "display_value": "_display_value", "flush_output": "_flush_output",
+            "print_thread": "_print_thread"})
+        host["native_streams"] = self._streams is not None
         host["is_name"] = name_test(self.lua)
         self._lua_side = load_lua(self.lua, "session.lua", host)
         before, after, cbefore, cafter = module_paths(self.runtime.language)
@@ -330,11 +326,12 @@ class Session:
 
     @staticmethod
     def free_replaced() -> None:
-        """Free the Lua states of the sessions (and states) just replaced.
-        A state and its session refer to each other (lupa keeps the Python
-        objects Lua holds in the LuaRuntime, where the collector sees them),
-        a cycle only the cyclic collector frees, and it may not run for a
-        long time: meanwhile the replaced state's whole heap stays."""
+        """Free the Lua states of the sessions (and states) just replaced. A
+        session goes with its last reference (its Lua state holds its
+        callbacks weakly, runtime.lua_callback), but what its owner kept may
+        sit in reference cycles, which only the cyclic collector frees, and
+        it may not run for a long time: meanwhile the replaced state's whole
+        heap would stay."""
         gc.collect()
 
     # -- running cells ------------------------------------------------------
@@ -440,6 +437,9 @@ class Session:
     @property
     def interrupted(self) -> bool:
         """True once the running cell was asked to stop."""
+        return self._interrupted
+
+    def _is_interrupted(self) -> bool:     # for Lua (host.interrupted)
         return self._interrupted
 
     def interrupt(self) -> bool:

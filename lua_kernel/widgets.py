@@ -31,7 +31,7 @@ import uuid
 import weakref
 from typing import Any, Callable
 
-from .runtime import load_lua, lua_type
+from .runtime import load_lua, lua_type, methods_table
 
 # Classes whose list part of the options table is their children / options.
 BOXES = {"Box", "HBox", "VBox", "GridBox", "Accordion", "Tab", "Stack"}
@@ -215,17 +215,19 @@ class WidgetHost:
     """The Python half of one Lua state's `widgets` module."""
 
     def __init__(self, session):
-        self.session = session
+        self._session = weakref.ref(session)   # the session owns this host
         self.lua = session.lua
         self.events: list[tuple[str, Ref, Any]] = []
-        host = self.lua.table_from({
-            "new": self._new, "get": self._get, "set": self._set, "call": self._call,
-            "observed": self._observed, "clicked": self._clicked, "take": self._take,
-            "repr": self._repr, "capture_begin": self._capture_begin,
-            "capture_end": self._capture_end, "show_error": self._show_error,
-        })
+        host = methods_table(self.lua, self, {
+            name: "_" + name for name in ("new", "get", "set", "call", "observed", "clicked",
+                                          "take", "repr", "capture_begin", "capture_end",
+                                          "show_error")})
         self.lua_side = load_lua(self.lua, "widgets.lua", host, session.lua_side)
         self._rawget = self.lua.eval("rawget")
+
+    @property
+    def session(self):
+        return self._session()
 
     # -- for the kernel and the session ------------------------------------
 

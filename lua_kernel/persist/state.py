@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 from .. import native
@@ -145,11 +146,13 @@ def _reader(read):
 
 def _saved_pcs_many(session):
     """The Python half of state.lua's batch of saved pcs (framepeek.py's
-    saved_pcs_many: bytes in, bytes out)."""
+    saved_pcs_many: bytes in, bytes out). Held by Lua, so it holds the
+    session weakly (runtime.lua_callback)."""
+    session = weakref.ref(session)
 
     @_never_raise(lambda e, *_: (None, f"the saved pcs cannot be read: {type(e).__name__}: {e}"))
     def many(batch, tables):
-        return framepeek.saved_pcs_many(session, to_bytes(batch), tables)
+        return framepeek.saved_pcs_many(session(), to_bytes(batch), tables)
 
     return many
 
@@ -168,16 +171,20 @@ def capture(session) -> tuple[bytes, list[Issue], dict]:
     t0 = time.perf_counter()
     module = _module(session)
     lua = session.lua
+    # The callbacks Lua holds (until its collector frees them) must not hold
+    # the runtime: a cycle through it is freed by Python's cyclic collector,
+    # which may drop what the state's finalizers call (runtime.lua_callback)
+    table_from = _table_maker(session)
 
     def none_pickled(e, objs, n):
         reason = f"Python objects cannot be pickled: {type(e).__name__}: {e}"
-        return None, lua.table_from({i: reason for i in range(1, int(n) + 1)})
+        return None, table_from({i: reason for i in range(1, int(n) + 1)})
 
     @_never_raise(none_pickled)
     def pickle_many(objs, n):
         items = [objs[i] for i in range(1, int(n) + 1)]
         blob, failures = pyobjects.pickle_many(items)
-        return blob, lua.table_from({i + 1: r for i, r in failures.items()})
+        return blob, table_from({i + 1: r for i, r in failures.items()})
 
     try:
         addr, size, head, tail, lua_issues, lua_counts = module.capture(pickle_many)
@@ -204,6 +211,7 @@ def apply(session, body: bytes) -> list[Issue]:
     body = bytes(body)
     module = _module(session)
     lua = session.lua
+    table_from = _table_maker(session)     # (see capture)
 
     @_never_raise(lambda e, *_: (False, f"{type(e).__name__}: {e}"))
     def unpickle_at(offset, length):
@@ -213,7 +221,7 @@ def apply(session, body: bytes) -> list[Issue]:
         ok, objs = pyobjects.unpickle_many(body[offset:offset + length])
         if not ok:
             return False, objs
-        return True, lua.table_from({i + 1: o for i, o in enumerate(objs) if o is not None})
+        return True, table_from({i + 1: o for i, o in enumerate(objs) if o is not None})
 
     try:
         ok, result = module.apply(body, unpickle_at)
@@ -222,6 +230,12 @@ def apply(session, body: bytes) -> list[Issue]:
     if not ok:
         raise ValueError(str(result))
     return [Issue(str(r["path"]), str(r["reason"])) for r in _lua_list(result)]
+
+
+def _table_maker(session):
+    """lua.table_from of the session's runtime, holding the session weakly."""
+    session = weakref.ref(session)
+    return lambda items: session().lua.table_from(items)
 
 
 def _lua_list(table) -> list:
