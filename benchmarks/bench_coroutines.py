@@ -42,15 +42,10 @@ from lua_kernel.persist import seal
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_snapshot import median_time
 
-DEEP = """
-local function deep(d, seed)
-  local a, b, c = d * 2, seed .. ":" .. d, {d}
-  if d == 1 then
-    local got = coroutine.yield(b)
-    return got + a + #c
-  end
-  return deep(d - 1, seed) + a + c[1]
-end
+# the recursive function of bench_eris.py's coroutine data set (one copy)
+DATASET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eris", "datasets",
+                       "coroutines.lua")
+DEEP = "local deep = dofile(" + repr(DATASET).replace("%", "%%") + ").deep\n" + """
 cos = {}
 for i = 1, 1000 do
   local co = coroutine.create(deep)
