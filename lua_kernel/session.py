@@ -153,6 +153,8 @@ class Session:
     # -- the Lua state ------------------------------------------------------
 
     def _start(self) -> None:
+        if getattr(self, "widgets", None) is not None:
+            self.widgets.release()          # reset(): the old state's widgets let go of it
         self.lua = new_runtime(self.max_memory, self.runtime)
         self._reserve_lent = False
         self._print_threads: list[int] = []

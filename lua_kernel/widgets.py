@@ -116,7 +116,7 @@ class Ref:
             widget = cls(**{k: _resolve(v, host) for k, v in state.items()})
             host.adopt(self, widget)
         elif self.host is not host:
-            self.host = host
+            host.own(self)
         return self.widget
 
     def changed(self, change) -> None:
@@ -218,6 +218,8 @@ class WidgetHost:
         self._session = weakref.ref(session)   # the session owns this host
         self.lua = session.lua
         self.events: list[tuple[str, Ref, Any]] = []
+        self._refs: weakref.WeakSet[Ref] = weakref.WeakSet()
+        weakref.finalize(session, self.release)
         host = methods_table(self.lua, self, {
             name: "_" + name for name in ("new", "get", "set", "call", "observed", "clicked",
                                           "take", "repr", "capture_begin", "capture_end",
@@ -262,7 +264,8 @@ class WidgetHost:
     def adopt(self, ref: Ref, widget) -> None:
         """Tie a widget to its Ref and this host: its changes and clicks are
         queued once Lua asks for them."""
-        ref.widget, ref.host, ref.spec = widget, self, None
+        ref.widget, ref.spec = widget, None
+        self.own(ref)
         _tie(ref, widget)
         if hasattr(widget, "on_click"):
             widget.on_click(ref.click)
@@ -271,8 +274,26 @@ class WidgetHost:
             if p is not None:
                 self._bind(ref, p)
 
+    def own(self, ref: Ref) -> None:
+        """This host now answers for the Ref (its events come here)."""
+        ref.host = self
+        self._refs.add(ref)
+
+    def release(self) -> None:
+        """The session or its Lua state is gone: the Refs this host answers
+        for, which ipywidgets keeps as long as their widgets (its registry,
+        observers), let go of this host and of their Lua proxies, and this
+        host of its Lua state, so that nothing keeps the state alive. The
+        widgets stay as they are on the page, their events go nowhere."""
+        for ref in list(self._refs):
+            if ref.host is self:
+                ref.host = ref.proxy = None
+        self._refs.clear()
+        self.lua = self.lua_side = self._rawget = None
+
     def _bind(self, ref: Ref, p) -> None:
-        ref.proxy, ref.host = p, self
+        ref.proxy = p
+        self.own(ref)
         ref.observed = ref.observed or self._rawget(p, "_observers") is not None
         ref.clicked = ref.clicked or self._rawget(p, "_clicks") is not None
 

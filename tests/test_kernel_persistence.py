@@ -168,12 +168,13 @@ def test_restore_frees_the_state_it_replaces(notebook):
         execute(kc, "small = true")
         execute(kc, "%save small")
         for _ in range(2):
-            execute(kc, f"big = string.rep('x', {big})")
+            # a widget too: ipywidgets keeps it (and what it refers to) after
+            execute(kc, f"big = string.rep('x', {big}) w = widgets.IntSlider{{}} w:observe(print)")
             with_big = _kernel_rss(km)
             execute(kc, "%restore small")
             assert value(kc, "big == nil and small") == "true"
             assert _kernel_rss(km) < with_big - big // 2
-        execute(kc, f"big = string.rep('x', {big})")
+        execute(kc, f"big = string.rep('x', {big}) w = widgets.IntSlider{{}} w:observe(print)")
         with_big = _kernel_rss(km)
         execute(kc, "%reset --delete")
         assert _kernel_rss(km) < with_big - big // 2

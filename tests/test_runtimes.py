@@ -146,7 +146,7 @@ class Token:
 runtime = sys.argv[1]
 CODE = ("big = {} for i = 1, 1000 do big[i] = {i} end print('hi') io.write('w')"
         " co = coroutine.wrap(function() coroutine.yield() end) co()"
-        " f = python.eval('lambda *a: len(a)')"
+        " f = python.eval('lambda *a: len(a)') w = widgets.IntSlider{value = 3} w:observe(print)"
         " bye = setmetatable({}, {__gc = function() print('bye', f(1, 2)) io.write('w') end})")
 
 def restored(runtime, stdout):
