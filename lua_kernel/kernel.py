@@ -182,7 +182,6 @@ class LuaKernel(Kernel):
     def use_session(self, session: Session) -> None:
         self.lua_session = session
         self.magics.session = session
-        Session.free_replaced()
 
     def snapshot_extras(self) -> dict:
         """The kernel's own part of a snapshot."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import codecs
-import gc
 import os
 import sys
 import threading
@@ -322,19 +321,8 @@ class Session:
         return self.lua.get_memory_used()
 
     def reset(self) -> None:
-        """Replace the Lua state with a fresh one; the old one is freed now."""
+        """Replace the Lua state with a fresh one (the old one is freed)."""
         self._start()
-        self.free_replaced()
-
-    @staticmethod
-    def free_replaced() -> None:
-        """Free the Lua states of the sessions (and states) just replaced. A
-        session goes with its last reference (its Lua state holds its
-        callbacks weakly, runtime.lua_callback), but what its owner kept may
-        sit in reference cycles, which only the cyclic collector frees, and
-        it may not run for a long time: meanwhile the replaced state's whole
-        heap would stay."""
-        gc.collect()
 
     # -- running cells ------------------------------------------------------
 

@@ -162,7 +162,7 @@ def _kernel_rss(km) -> int:
 def test_restore_frees_the_state_it_replaces(notebook):
     """%restore replaces the session, %reset its Lua state; the old Lua heap
     is freed, not kept for the life of the kernel (the standard streams'
-    callbacks held the session; the cyclic collector may not run for long)."""
+    callbacks held the session, and a widget's Ref its state)."""
     big = 200 * 2**20          # one allocation: freed memory goes back to the system
     with running_kernel(JPY_SESSION_NAME=notebook) as (km, kc):
         execute(kc, "small = true")
